@@ -1,0 +1,156 @@
+//! The file handle the checks write through.
+//!
+//! With the `engine` feature (the default once flexio::File exists) this is the engine's
+//! `flexio::File`. Without it, a stand-in over `std::fs::File` that is durable by
+//! construction (sync after every write when the file system offers MAP_SYNC): it exists
+//! only to exercise the lane's orchestration before the engine lands.
+
+use std::io;
+use std::path::Path;
+
+pub trait Store: Sized {
+    fn create(path: &Path) -> io::Result<Self>;
+    fn open(path: &Path) -> io::Result<Self>;
+    fn write_all_at(&mut self, buf: &[u8], off: u64) -> io::Result<()>;
+    fn read_all(&mut self) -> io::Result<Vec<u8>>;
+    fn sync_data(&mut self) -> io::Result<()>;
+    fn len(&self) -> io::Result<u64>;
+    fn granularity(&self) -> &'static str;
+}
+
+pub fn recover(path: &Path) -> io::Result<()> {
+    imp::recover(path)
+}
+
+pub const BACKEND: &str = imp::NAME;
+pub use imp::Handle;
+
+#[cfg(feature = "engine")]
+mod imp {
+    use super::Store;
+    use std::io::{self, Read, Seek, SeekFrom};
+    use std::os::unix::fs::FileExt;
+    use std::path::Path;
+
+    pub const NAME: &str = "flexio::File";
+    pub struct Handle(flexio::File);
+
+    pub fn recover(path: &Path) -> io::Result<()> {
+        flexio::recover(path)
+    }
+
+    impl Store for Handle {
+        fn create(path: &Path) -> io::Result<Self> {
+            flexio::File::options()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .map(Handle)
+        }
+        fn open(path: &Path) -> io::Result<Self> {
+            flexio::File::options()
+                .read(true)
+                .write(true)
+                .open(path)
+                .map(Handle)
+        }
+        fn write_all_at(&mut self, buf: &[u8], off: u64) -> io::Result<()> {
+            self.0.write_all_at(buf, off)
+        }
+        fn read_all(&mut self) -> io::Result<Vec<u8>> {
+            let mut v = Vec::new();
+            self.0.seek(SeekFrom::Start(0))?;
+            self.0.read_to_end(&mut v)?;
+            Ok(v)
+        }
+        fn sync_data(&mut self) -> io::Result<()> {
+            self.0.sync_data()
+        }
+        fn len(&self) -> io::Result<u64> {
+            self.0.len()
+        }
+        fn granularity(&self) -> &'static str {
+            self.0.granularity().as_str()
+        }
+    }
+}
+
+#[cfg(not(feature = "engine"))]
+mod imp {
+    use super::Store;
+    use std::io;
+    use std::os::unix::fs::FileExt;
+    use std::path::Path;
+
+    pub const NAME: &str = "std::fs::File stand-in (no engine)";
+    pub struct Handle {
+        f: std::fs::File,
+        cache_line: bool,
+    }
+
+    pub fn recover(_path: &Path) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn wrap(f: std::fs::File) -> io::Result<Handle> {
+        let len = f.metadata()?.len();
+        if len < 4096 {
+            f.set_len(4096)?;
+        }
+        let cache_line = crate::probe::map_sync(&f).is_ok();
+        if len < 4096 {
+            f.set_len(len)?;
+        }
+        Ok(Handle { f, cache_line })
+    }
+
+    impl Store for Handle {
+        fn create(path: &Path) -> io::Result<Self> {
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(path)?;
+            let h = wrap(f)?;
+            if h.cache_line {
+                // Emulate "durable on return" for the new file's directory entry too.
+                std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()?;
+            }
+            Ok(h)
+        }
+        fn open(path: &Path) -> io::Result<Self> {
+            wrap(
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(path)?,
+            )
+        }
+        fn write_all_at(&mut self, buf: &[u8], off: u64) -> io::Result<()> {
+            self.f.write_all_at(buf, off)?;
+            if self.cache_line {
+                self.f.sync_data()?;
+            }
+            Ok(())
+        }
+        fn read_all(&mut self) -> io::Result<Vec<u8>> {
+            let mut v = vec![0; self.f.metadata()?.len() as usize];
+            self.f.read_exact_at(&mut v, 0)?;
+            Ok(v)
+        }
+        fn sync_data(&mut self) -> io::Result<()> {
+            self.f.sync_data()
+        }
+        fn len(&self) -> io::Result<u64> {
+            Ok(self.f.metadata()?.len())
+        }
+        fn granularity(&self) -> &'static str {
+            if self.cache_line {
+                "cache-line"
+            } else {
+                "page"
+            }
+        }
+    }
+}
