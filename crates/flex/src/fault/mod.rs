@@ -1,0 +1,151 @@
+//! Fault-tolerant copies: a bad user pointer (SIGSEGV) or a mapping of a truncated file or
+//! an unallocatable page (SIGBUS) makes a copy return a short count instead of killing the
+//! process.
+//!
+//! Works like the Linux kernel's `copy_user` and exception tables: the copy loops are
+//! assembly kernels ([`kernels`]) whose address ranges are known; the SIGSEGV/SIGBUS handler
+//! installed by [`install`] checks whether the interrupted RIP lies in a kernel and, if so,
+//! moves RIP to the kernel's fixup, which returns the count of bytes not done. Any other
+//! fault is forwarded to the application's handler (recorded by [`app_sigaction`]), or
+//! with none the default action is restored and the faulting instruction re-executes, so
+//! the process dies exactly as it would without us.
+//!
+//! All routines return the number of bytes NOT done (0 = complete). The count is
+//! conservative: bytes `[0, len - returned)` are known to be done; some bytes after them
+//! may have been written too.
+//!
+//! Without [`install`], a fault kills the process as an ordinary memory access would.
+
+mod kernels;
+mod signal;
+
+pub use signal::{app_sigaction, app_signal, install, is_installed};
+
+use crate::persist::{self, FlushKind, NtKind};
+
+/// Copy `len` bytes (`rep movsb`); returns the number of bytes NOT copied (0 on success).
+///
+/// # Safety
+/// Ranges must not overlap; each must be valid or its faults must be ones the handler
+/// recovers (which needs [`install`]). Guarded faults are SIGSEGV/SIGBUS raised by the
+/// copy's own accesses.
+#[inline]
+pub unsafe fn copy(dst: *mut u8, src: *const u8, len: usize) -> usize {
+    // SAFETY: forwarded caller contract.
+    unsafe { kernels::copy(dst, src, len) }
+}
+
+/// Copy to persistent memory: non-temporal stores for the cache-line-aligned body, ordinary
+/// stores + flush for the partial head/tail lines. On return every destination cache line
+/// of `[dst, dst+len)` that was written is NT-stored or flushed: it is durable after the
+/// caller's [`persist::fence`]. No fence inside. Returns the number of bytes NOT copied.
+///
+/// Kernel and flush instruction are [`persist::nt_kind`] and [`persist::flush_kind`].
+///
+/// # Safety
+/// As [`copy`].
+#[inline]
+pub unsafe fn copy_nt(dst: *mut u8, src: *const u8, len: usize) -> usize {
+    // SAFETY: forwarded caller contract; the kinds come from detection, so are supported.
+    unsafe { kernels::copy_nt(persist::nt_kind(), persist::flush_kind(), dst, src, len) }
+}
+
+/// [`copy_nt`] with an explicit kernel and flush instruction (tests, benchmarks).
+///
+/// # Panics
+/// If the CPU lacks `kind` or `flush` (see `is_supported`).
+///
+/// # Safety
+/// As [`copy`].
+pub unsafe fn copy_nt_with(
+    kind: NtKind,
+    flush: FlushKind,
+    dst: *mut u8,
+    src: *const u8,
+    len: usize,
+) -> usize {
+    assert!(
+        kind.is_supported(),
+        "{} not supported by this CPU",
+        kind.as_str()
+    );
+    assert!(
+        flush.is_supported(),
+        "{} not supported by this CPU",
+        flush.as_str()
+    );
+    // SAFETY: forwarded caller contract; support checked above.
+    unsafe { kernels::copy_nt(kind, flush, dst, src, len) }
+}
+
+/// Zero `len` bytes at `dst` (`rep stosb`); returns the number of bytes NOT zeroed.
+///
+/// # Safety
+/// `dst` must be valid for writes or its faults must be ones the handler recovers.
+#[inline]
+pub unsafe fn zero(dst: *mut u8, len: usize) -> usize {
+    // SAFETY: forwarded caller contract.
+    unsafe { kernels::zero(dst, len) }
+}
+
+/// Zero persistent memory, with the durability contract of [`copy_nt`].
+///
+/// # Safety
+/// As [`zero`].
+#[inline]
+pub unsafe fn zero_nt(dst: *mut u8, len: usize) -> usize {
+    // SAFETY: forwarded caller contract; the kinds come from detection, so are supported.
+    unsafe { kernels::zero_nt(persist::nt_kind(), persist::flush_kind(), dst, len) }
+}
+
+/// [`zero_nt`] with an explicit kernel and flush instruction (tests, benchmarks).
+///
+/// # Panics
+/// If the CPU lacks `kind` or `flush`.
+///
+/// # Safety
+/// As [`zero`].
+pub unsafe fn zero_nt_with(kind: NtKind, flush: FlushKind, dst: *mut u8, len: usize) -> usize {
+    assert!(
+        kind.is_supported(),
+        "{} not supported by this CPU",
+        kind.as_str()
+    );
+    assert!(
+        flush.is_supported(),
+        "{} not supported by this CPU",
+        flush.as_str()
+    );
+    // SAFETY: forwarded caller contract; support checked above.
+    unsafe { kernels::zero_nt(kind, flush, dst, len) }
+}
+
+/// Write back every cache line of `[addr, addr+len)` (no fence) with
+/// [`persist::flush_kind`], surviving a fault (e.g. a file truncated by another process).
+/// Returns 0 when every line was flushed, else a non-zero count of bytes from the first
+/// line not flushed to the end of the range.
+///
+/// # Safety
+/// The range must be mapped or its faults must be ones the handler recovers.
+#[inline]
+pub unsafe fn flush(addr: *const u8, len: usize) -> usize {
+    // SAFETY: forwarded caller contract; the kind comes from detection.
+    unsafe { kernels::flush(addr, len, persist::flush_kind()) }
+}
+
+/// [`flush`] with an explicit instruction.
+///
+/// # Panics
+/// If the CPU lacks `kind`.
+///
+/// # Safety
+/// As [`flush`].
+pub unsafe fn flush_with(kind: FlushKind, addr: *const u8, len: usize) -> usize {
+    assert!(
+        kind.is_supported(),
+        "{} not supported by this CPU",
+        kind.as_str()
+    );
+    // SAFETY: forwarded caller contract; support checked above.
+    unsafe { kernels::flush(addr, len, kind) }
+}
