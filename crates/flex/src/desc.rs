@@ -1,0 +1,169 @@
+//! Open file descriptions and the descriptor table.
+//!
+//! A [`Desc`] is what POSIX calls an open file description: the file offset and status
+//! flags, shared by every descriptor `dup`ed from it. The table maps descriptor numbers to
+//! descriptions without a global lock (one `ArcSwapOption` per descriptor, in lazily
+//! allocated pages). Descriptors that flex does not manage are simply absent: a lookup of
+//! them is one atomic load.
+
+use crate::inode::Inode;
+use arc_swap::ArcSwapOption;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicUsize, Ordering::*};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+pub struct Desc {
+    pub inode: Arc<Inode>,
+    /// Access mode the application asked for (O_RDONLY, O_WRONLY, O_RDWR). The kernel
+    /// descriptor may be O_RDWR where the application asked O_WRONLY (mapping needs read).
+    pub acc: i32,
+    /// Status flags as the application sees them (F_GETFL); O_APPEND is emulated.
+    pub flags: AtomicI32,
+    /// Handed back to the kernel (after fork, exec, dup onto 0-2): the kernel owns the
+    /// offset and the size from then on.
+    pub demoted: AtomicBool,
+    /// The file offset; the mutex is also the position lock of read/write/lseek.
+    pos: Mutex<u64>,
+    /// Descriptors in the table that point here.
+    pub fds: AtomicU32,
+    /// The application opened it with O_FLEX (map at once).
+    pub explicit: bool,
+}
+
+impl Desc {
+    pub fn new(inode: Arc<Inode>, acc: i32, flags: i32, explicit: bool) -> Desc {
+        Desc {
+            inode,
+            acc,
+            flags: AtomicI32::new(flags),
+            demoted: AtomicBool::new(false),
+            pos: Mutex::new(0),
+            fds: AtomicU32::new(0),
+            explicit,
+        }
+    }
+    pub fn pos(&self) -> MutexGuard<'_, u64> {
+        self.pos.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    pub fn readable(&self) -> bool {
+        self.acc != libc::O_WRONLY
+    }
+    pub fn writable(&self) -> bool {
+        self.acc != libc::O_RDONLY
+    }
+    pub fn append(&self) -> bool {
+        self.flags.load(Relaxed) & libc::O_APPEND != 0
+    }
+    pub fn is_demoted(&self) -> bool {
+        self.demoted.load(Acquire)
+    }
+}
+
+const L2: usize = 1024;
+const L1: usize = 1024;
+type Page = [ArcSwapOption<Desc>; L2];
+
+pub struct Table {
+    pages: [AtomicPtr<Page>; L1],
+    count: AtomicUsize,
+}
+
+impl Default for Table {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Table {
+    pub fn new() -> Table {
+        Table {
+            pages: [const { AtomicPtr::new(core::ptr::null_mut()) }; L1],
+            count: AtomicUsize::new(0),
+        }
+    }
+
+    fn slot(&self, fd: i32, create: bool) -> Option<&ArcSwapOption<Desc>> {
+        let fd = usize::try_from(fd).ok()?;
+        let (a, b) = (fd / L2, fd % L2);
+        let cell = self.pages.get(a)?;
+        let mut p = cell.load(Acquire);
+        if p.is_null() {
+            if !create {
+                return None;
+            }
+            let fresh: Box<Page> = Box::new(core::array::from_fn(|_| ArcSwapOption::empty()));
+            let raw = Box::into_raw(fresh);
+            match cell.compare_exchange(core::ptr::null_mut(), raw, AcqRel, Acquire) {
+                Ok(_) => p = raw,
+                Err(cur) => {
+                    // SAFETY: `raw` came from Box::into_raw above and was never shared.
+                    drop(unsafe { Box::from_raw(raw) });
+                    p = cur;
+                }
+            }
+        }
+        // SAFETY: pages are allocated once and never freed, so the reference is valid for
+        // the life of the table (the process).
+        Some(unsafe { &(*p)[b] })
+    }
+
+    /// The description behind `fd`, if flex manages it.
+    #[inline]
+    pub fn get(&self, fd: i32) -> Option<Arc<Desc>> {
+        if self.count.load(Relaxed) == 0 {
+            return None;
+        }
+        self.slot(fd, false)?.load_full()
+    }
+
+    /// Point `fd` at `d` (replacing what was there; returns the old description).
+    pub fn set(&self, fd: i32, d: Arc<Desc>) -> Option<Arc<Desc>> {
+        let slot = self.slot(fd, true)?;
+        d.fds.fetch_add(1, AcqRel);
+        let old = slot.swap(Some(d));
+        if old.is_none() {
+            self.count.fetch_add(1, AcqRel);
+        }
+        old
+    }
+
+    /// Forget `fd`; returns its description if it had one.
+    pub fn take(&self, fd: i32) -> Option<Arc<Desc>> {
+        if self.count.load(Relaxed) == 0 {
+            return None;
+        }
+        let old = self.slot(fd, false)?.swap(None);
+        if old.is_some() {
+            self.count.fetch_sub(1, AcqRel);
+        }
+        old
+    }
+
+    /// Every (fd, description) pair.
+    pub fn entries(&self) -> Vec<(i32, Arc<Desc>)> {
+        let mut out = Vec::new();
+        if self.count.load(Acquire) == 0 {
+            return out;
+        }
+        for (a, cell) in self.pages.iter().enumerate() {
+            let p = cell.load(Acquire);
+            if p.is_null() {
+                continue;
+            }
+            // SAFETY: pages are never freed.
+            let page = unsafe { &*p };
+            for (b, s) in page.iter().enumerate() {
+                if let Some(d) = s.load_full() {
+                    out.push(((a * L2 + b) as i32, d));
+                }
+            }
+        }
+        out
+    }
+
+    pub fn len(&self) -> usize {
+        self.count.load(Acquire)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

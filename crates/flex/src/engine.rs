@@ -1,0 +1,143 @@
+//! The process-wide engine: configuration, statistics, the descriptor table and the
+//! inode cache (which keeps mappings alive across close, so reopening is cheap).
+
+use crate::config::{Config, LogLevel};
+use crate::desc::Table;
+use crate::inode::Inode;
+use crate::stats::Stats;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::AtomicI64;
+use std::sync::{Arc, Mutex, OnceLock};
+
+pub struct Engine {
+    pub config: Config,
+    pub stats: Stats,
+    pub table: Table,
+    inodes: Mutex<Inodes>,
+    /// Inodes of this process currently over-allocated (in trailer mode).
+    pub trailer_files: AtomicI64,
+    /// Cached current directory, for matching relative paths against FLEX_PATHS.
+    cwd: Mutex<Option<Vec<u8>>>,
+}
+
+#[derive(Default)]
+struct Inodes {
+    map: HashMap<(u64, u64), Arc<Inode>>,
+    /// Inodes with no open description, oldest first (the mapping cache).
+    idle: VecDeque<(u64, u64)>,
+}
+
+static ENGINE: OnceLock<Engine> = OnceLock::new();
+
+/// The engine, created from the environment on first use.
+pub fn engine() -> &'static Engine {
+    ENGINE.get_or_init(|| Engine::new(Config::from_env()))
+}
+
+/// The engine if it was already created (exit hooks must not create it).
+pub fn engine_if_started() -> Option<&'static Engine> {
+    ENGINE.get()
+}
+
+pub fn log_enabled(lvl: LogLevel) -> bool {
+    crate::log::enabled(engine().config.log, lvl)
+}
+
+impl Engine {
+    fn new(config: Config) -> Engine {
+        crate::fault::install();
+        Engine {
+            config,
+            stats: Stats::default(),
+            table: Table::new(),
+            inodes: Mutex::new(Inodes::default()),
+            trailer_files: AtomicI64::new(0),
+            cwd: Mutex::new(None),
+        }
+    }
+
+    /// Find or create the inode for (dev, ino). Returns it and whether it is new.
+    pub fn inode(&self, dev: u64, ino: u64, size: u64, path: &[u8]) -> (Arc<Inode>, bool) {
+        let mut g = self.inodes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = g.map.get(&(dev, ino)) {
+            let i = i.clone();
+            if i.descs.fetch_add(1, std::sync::atomic::Ordering::AcqRel) == 0 {
+                g.idle.retain(|k| *k != (dev, ino));
+            }
+            return (i, false);
+        }
+        let i = Arc::new(Inode::new(dev, ino, size, path.to_vec()));
+        i.descs.store(1, std::sync::atomic::Ordering::Release);
+        g.map.insert((dev, ino), i.clone());
+        (i, true)
+    }
+
+    /// A description of this inode closed: keep it cached, evicting the oldest idle ones.
+    pub fn release(&self, inode: &Arc<Inode>) {
+        let mut g = self.inodes.lock().unwrap_or_else(|p| p.into_inner());
+        if inode
+            .descs
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+            != 1
+        {
+            return;
+        }
+        g.idle.push_back((inode.dev, inode.ino));
+        let mut evicted = Vec::new();
+        while g.idle.len() > self.config.map_cache {
+            if let Some(k) = g.idle.pop_front() {
+                if let Some(i) = g.map.remove(&k) {
+                    evicted.push(i);
+                }
+            }
+        }
+        drop(g);
+        for i in evicted {
+            i.unmap();
+        }
+    }
+
+    /// A path is unlinked or replaced: drop its cached mapping if no description uses it,
+    /// so the file's space is freed and the mapping never outlives the file's identity.
+    pub fn forget(&self, dev: u64, ino: u64) {
+        let mut g = self.inodes.lock().unwrap_or_else(|p| p.into_inner());
+        let idle = g
+            .map
+            .get(&(dev, ino))
+            .is_some_and(|i| i.descs.load(std::sync::atomic::Ordering::Acquire) == 0);
+        if idle {
+            let i = g.map.remove(&(dev, ino));
+            g.idle.retain(|k| *k != (dev, ino));
+            drop(g);
+            if let Some(i) = i {
+                i.unmap();
+            }
+        }
+    }
+
+    /// The inode for (dev, ino) if this process has it.
+    pub fn lookup(&self, dev: u64, ino: u64) -> Option<Arc<Inode>> {
+        let g = self.inodes.lock().unwrap_or_else(|p| p.into_inner());
+        g.map.get(&(dev, ino)).cloned()
+    }
+
+    /// Every cached inode (for exit and exec).
+    pub fn all_inodes(&self) -> Vec<Arc<Inode>> {
+        let g = self.inodes.lock().unwrap_or_else(|p| p.into_inner());
+        g.map.values().cloned().collect()
+    }
+
+    /// The current directory, cached until chdir.
+    pub fn cwd(&self) -> Option<Vec<u8>> {
+        let mut g = self.cwd.lock().unwrap_or_else(|p| p.into_inner());
+        if g.is_none() {
+            let c = rustix::process::getcwd(Vec::new()).ok()?;
+            *g = Some(c.as_bytes().to_vec());
+        }
+        g.clone()
+    }
+
+    pub fn chdir_happened(&self) {
+        *self.cwd.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}

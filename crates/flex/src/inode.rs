@@ -1,0 +1,826 @@
+//! Per-file state shared by every open description of one file in this process: the
+//! mapping, the logical size, growth and trimming, and the read/write data paths.
+//!
+//! Locking: `size` (a mutex) serialises every change of size or mapping, and writes that
+//! extend the file (so O_APPEND is atomic). `map` (a rwlock) is held shared while bytes
+//! are copied to or from the mapping, exclusively while the mapping moves and during a
+//! multi-buffer write (so `writev` is atomic with respect to other writes). Order: size, map.
+//!
+//! Invariants: bytes in `[lsize, ksize - 64)` are zero; in trailer mode the trailer sits
+//! at `ksize - 64` and holds `lsize`; outside trailer mode `ksize == lsize` as far as this
+//! process knows (another process may change it: short reads refresh it).
+
+use crate::config::LogLevel;
+use crate::engine::{engine, Engine};
+use crate::fault;
+use crate::log::flex_log;
+use crate::persist::{self, Granularity};
+use crate::stats::FileStat;
+use crate::sys::{self, Errno, Res};
+use crate::trailer::{self, Trailer};
+use rustix::fd::RawFd;
+use rustix::mm::{MapFlags, ProtFlags};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::{Mutex, MutexGuard, RwLock};
+
+const HUGE: u64 = 2 << 20;
+/// Largest count one read or write moves, as the kernel (MAX_RW_COUNT).
+pub const MAX_RW: usize = 0x7fff_f000;
+/// Offsets beyond this go to the kernel, which knows each file system's size limits.
+pub const FAST_LIMIT: u64 = 1 << 40;
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+
+pub struct Mapping {
+    base: *mut u8,
+    /// Length of the virtual reservation (file-backed up to here; beyond EOF faults).
+    len: usize,
+    writable: bool,
+    pub gran: Granularity,
+    pub map_sync: bool,
+    /// The kernel's size of the file as this process set or last saw it.
+    ksize: u64,
+    /// Over-allocated with a trailer at `ksize - 64`.
+    trailer: bool,
+    /// tmpfs or DAX: populating page tables ahead is cheap and never dirties disk pages.
+    populate_ok: bool,
+}
+
+// SAFETY: `base` points to a shared file mapping owned by this struct; all access to the
+// pointed-to bytes goes through the guarded copy routines under the inode's locks.
+unsafe impl Send for Mapping {}
+// SAFETY: as above; shared references only read the fields.
+unsafe impl Sync for Mapping {}
+
+pub struct Inode {
+    pub dev: u64,
+    pub ino: u64,
+    pub path: Vec<u8>,
+    lsize: AtomicU64,
+    size: Mutex<()>,
+    map: RwLock<Mapping>,
+    /// Open descriptions using this inode (0: it sits in the mapping cache).
+    pub descs: AtomicUsize,
+    /// The application mapped the file itself: keep the kernel size exact from now on.
+    app_mapped: AtomicBool,
+    /// Size or allocation changed since the last fsync (cache-line granularity only needs
+    /// a real fsync then).
+    meta_dirty: AtomicBool,
+    /// IO calls seen while unmapped: mapping pays off only for files that see enough IO.
+    pub io: AtomicU32,
+    /// mmap refused (file system without mmap...): the kernel serves this file.
+    nomap: AtomicBool,
+}
+
+fn round_up(v: u64, to: u64) -> u64 {
+    v.div_ceil(to) * to
+}
+
+impl Inode {
+    pub fn new(dev: u64, ino: u64, size: u64, path: Vec<u8>) -> Inode {
+        Inode {
+            dev,
+            ino,
+            path,
+            lsize: AtomicU64::new(size),
+            size: Mutex::new(()),
+            map: RwLock::new(Mapping {
+                base: core::ptr::null_mut(),
+                len: 0,
+                writable: false,
+                gran: Granularity::Page,
+                map_sync: false,
+                ksize: size,
+                trailer: false,
+                populate_ok: false,
+            }),
+            descs: AtomicUsize::new(0),
+            app_mapped: AtomicBool::new(false),
+            meta_dirty: AtomicBool::new(false),
+            io: AtomicU32::new(0),
+            nomap: AtomicBool::new(false),
+        }
+    }
+
+    fn lock_size(&self) -> MutexGuard<'_, ()> {
+        self.size.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn map_r(&self) -> std::sync::RwLockReadGuard<'_, Mapping> {
+        self.map.read().unwrap_or_else(|p| p.into_inner())
+    }
+    fn map_w(&self) -> std::sync::RwLockWriteGuard<'_, Mapping> {
+        self.map.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn lsize(&self) -> u64 {
+        self.lsize.load(Acquire)
+    }
+    pub fn granularity(&self) -> Option<Granularity> {
+        let m = self.map_r();
+        (!m.base.is_null()).then_some(m.gran)
+    }
+    pub fn is_mapped(&self, write: bool) -> bool {
+        let m = self.map_r();
+        !m.base.is_null() && (m.writable || !write)
+    }
+    pub fn nomap(&self) -> bool {
+        self.nomap.load(Relaxed)
+    }
+    pub fn set_nomap(&self) {
+        self.nomap.store(true, Relaxed)
+    }
+    pub fn in_trailer_mode(&self) -> bool {
+        self.map_r().trailer
+    }
+
+    /// Re-read the kernel's size when this process does not own it (no trailer). Called
+    /// when a read comes up short: another process may have extended the file.
+    pub fn refresh(&self, fd: RawFd) -> Res<u64> {
+        let _s = self.lock_size();
+        let mut m = self.map_w();
+        if m.trailer {
+            return Ok(self.lsize());
+        }
+        let st = sys::fstat(fd)?;
+        let k = st.st_size as u64;
+        m.ksize = k;
+        self.lsize.store(k, Release);
+        Ok(k)
+    }
+
+    /// Called at adoption when the cached inode is reused, or fresh: take the kernel's size.
+    pub fn adopt_size(&self, ksize: u64) {
+        let _s = self.lock_size();
+        let mut m = self.map_w();
+        if m.trailer && m.ksize == ksize {
+            return;
+        }
+        if m.trailer {
+            // Someone truncated the file behind our back (O_TRUNC open, another process).
+            m.trailer = false;
+            engine().trailer_files.fetch_sub(1, Relaxed);
+        }
+        m.ksize = ksize;
+        self.lsize.store(ksize, Release);
+    }
+
+    /// Write through the kernel (unmapped file, or a fallback). O_APPEND is emulated here:
+    /// the kernel descriptor never carries it, so the offset is ours to choose.
+    ///
+    /// # Safety
+    /// Each buffer must be valid for its length or invalid (the kernel answers EFAULT).
+    pub unsafe fn kernel_write(
+        &self,
+        fd: RawFd,
+        bufs: &[(*const u8, usize)],
+        off: u64,
+        append: bool,
+    ) -> Res<(usize, u64)> {
+        let _s = self.lock_size();
+        let off = if !append {
+            off
+        } else if self.map_r().trailer {
+            self.lsize()
+        } else {
+            // The kernel's size is the truth: another process may have appended.
+            let k = sys::fstat(fd)?.st_size as u64;
+            self.lsize.store(k, Release);
+            self.map_w().ksize = k;
+            k
+        };
+        self.kernel_write_locked(fd, bufs, off)
+    }
+
+    /// Create or widen the mapping so that it covers `need` bytes (and is writable if asked).
+    /// Caller holds the size lock.
+    fn ensure_map(
+        &self,
+        m: &mut Mapping,
+        fd: RawFd,
+        need: u64,
+        write: bool,
+        e: &Engine,
+    ) -> Res<()> {
+        if !m.base.is_null() && (m.len as u64) >= need && (m.writable || !write) {
+            return Ok(());
+        }
+        let want = round_up(need.max(m.ksize).saturating_mul(2).max(HUGE), HUGE);
+        if want > isize::MAX as u64 / 2 {
+            return Err(Errno::FBIG);
+        }
+        let want = want as usize;
+        if !m.base.is_null() && (m.writable || !write) {
+            // SAFETY: base/len describe our own mapping; holding the exclusive map lock, no
+            // copy is in progress; MAYMOVE lets the kernel pick a new address.
+            let p = unsafe {
+                rustix::mm::mremap(m.base.cast(), m.len, want, rustix::mm::MremapFlags::MAYMOVE)
+            }?;
+            m.base = p.cast();
+            m.len = want;
+            e.stats.remaps.fetch_add(1, Relaxed);
+            return Ok(());
+        }
+        let (base, gran, sync) = map_file(fd, want, write)?;
+        if !m.base.is_null() {
+            // SAFETY: the old mapping is ours and no copy runs (exclusive map lock).
+            let _ = unsafe { rustix::mm::munmap(m.base.cast(), m.len) };
+            e.stats.unmaps.fetch_add(1, Relaxed);
+        }
+        m.base = base;
+        m.len = want;
+        m.writable = write;
+        m.gran = gran;
+        m.map_sync = sync;
+        m.populate_ok = sync
+            || rustix::fs::fstatfs(sys::bfd(fd))
+                .map(|s| s.f_type == TMPFS_MAGIC)
+                .unwrap_or(false);
+        e.stats.maps.fetch_add(1, Relaxed);
+        e.stats.file(
+            &self.path,
+            FileStat {
+                granularity: gran.as_str(),
+                map_sync: sync,
+            },
+        );
+        flex_log!(
+            LogLevel::Debug,
+            "map {} len={} gran={} write={}",
+            String::from_utf8_lossy(&self.path),
+            want,
+            gran.as_str(),
+            write
+        );
+        let ks = m.ksize.min(m.len as u64);
+        if m.populate_ok && ks > 0 && ks <= e.config.populate_max {
+            let adv = if write && sync {
+                rustix::mm::Advice::LinuxPopulateWrite
+            } else {
+                rustix::mm::Advice::LinuxPopulateRead
+            };
+            // SAFETY: advice on our own mapping, within the file's size.
+            let _ = unsafe { rustix::mm::madvise(base.cast(), round_up(ks, 4096) as usize, adv) };
+        }
+        Ok(())
+    }
+
+    /// Make sure a mapping exists for reading or writing (used at adoption and by the paths).
+    pub fn map_for(&self, fd: RawFd, write: bool) -> Res<()> {
+        let e = engine();
+        {
+            let m = self.map_r();
+            if !m.base.is_null() && (m.writable || !write) && m.len as u64 >= m.ksize {
+                return Ok(());
+            }
+        }
+        let _s = self.lock_size();
+        let mut m = self.map_w();
+        let k = m.ksize;
+        self.ensure_map(&mut m, fd, k, write, e)
+    }
+
+    /// Read up to `len` bytes at `off` into `buf`. Returns the count, as pread(2).
+    ///
+    /// # Safety
+    /// `buf` must be valid for `len` bytes or fault when touched (the copy is guarded);
+    /// it must never point into memory the caller does not own.
+    pub unsafe fn read_at(&self, fd: RawFd, buf: *mut u8, len: usize, off: u64) -> Res<usize> {
+        let e = engine();
+        let len = len.min(MAX_RW);
+        let mut done = 0usize;
+        let mut refreshed = false;
+        while done < len {
+            let pos = off + done as u64;
+            let ls = self.lsize();
+            if pos >= ls {
+                // At our idea of EOF: another process may have extended the file.
+                if refreshed || self.refresh(fd)? <= pos {
+                    break;
+                }
+                refreshed = true;
+                continue;
+            }
+            let n = ((ls - pos) as usize).min(len - done);
+            let m = self.map_r();
+            if m.base.is_null() || pos + n as u64 > m.len as u64 {
+                drop(m);
+                self.map_for(fd, false)?;
+                let m = self.map_r();
+                if m.base.is_null() || pos + n as u64 > m.len as u64 {
+                    drop(m);
+                    e.stats.fallback("read beyond mapping");
+                    // SAFETY: forwarded contract of read_at.
+                    return unsafe { self.kernel_read(fd, buf, len, off, done) };
+                }
+                continue;
+            }
+            // SAFETY: [pos, pos+n) lies inside our mapping and below the logical size; the
+            // destination is the application's buffer: a bad pointer, or a page truncated
+            // away by another process, faults inside the guarded copy and is reported as a
+            // remainder instead of a signal.
+            let rem = unsafe { fault::copy(buf.add(done), m.base.add(pos as usize), n) };
+            drop(m);
+            done += n - rem;
+            if rem != 0 {
+                // The kernel knows the truth (EFAULT, or a file truncated under us).
+                e.stats.fallback("fault during read");
+                // SAFETY: forwarded contract of read_at.
+                return unsafe { self.kernel_read(fd, buf, len, off, done) };
+            }
+            if done < len && !refreshed {
+                // Short: the file may have grown behind us; the loop re-checks.
+                continue;
+            }
+        }
+        e.stats.bytes_read.fetch_add(done as u64, Relaxed);
+        Ok(done)
+    }
+
+    /// # Safety
+    /// As [`Inode::read_at`].
+    unsafe fn kernel_read(
+        &self,
+        fd: RawFd,
+        buf: *mut u8,
+        len: usize,
+        off: u64,
+        done: usize,
+    ) -> Res<usize> {
+        // In trailer mode the kernel sees zeros and the trailer past lsize: clamp.
+        let ls = self.lsize();
+        let pos = off + done as u64;
+        let want = if self.in_trailer_mode() {
+            (len - done).min(ls.saturating_sub(pos) as usize)
+        } else {
+            len - done
+        };
+        if want == 0 {
+            return Ok(done);
+        }
+        // SAFETY: within the application's buffer of `len` bytes (contract of read_at).
+        match unsafe { sys::pread(fd, buf.add(done), want, pos) } {
+            Ok(n) => Ok(done + n),
+            Err(e) if done == 0 => Err(e),
+            Err(_) => Ok(done),
+        }
+    }
+
+    /// Write the buffers at `off` (or at the end if `append`). Returns the count and the
+    /// offset just past the written bytes, as pwritev(2) plus O_APPEND.
+    ///
+    /// # Safety
+    /// Each buffer must be valid for its length or fault when read (the copy is guarded).
+    pub unsafe fn write_at(
+        &self,
+        fd: RawFd,
+        bufs: &[(*const u8, usize)],
+        off: u64,
+        append: bool,
+    ) -> Res<(usize, u64)> {
+        let e = engine();
+        let total: usize = bufs
+            .iter()
+            .fold(0usize, |a, b| a.saturating_add(b.1))
+            .min(MAX_RW);
+        if total == 0 {
+            return Ok((0, off));
+        }
+        // Fast path: an overwrite inside the logical size by a single buffer, in parallel
+        // with other such writes.
+        if !append && bufs.len() == 1 {
+            let end = off.saturating_add(total as u64);
+            let m = self.map_r();
+            if !m.base.is_null() && m.writable && end <= m.len as u64 && end <= self.lsize() {
+                let rem = self.copy_in(&m, bufs, off, total);
+                drop(m);
+                if rem == 0 {
+                    e.stats.bytes_written.fetch_add(total as u64, Relaxed);
+                    return Ok((total, end));
+                }
+                let _s = self.lock_size();
+                return self.fault_fallback(fd, bufs, off, total - rem);
+            }
+        }
+        let _s = self.lock_size();
+        let off = if append { self.lsize() } else { off };
+        let end = off.checked_add(total as u64).ok_or(Errno::FBIG)?;
+        if end > FAST_LIMIT {
+            e.stats.fallback("offset beyond fast range");
+            return self.kernel_write_locked(fd, bufs, off);
+        }
+        let mut m = self.map_w();
+        if end > self.lsize() {
+            if self.app_mapped.load(Relaxed) {
+                drop(m);
+                return self.kernel_write_locked(fd, bufs, off);
+            }
+            match self.grow(&mut m, fd, end, e) {
+                Ok(()) => {}
+                Err(Errno::NOSPC) | Err(Errno::FBIG) | Err(Errno::DQUOT) => {
+                    e.stats.fallback("cannot reserve space");
+                    drop(m);
+                    return self.kernel_write_locked(fd, bufs, off);
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        self.ensure_map(&mut m, fd, end, true, e)?;
+        let rem = self.copy_in(&m, bufs, off, total);
+        let reached = off + (total - rem) as u64;
+        if reached > self.lsize() {
+            self.publish_size(&m, reached);
+        }
+        drop(m);
+        if rem == 0 {
+            e.stats.bytes_written.fetch_add(total as u64, Relaxed);
+            return Ok((total, end));
+        }
+        self.fault_fallback(fd, bufs, off, total - rem)
+    }
+
+    /// Copy the buffers into the mapping at `off`, durably on cache-line granularity.
+    /// Returns the number of bytes not copied (a fault stopped the copy).
+    fn copy_in(&self, m: &Mapping, bufs: &[(*const u8, usize)], off: u64, total: usize) -> usize {
+        let mut at = off as usize;
+        let mut left = total;
+        for &(p, l) in bufs {
+            let l = l.min(left);
+            if l == 0 {
+                continue;
+            }
+            // SAFETY: [at, at+l) lies inside the writable mapping (checked by the callers
+            // against its length); the source is the application's buffer, and a fault on
+            // either side is caught by the guarded copy and reported as a remainder.
+            let rem = unsafe {
+                match m.gran {
+                    Granularity::CacheLine => fault::copy_nt(m.base.add(at), p, l),
+                    Granularity::Page => fault::copy(m.base.add(at), p, l),
+                }
+            };
+            left -= l - rem;
+            if rem != 0 {
+                break;
+            }
+            at += l;
+        }
+        if m.gran == Granularity::CacheLine {
+            persist::fence();
+        }
+        left
+    }
+
+    /// A copy faulted after `done` bytes: a bad source buffer, or a page the file system
+    /// could not provide. The kernel gives the exact answer for the rest (EFAULT, ENOSPC,
+    /// a short count). Caller holds the size lock.
+    fn fault_fallback(
+        &self,
+        fd: RawFd,
+        bufs: &[(*const u8, usize)],
+        off: u64,
+        done: usize,
+    ) -> Res<(usize, u64)> {
+        let e = engine();
+        e.stats.fallback("fault during write");
+        let rest = skip(bufs, done);
+        match self.kernel_write_locked(fd, &rest, off + done as u64) {
+            Ok((n, end)) => {
+                e.stats.bytes_written.fetch_add(done as u64, Relaxed);
+                Ok((done + n, end))
+            }
+            Err(err) if done == 0 => Err(err),
+            Err(_) => {
+                e.stats.bytes_written.fetch_add(done as u64, Relaxed);
+                Ok((done, off + done as u64))
+            }
+        }
+    }
+
+    /// The kernel writes: leave trailer mode first so the kernel sees the logical size.
+    /// Caller holds the size lock.
+    fn kernel_write_locked(
+        &self,
+        fd: RawFd,
+        bufs: &[(*const u8, usize)],
+        off: u64,
+    ) -> Res<(usize, u64)> {
+        self.trim_locked(fd)?;
+        // SAFETY: the buffers come from write_at/kernel_write, whose contract they carry.
+        let n = unsafe { kernel_pwritev(fd, bufs, off) }?;
+        let end = off + n as u64;
+        if end > self.lsize() {
+            self.lsize.store(end, Release);
+            let mut m = self.map_w();
+            m.ksize = m.ksize.max(end);
+        }
+        engine().stats.bytes_written.fetch_add(n as u64, Relaxed);
+        Ok((n, end))
+    }
+
+    /// Extend the kernel size so that `end` fits before the trailer, in large steps.
+    fn grow(&self, m: &mut Mapping, fd: RawFd, end: u64, e: &Engine) -> Res<()> {
+        if m.trailer && end + trailer::SIZE <= m.ksize {
+            return Ok(());
+        }
+        let old = m.ksize;
+        let step = (end / 4).clamp(e.config.grow_min, 256 << 20);
+        let new = round_up(end + trailer::SIZE, step).max(round_up(end + trailer::SIZE, 4096));
+        // Reserve the blocks first: ENOSPC surfaces here, never as SIGBUS later.
+        let from = if m.trailer {
+            old
+        } else {
+            self.lsize().min(old)
+        };
+        match sys::reserve(fd, from, new - from) {
+            // Without fallocate, a page that cannot be allocated faults in the guarded
+            // copy and the write falls back to the kernel.
+            Ok(()) | Err(Errno::OPNOTSUPP) => {}
+            Err(err) => return Err(err),
+        }
+        if !m.trailer {
+            // Tell recovery that a live process owns the over-allocation.
+            let _ = sys::ofd_lock(fd, trailer::LOCK_AT, false, true);
+            engine().trailer_files.fetch_add(1, Relaxed);
+        }
+        let t = Trailer {
+            lsize: self.lsize(),
+            ksize: new,
+            ino: self.ino,
+        };
+        let b = t.encode();
+        // One system call extends the file and writes the trailer: a crash sees either
+        // the old size or the new size with a valid trailer.
+        // SAFETY: `b` is our own buffer.
+        let n = unsafe { sys::pwrite(fd, b.as_ptr(), b.len(), new - trailer::SIZE) }?;
+        if n != b.len() {
+            return Err(Errno::NOSPC);
+        }
+        let was_trailer = m.trailer;
+        m.ksize = new;
+        m.trailer = true;
+        self.meta_dirty.store(true, Relaxed);
+        e.stats.grows.fetch_add(1, Relaxed);
+        self.ensure_map(m, fd, new, true, e)?;
+        if was_trailer {
+            // The old trailer now lies inside the zero region: clear it.
+            // SAFETY: [old-64, old) is inside the mapping (old < new <= len).
+            unsafe { self.store_zero(m, old - trailer::SIZE, trailer::SIZE as usize) };
+        }
+        if m.populate_ok {
+            let a = round_up(from, 4096) as usize;
+            let b = round_up(new, 4096) as usize;
+            if b > a {
+                // SAFETY: advice on our own mapping within the file's new size.
+                let _ = unsafe {
+                    rustix::mm::madvise(
+                        m.base.add(a).cast(),
+                        b - a,
+                        rustix::mm::Advice::LinuxPopulateWrite,
+                    )
+                };
+            }
+        }
+        flex_log!(
+            LogLevel::Debug,
+            "grow {} {} -> {}",
+            String::from_utf8_lossy(&self.path),
+            old,
+            new
+        );
+        Ok(())
+    }
+
+    /// Zero `[at, at+len)` in the mapping, durably on cache-line granularity.
+    ///
+    /// # Safety
+    /// The range must lie inside the writable mapping.
+    unsafe fn store_zero(&self, m: &Mapping, at: u64, len: usize) {
+        // SAFETY: forwarded contract; the copy is guarded anyway.
+        unsafe {
+            match m.gran {
+                Granularity::CacheLine => {
+                    fault::zero_nt(m.base.add(at as usize), len);
+                    persist::fence();
+                }
+                Granularity::Page => {
+                    fault::zero(m.base.add(at as usize), len);
+                }
+            }
+        }
+    }
+
+    /// Publish a larger logical size (caller holds the size lock and the map lock).
+    fn publish_size(&self, m: &Mapping, end: u64) {
+        self.lsize.store(end, Release);
+        if m.trailer {
+            let at = Trailer::lsize_offset(m.ksize) as usize;
+            // SAFETY: the trailer lies inside the mapping (ksize <= len), 8-byte aligned.
+            unsafe {
+                let p = m.base.add(at) as *mut u64;
+                core::ptr::write_volatile(p, end.to_le());
+                if m.gran == Granularity::CacheLine {
+                    persist::flush(p as *const u8, 8);
+                    persist::fence();
+                }
+            }
+        }
+    }
+
+    /// Leave trailer mode: make the kernel size exact. Caller holds the size lock.
+    pub fn trim_locked(&self, fd: RawFd) -> Res<()> {
+        let mut m = self.map_w();
+        if !m.trailer {
+            return Ok(());
+        }
+        let ls = self.lsize();
+        sys::ftruncate(fd, ls)?;
+        let _ = sys::ofd_lock(fd, trailer::LOCK_AT, false, false);
+        engine().trailer_files.fetch_sub(1, Relaxed);
+        m.trailer = false;
+        m.ksize = ls;
+        self.meta_dirty.store(true, Relaxed);
+        flex_log!(
+            LogLevel::Debug,
+            "trim {} to {}",
+            String::from_utf8_lossy(&self.path),
+            ls
+        );
+        Ok(())
+    }
+
+    pub fn trim(&self, fd: RawFd) -> Res<()> {
+        let _s = self.lock_size();
+        self.trim_locked(fd)
+    }
+
+    /// fsync/fdatasync: the kernel size becomes exact; then durability by granularity.
+    pub fn sync(&self, fd: RawFd, data_only: bool) -> Res<()> {
+        let _s = self.lock_size();
+        self.trim_locked(fd)?;
+        let gran = self.map_r().gran;
+        let mapped = !self.map_r().base.is_null();
+        if mapped && gran == Granularity::CacheLine && !self.meta_dirty.swap(false, AcqRel) {
+            // Every write was made durable before it returned; nothing else changed.
+            persist::fence();
+            return Ok(());
+        }
+        if data_only {
+            sys::fdatasync(fd)
+        } else {
+            sys::fsync(fd)
+        }
+    }
+
+    /// The application truncates (ftruncate, truncate): exact mode, then the kernel.
+    pub fn set_len(
+        &self,
+        fd: Option<RawFd>,
+        len: u64,
+        kernel: impl FnOnce() -> Res<()>,
+    ) -> Res<()> {
+        let _s = self.lock_size();
+        if let Some(fd) = fd {
+            self.trim_locked(fd)?;
+        }
+        kernel()?;
+        let mut m = self.map_w();
+        m.ksize = len;
+        self.lsize.store(len, Release);
+        self.meta_dirty.store(true, Relaxed);
+        Ok(())
+    }
+
+    /// The application maps the file itself, or hands it to the kernel (sendfile...).
+    pub fn make_exact(&self, fd: RawFd, forever: bool) -> Res<()> {
+        if forever {
+            self.app_mapped.store(true, Relaxed);
+        }
+        self.trim(fd)
+    }
+
+    /// Unmap (cache eviction, unlink).
+    pub fn unmap(&self) {
+        let mut m = self.map_w();
+        if !m.base.is_null() {
+            // SAFETY: our own mapping; exclusive lock, so no copy is in progress.
+            let _ = unsafe { rustix::mm::munmap(m.base.cast(), m.len) };
+            m.base = core::ptr::null_mut();
+            m.len = 0;
+            engine().stats.unmaps.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+impl Drop for Inode {
+    fn drop(&mut self) {
+        let m = self.map.get_mut().unwrap_or_else(|p| p.into_inner());
+        if !m.base.is_null() {
+            // SAFETY: our own mapping, no other reference to the inode exists.
+            let _ = unsafe { rustix::mm::munmap(m.base.cast(), m.len) };
+        }
+    }
+}
+
+/// The buffers after skipping `n` bytes.
+fn skip(bufs: &[(*const u8, usize)], mut n: usize) -> Vec<(*const u8, usize)> {
+    let mut out = Vec::with_capacity(bufs.len());
+    for &(p, l) in bufs {
+        if n >= l {
+            n -= l;
+            continue;
+        }
+        // SAFETY: pointer arithmetic inside the application's buffer of length l.
+        out.push((unsafe { p.add(n) }, l - n));
+        n = 0;
+    }
+    out
+}
+
+/// # Safety
+/// Each buffer must be valid for its length or invalid (the kernel answers EFAULT).
+unsafe fn kernel_pwritev(fd: RawFd, bufs: &[(*const u8, usize)], off: u64) -> Res<usize> {
+    if bufs.len() == 1 {
+        // SAFETY: forwarded contract.
+        return unsafe { sys::pwrite(fd, bufs[0].0, bufs[0].1, off) };
+    }
+    let iov: Vec<libc::iovec> = bufs
+        .iter()
+        .map(|&(p, l)| libc::iovec {
+            iov_base: p as *mut _,
+            iov_len: l,
+        })
+        .collect();
+    // SAFETY: a raw system call; iov is a valid array we own, the buffers are checked by the kernel.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pwritev,
+            fd,
+            iov.as_ptr(),
+            iov.len() as libc::c_int,
+            off as i64,
+            (off >> 32) as i64,
+        )
+    };
+    if r < 0 {
+        // SAFETY: errno of this thread.
+        Err(Errno::from_raw_os_error(unsafe {
+            *libc::__errno_location()
+        }))
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// Map `len` bytes of the file, 2 MiB aligned. Tries MAP_SYNC first: accepted only on DAX.
+fn map_file(fd: RawFd, len: usize, write: bool) -> Res<(*mut u8, Granularity, bool)> {
+    let prot = if write {
+        ProtFlags::READ | ProtFlags::WRITE
+    } else {
+        ProtFlags::READ
+    };
+    // Reserve an aligned window first so DAX can use 2 MiB pages.
+    // SAFETY: an anonymous PROT_NONE reservation at an address of the kernel's choice.
+    let res = unsafe {
+        rustix::mm::mmap_anonymous(
+            core::ptr::null_mut(),
+            len + HUGE as usize,
+            ProtFlags::empty(),
+            MapFlags::PRIVATE | MapFlags::NORESERVE,
+        )
+    }?;
+    let start = res as usize;
+    let aligned = round_up(start as u64, HUGE) as usize;
+    let try_map = |flags: MapFlags| {
+        // SAFETY: MAP_FIXED over the reservation we own and nobody else uses.
+        unsafe {
+            rustix::mm::mmap(
+                aligned as *mut _,
+                len,
+                prot,
+                flags | MapFlags::FIXED,
+                sys::bfd(fd),
+                0,
+            )
+        }
+    };
+    let (gran, sync) = match try_map(MapFlags::SHARED_VALIDATE | MapFlags::SYNC) {
+        Ok(_) => (Granularity::CacheLine, true),
+        Err(_) => match try_map(MapFlags::SHARED) {
+            Ok(_) => (Granularity::Page, false),
+            Err(err) => {
+                // SAFETY: releasing our own reservation.
+                let _ = unsafe { rustix::mm::munmap(res, len + HUGE as usize) };
+                return Err(err);
+            }
+        },
+    };
+    // SAFETY: trimming the unused head and tail of our own reservation.
+    unsafe {
+        if aligned > start {
+            let _ = rustix::mm::munmap(res, aligned - start);
+        }
+        let tail = start + len + HUGE as usize - (aligned + len);
+        if tail > 0 {
+            let _ = rustix::mm::munmap((aligned + len) as *mut _, tail);
+        }
+    }
+    Ok((aligned as *mut u8, gran, sync))
+}

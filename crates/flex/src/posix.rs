@@ -1,0 +1,1058 @@
+//! System-call-shaped entry points, one per intercepted call.
+//!
+//! Each returns `None` when flex does not manage the descriptor or path (the caller then
+//! passes the call to the kernel untouched), or `Some(result)` with the kernel's errno
+//! semantics. The preload library turns `Err(errno)` into `-1` + `errno`.
+
+use crate::config::LogLevel;
+use crate::config::{normalize, O_FLEX};
+use crate::desc::Desc;
+use crate::engine::{engine, engine_if_started, Engine};
+use crate::fault;
+use crate::inode::{FAST_LIMIT, MAX_RW};
+use crate::log::flex_log;
+use crate::stats::Call;
+use crate::sys::{self, Errno, Res};
+use crate::trailer::{self, Recovery};
+use std::ffi::CStr;
+use std::sync::atomic::Ordering::*;
+use std::sync::Arc;
+
+type Fd = i32;
+const IOV_MAX: i32 = 1024;
+const KNOWN_RWF: i32 =
+    libc::RWF_HIPRI | libc::RWF_DSYNC | libc::RWF_SYNC | libc::RWF_NOWAIT | libc::RWF_APPEND;
+
+/// The managed description of `fd`, if any (cheap when nothing is managed).
+#[inline]
+fn desc(fd: Fd) -> Option<Arc<Desc>> {
+    engine_if_started()?.table.get(fd)
+}
+
+/// Is this open for flex? Absolute or relative path under FLEX_PATHS, or O_FLEX.
+fn wants(e: &Engine, dirfd: Fd, path: &CStr, flags: i32) -> bool {
+    if flags & O_FLEX != 0 {
+        return true;
+    }
+    if e.config.paths.is_empty() || e.config.disabled {
+        return false;
+    }
+    let p = path.to_bytes();
+    if p.first() == Some(&b'/') {
+        return e.config.path_managed(&normalize(p));
+    }
+    let base = if dirfd == libc::AT_FDCWD {
+        e.cwd()
+    } else {
+        let link = format!("/proc/self/fd/{dirfd}");
+        std::fs::read_link(link)
+            .ok()
+            .map(|b| std::os::unix::ffi::OsStrExt::as_bytes(b.as_os_str()).to_vec())
+    };
+    let Some(mut abs) = base else { return false };
+    abs.push(b'/');
+    abs.extend_from_slice(p);
+    e.config.path_managed(&normalize(&abs))
+}
+
+/// open, open64, openat, creat. `flags` may carry O_FLEX.
+pub fn open(dirfd: Fd, path: &CStr, flags: i32, mode: u32) -> Option<Res<Fd>> {
+    let e = engine();
+    if !wants(e, dirfd, path, flags) {
+        return None;
+    }
+    let explicit = flags & O_FLEX != 0;
+    let kflags = flags & !O_FLEX;
+    if e.config.disabled || kflags & (libc::O_PATH | libc::O_DIRECTORY) != 0 {
+        return Some(sys::openat(dirfd, path, kflags, mode));
+    }
+    Some(open_managed(e, dirfd, path, kflags, mode, explicit))
+}
+
+fn open_managed(
+    e: &Engine,
+    dirfd: Fd,
+    path: &CStr,
+    kflags: i32,
+    mode: u32,
+    explicit: bool,
+) -> Res<Fd> {
+    let acc = kflags & libc::O_ACCMODE;
+    // O_APPEND is emulated (the kernel descriptor must not redirect our own writes).
+    let mut oflags = kflags & !libc::O_APPEND;
+    let mut upgraded = false;
+    if acc == libc::O_WRONLY {
+        // Mapping needs read access: ask for O_RDWR on regular files only (a FIFO or a
+        // device opened O_RDWR behaves differently).
+        let nofollow = if kflags & libc::O_NOFOLLOW != 0 {
+            libc::AT_SYMLINK_NOFOLLOW
+        } else {
+            0
+        };
+        let regular = match sys::fstatat(dirfd, path, nofollow) {
+            Ok(st) => st.st_mode & libc::S_IFMT == libc::S_IFREG,
+            Err(Errno::NOENT) => kflags & libc::O_CREAT != 0,
+            Err(_) => false,
+        };
+        if regular {
+            oflags = (oflags & !libc::O_ACCMODE) | libc::O_RDWR;
+            upgraded = true;
+        }
+    }
+    let fd = match sys::openat(dirfd, path, oflags, mode) {
+        Ok(fd) => fd,
+        Err(Errno::ACCESS) | Err(Errno::ROFS) | Err(Errno::PERM) if upgraded => {
+            // Write-only permission: the kernel serves this file.
+            e.stats.fallback("write-only permission");
+            e.stats.passed(Call::open);
+            return sys::openat(dirfd, path, kflags, mode);
+        }
+        Err(err) => return Err(err),
+    };
+    let unmanaged = |reason: &'static str| -> Res<Fd> {
+        if kflags & libc::O_APPEND != 0 {
+            let _ = sys::fcntl_int(fd, libc::F_SETFL, (oflags | libc::O_APPEND) as libc::c_long);
+        }
+        e.stats.fallback(reason);
+        e.stats.passed(Call::open);
+        Ok(fd)
+    };
+    if fd <= 2 {
+        return unmanaged("descriptor 0-2");
+    }
+    let st = match sys::fstat(fd) {
+        Ok(st) => st,
+        Err(_) => return unmanaged("fstat failed"),
+    };
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return unmanaged("not a regular file");
+    }
+    let size = st.st_size as u64;
+    let pathb = path.to_bytes();
+    let (inode, fresh) = e.inode(st.st_dev, st.st_ino, size, pathb);
+    if fresh {
+        if size >= 4096 && size.is_multiple_of(4096) {
+            match recover_at_open(fd, acc, upgraded) {
+                Ok(Some(lsize)) => inode.adopt_size(lsize),
+                Ok(None) => {}
+                Err(reason) => {
+                    e.release(&inode);
+                    return unmanaged(reason);
+                }
+            }
+        }
+    } else {
+        inode.adopt_size(size);
+    }
+    let d = Arc::new(Desc::new(
+        inode,
+        acc,
+        kflags & !libc::O_ACCMODE & !libc::O_CLOEXEC,
+        explicit,
+    ));
+    e.table.set(fd, d.clone());
+    e.stats.served(Call::open);
+    flex_log!(
+        LogLevel::Debug,
+        "open {} fd={} size={}",
+        String::from_utf8_lossy(pathb),
+        fd,
+        size
+    );
+    if explicit {
+        let _ = d.inode.map_for(fd, d.writable());
+    }
+    Ok(fd)
+}
+
+/// A crashed writer may have left this file over-allocated: trim it (the trailer says to
+/// what). Returns the logical size if the file was trimmed.
+fn recover_at_open(fd: Fd, acc: i32, upgraded: bool) -> Result<Option<u64>, &'static str> {
+    let st = sys::fstat(fd).map_err(|_| "fstat failed")?;
+    match trailer::read(fd, st.st_size as u64, st.st_ino) {
+        Ok(Some(_)) => {}
+        _ => return Ok(None),
+    }
+    let writable = acc == libc::O_RDWR || upgraded;
+    let r = if writable {
+        trailer::recover_fd(fd)
+    } else {
+        // Read-only descriptor: recover through a private read-write one.
+        let p = std::ffi::CString::new(format!("/proc/self/fd/{fd}")).map_err(|_| "path")?;
+        trailer::recover_path(&p)
+    };
+    match r {
+        Ok(Recovery::Trimmed { to, .. }) => {
+            engine().stats.recoveries.fetch_add(1, Relaxed);
+            Ok(Some(to))
+        }
+        Ok(Recovery::Clean) => Ok(None),
+        Ok(Recovery::InUse { .. }) => Err("over-allocated by another live process"),
+        Err(_) => Err("recovery failed"),
+    }
+}
+
+/// Forget `fd` (closing or being replaced by dup2): the description closes with its last fd.
+fn drop_fd(e: &Engine, fd: Fd, d: Arc<Desc>) {
+    if d.fds.fetch_sub(1, AcqRel) == 1 {
+        if !d.is_demoted() {
+            // The kernel size is exact once a description closes.
+            let _ = d.inode.trim(fd);
+        }
+        e.release(&d.inode);
+    }
+}
+
+pub fn close(fd: Fd) -> Option<Res<()>> {
+    let e = engine_if_started()?;
+    let d = e.table.take(fd)?;
+    drop_fd(e, fd, d);
+    e.stats.served(Call::close);
+    Some(sys::close(fd))
+}
+
+/// close_range: forget managed descriptors in the range first (CLOEXEC only marks them).
+pub fn close_range(first: u32, last: u32, flags: i32) -> Option<()> {
+    let e = engine_if_started()?;
+    if flags & libc::CLOSE_RANGE_CLOEXEC as i32 != 0 {
+        return None;
+    }
+    for (fd, _) in e.table.entries() {
+        if (fd as u32) >= first && (fd as u32) <= last {
+            if let Some(d) = e.table.take(fd) {
+                drop_fd(e, fd, d);
+            }
+        }
+    }
+    None
+}
+
+/// Decide whether this IO goes through the mapping (true) or the kernel (false).
+fn mapped(e: &Engine, d: &Desc, fd: Fd, write: bool) -> bool {
+    let i = &d.inode;
+    if i.nomap() {
+        return false;
+    }
+    if i.is_mapped(write) {
+        return true;
+    }
+    if !d.explicit && i.io.fetch_add(1, Relaxed) < e.config.adopt_after {
+        return false;
+    }
+    match i.map_for(fd, write) {
+        Ok(()) => true,
+        Err(err) => {
+            flex_log!(
+                LogLevel::Info,
+                "mmap failed ({err}): kernel path for {}",
+                String::from_utf8_lossy(&i.path)
+            );
+            e.stats.fallback("mmap failed");
+            i.set_nomap();
+            false
+        }
+    }
+}
+
+/// # Safety
+/// As the public entry points.
+unsafe fn do_read(
+    e: &Engine,
+    d: &Desc,
+    fd: Fd,
+    bufs: &[(*mut u8, usize)],
+    off: u64,
+    call: Call,
+) -> Res<usize> {
+    let total: usize = bufs.iter().fold(0usize, |a, b| a.saturating_add(b.1));
+    if total == 0 {
+        return Ok(0);
+    }
+    if off >= FAST_LIMIT || !mapped(e, d, fd, false) {
+        e.stats.passed(call);
+        // SAFETY: forwarded contract.
+        return unsafe { kernel_preadv(fd, bufs, off) };
+    }
+    e.stats.served(call);
+    let mut done = 0usize;
+    for &(p, l) in bufs {
+        let l = l.min(MAX_RW - done);
+        // SAFETY: forwarded contract.
+        let n = match unsafe { d.inode.read_at(fd, p, l, off + done as u64) } {
+            Ok(n) => n,
+            Err(err) if done == 0 => return Err(err),
+            Err(_) => break,
+        };
+        done += n;
+        if n < l || done >= MAX_RW {
+            break;
+        }
+    }
+    Ok(done)
+}
+
+/// # Safety
+/// As the public entry points.
+unsafe fn do_write(
+    e: &Engine,
+    d: &Desc,
+    fd: Fd,
+    bufs: &[(*const u8, usize)],
+    off: u64,
+    append: bool,
+    call: Call,
+) -> Res<(usize, u64)> {
+    let total: usize = bufs.iter().fold(0usize, |a, b| a.saturating_add(b.1));
+    if total == 0 {
+        return Ok((0, off));
+    }
+    if !mapped(e, d, fd, true) {
+        e.stats.passed(call);
+        // SAFETY: forwarded contract.
+        return unsafe { d.inode.kernel_write(fd, bufs, off, append) };
+    }
+    e.stats.served(call);
+    // SAFETY: forwarded contract.
+    unsafe { d.inode.write_at(fd, bufs, off, append) }
+}
+
+/// # Safety
+/// As the public entry points.
+unsafe fn kernel_preadv(fd: Fd, bufs: &[(*mut u8, usize)], off: u64) -> Res<usize> {
+    if bufs.len() == 1 {
+        // SAFETY: forwarded contract.
+        return unsafe { sys::pread(fd, bufs[0].0, bufs[0].1, off) };
+    }
+    let iov: Vec<libc::iovec> = bufs
+        .iter()
+        .map(|&(p, l)| libc::iovec {
+            iov_base: p.cast(),
+            iov_len: l,
+        })
+        .collect();
+    // SAFETY: a raw system call on an iovec array we own; the kernel checks the buffers.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_preadv,
+            fd,
+            iov.as_ptr(),
+            iov.len() as i32,
+            off as i64,
+            (off >> 32) as i64,
+        )
+    };
+    if r < 0 {
+        // SAFETY: this thread's errno.
+        Err(Errno::from_raw_os_error(unsafe {
+            *libc::__errno_location()
+        }))
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// Copy an application iovec array into our memory; EFAULT/EINVAL as the kernel.
+fn iovecs(iov: *const libc::iovec, cnt: i32) -> Res<Vec<(*mut u8, usize)>> {
+    if !(0..=IOV_MAX).contains(&cnt) {
+        return Err(Errno::INVAL);
+    }
+    let mut v: Vec<libc::iovec> = Vec::with_capacity(cnt as usize);
+    let bytes = cnt as usize * core::mem::size_of::<libc::iovec>();
+    // SAFETY: `v` has capacity for `cnt` iovecs; the source is the application's pointer,
+    // and a bad one faults inside the guarded copy instead of crashing.
+    let rem = unsafe { fault::copy(v.as_mut_ptr().cast(), iov.cast(), bytes) };
+    if rem != 0 {
+        return Err(Errno::FAULT);
+    }
+    // SAFETY: all `cnt` elements were just initialised by the copy.
+    unsafe { v.set_len(cnt as usize) };
+    let mut total: usize = 0;
+    let mut out = Vec::with_capacity(v.len());
+    for i in v {
+        total = total.checked_add(i.iov_len).ok_or(Errno::INVAL)?;
+        if total > isize::MAX as usize {
+            return Err(Errno::INVAL);
+        }
+        out.push((i.iov_base.cast::<u8>(), i.iov_len));
+    }
+    Ok(out)
+}
+
+fn check_read(d: &Desc) -> Res<()> {
+    if d.readable() {
+        Ok(())
+    } else {
+        Err(Errno::BADF)
+    }
+}
+fn check_write(d: &Desc) -> Res<()> {
+    if d.writable() {
+        Ok(())
+    } else {
+        Err(Errno::BADF)
+    }
+}
+
+/// read, readv, preadv(-1): at the description's offset, under its position lock.
+/// # Safety
+/// As the public entry points.
+unsafe fn read_pos(fd: Fd, bufs: Res<Vec<(*mut u8, usize)>>, call: Call) -> Option<Res<usize>> {
+    let d = desc(fd)?;
+    if let Err(e) = check_read(&d) {
+        return Some(Err(e));
+    }
+    if d.is_demoted() {
+        return None;
+    }
+    let e = engine();
+    let bufs = match bufs {
+        Ok(b) => b,
+        Err(err) => return Some(Err(err)),
+    };
+    let mut pos = d.pos();
+    // SAFETY: forwarded contract.
+    let r = unsafe { do_read(e, &d, fd, &bufs, *pos, call) };
+    if let Ok(n) = r {
+        *pos += n as u64;
+    }
+    Some(r)
+}
+
+/// # Safety
+/// As the public entry points.
+unsafe fn write_pos(
+    fd: Fd,
+    bufs: Res<Vec<(*const u8, usize)>>,
+    call: Call,
+    force_append: bool,
+) -> Option<Res<usize>> {
+    let d = desc(fd)?;
+    if let Err(e) = check_write(&d) {
+        return Some(Err(e));
+    }
+    if d.is_demoted() {
+        return None;
+    }
+    let e = engine();
+    let bufs = match bufs {
+        Ok(b) => b,
+        Err(err) => return Some(Err(err)),
+    };
+    let mut pos = d.pos();
+    // SAFETY: forwarded contract.
+    let r = unsafe { do_write(e, &d, fd, &bufs, *pos, d.append() || force_append, call) };
+    Some(r.map(|(n, end)| {
+        if n > 0 || !d.append() {
+            *pos = end;
+        }
+        n
+    }))
+}
+
+/// # Safety
+/// Buffer pointers come from the application: each must be valid for its length, or
+/// invalid so that the access faults (answered with EFAULT, never a crash). They must not
+/// point into memory the application does not own.
+pub unsafe fn read(fd: Fd, buf: *mut u8, len: usize) -> Option<Res<usize>> {
+    // SAFETY: forwarded contract.
+    unsafe { read_pos(fd, Ok(vec![(buf, len.min(MAX_RW))]), Call::read) }
+}
+
+/// # Safety
+/// Buffer pointers come from the application: each must be valid for its length, or
+/// invalid so that the access faults (answered with EFAULT, never a crash). They must not
+/// point into memory the application does not own.
+pub unsafe fn write(fd: Fd, buf: *const u8, len: usize) -> Option<Res<usize>> {
+    // SAFETY: forwarded contract.
+    unsafe { write_pos(fd, Ok(vec![(buf, len.min(MAX_RW))]), Call::write, false) }
+}
+
+/// # Safety
+/// Buffer pointers come from the application: each must be valid for its length, or
+/// invalid so that the access faults (answered with EFAULT, never a crash). They must not
+/// point into memory the application does not own.
+pub unsafe fn pread(fd: Fd, buf: *mut u8, len: usize, off: i64) -> Option<Res<usize>> {
+    let d = desc(fd)?;
+    if off < 0 {
+        return Some(Err(Errno::INVAL));
+    }
+    if let Err(e) = check_read(&d) {
+        return Some(Err(e));
+    }
+    if d.is_demoted() {
+        return None;
+    }
+    // SAFETY: forwarded contract.
+    Some(unsafe {
+        do_read(
+            engine(),
+            &d,
+            fd,
+            &[(buf, len.min(MAX_RW))],
+            off as u64,
+            Call::pread,
+        )
+    })
+}
+
+/// # Safety
+/// Buffer pointers come from the application: each must be valid for its length, or
+/// invalid so that the access faults (answered with EFAULT, never a crash). They must not
+/// point into memory the application does not own.
+pub unsafe fn pwrite(fd: Fd, buf: *const u8, len: usize, off: i64) -> Option<Res<usize>> {
+    let d = desc(fd)?;
+    if off < 0 {
+        return Some(Err(Errno::INVAL));
+    }
+    if let Err(e) = check_write(&d) {
+        return Some(Err(e));
+    }
+    if d.is_demoted() {
+        return None;
+    }
+    // Linux: pwrite on an O_APPEND descriptor appends, whatever the offset.
+    // SAFETY: forwarded contract.
+    Some(
+        unsafe {
+            do_write(
+                engine(),
+                &d,
+                fd,
+                &[(buf, len.min(MAX_RW))],
+                off as u64,
+                d.append(),
+                Call::pwrite,
+            )
+        }
+        .map(|r| r.0),
+    )
+}
+
+/// # Safety
+/// Buffer pointers come from the application: each must be valid for its length, or
+/// invalid so that the access faults (answered with EFAULT, never a crash). They must not
+/// point into memory the application does not own.
+pub unsafe fn readv(fd: Fd, iov: *const libc::iovec, cnt: i32) -> Option<Res<usize>> {
+    desc(fd)?;
+    // SAFETY: forwarded contract.
+    unsafe { read_pos(fd, iovecs(iov, cnt), Call::readv) }
+}
+
+/// # Safety
+/// Buffer pointers come from the application: each must be valid for its length, or
+/// invalid so that the access faults (answered with EFAULT, never a crash). They must not
+/// point into memory the application does not own.
+pub unsafe fn writev(fd: Fd, iov: *const libc::iovec, cnt: i32) -> Option<Res<usize>> {
+    desc(fd)?;
+    let b = iovecs(iov, cnt).map(|v| v.into_iter().map(|(p, l)| (p as *const u8, l)).collect());
+    // SAFETY: forwarded contract.
+    unsafe { write_pos(fd, b, Call::writev, false) }
+}
+
+/// preadv, preadv2 (flags; offset -1 means the file position).
+/// # Safety
+/// Buffer pointers come from the application: each must be valid for its length, or
+/// invalid so that the access faults (answered with EFAULT, never a crash). They must not
+/// point into memory the application does not own.
+pub unsafe fn preadv2(
+    fd: Fd,
+    iov: *const libc::iovec,
+    cnt: i32,
+    off: i64,
+    flags: i32,
+) -> Option<Res<usize>> {
+    let d = desc(fd)?;
+    if flags & !KNOWN_RWF != 0 {
+        return Some(Err(Errno::OPNOTSUPP));
+    }
+    if off == -1 {
+        // SAFETY: forwarded contract.
+        return unsafe { read_pos(fd, iovecs(iov, cnt), Call::preadv) };
+    }
+    if off < 0 {
+        return Some(Err(Errno::INVAL));
+    }
+    if let Err(e) = check_read(&d) {
+        return Some(Err(e));
+    }
+    if d.is_demoted() {
+        return None;
+    }
+    // SAFETY: forwarded contract.
+    Some(
+        iovecs(iov, cnt)
+            .and_then(|b| unsafe { do_read(engine(), &d, fd, &b, off as u64, Call::preadv) }),
+    )
+}
+
+/// pwritev, pwritev2 (RWF_APPEND, RWF_DSYNC/RWF_SYNC; offset -1 means the file position).
+/// # Safety
+/// Buffer pointers come from the application: each must be valid for its length, or
+/// invalid so that the access faults (answered with EFAULT, never a crash). They must not
+/// point into memory the application does not own.
+pub unsafe fn pwritev2(
+    fd: Fd,
+    iov: *const libc::iovec,
+    cnt: i32,
+    off: i64,
+    flags: i32,
+) -> Option<Res<usize>> {
+    let d = desc(fd)?;
+    if flags & !KNOWN_RWF != 0 {
+        return Some(Err(Errno::OPNOTSUPP));
+    }
+    if off < -1 {
+        return Some(Err(Errno::INVAL));
+    }
+    if let Err(e) = check_write(&d) {
+        return Some(Err(e));
+    }
+    if d.is_demoted() {
+        return None;
+    }
+    let append = flags & libc::RWF_APPEND != 0;
+    let b = iovecs(iov, cnt).map(|v| {
+        v.into_iter()
+            .map(|(p, l)| (p as *const u8, l))
+            .collect::<Vec<_>>()
+    });
+    let r = if off == -1 {
+        // SAFETY: forwarded contract.
+        unsafe { write_pos(fd, b, Call::pwritev, append) }?
+    } else {
+        b.and_then(|b| {
+            // SAFETY: forwarded contract.
+            unsafe {
+                do_write(
+                    engine(),
+                    &d,
+                    fd,
+                    &b,
+                    off as u64,
+                    append || d.append(),
+                    Call::pwritev,
+                )
+            }
+            .map(|r| r.0)
+        })
+    };
+    if r.is_ok() && flags & (libc::RWF_DSYNC | libc::RWF_SYNC) != 0 {
+        if let Err(err) = d.inode.sync(fd, flags & libc::RWF_SYNC == 0) {
+            return Some(Err(err));
+        }
+    }
+    Some(r)
+}
+
+pub fn lseek(fd: Fd, off: i64, whence: i32) -> Option<Res<i64>> {
+    let d = desc(fd)?;
+    if d.is_demoted() {
+        return None;
+    }
+    let e = engine();
+    e.stats.served(Call::lseek);
+    let mut pos = d.pos();
+    let cur = *pos as i128;
+    let size = d.inode.lsize();
+    let target: i128 = match whence {
+        libc::SEEK_SET => off as i128,
+        libc::SEEK_CUR => cur + off as i128,
+        libc::SEEK_END => size as i128 + off as i128,
+        libc::SEEK_DATA | libc::SEEK_HOLE => {
+            if off < 0 || off as u64 >= size {
+                return Some(Err(if off < 0 { Errno::INVAL } else { Errno::NXIO }));
+            }
+            if d.inode.in_trailer_mode() {
+                // Past the logical size the kernel sees preallocated zeros: clamp.
+                match sys::lseek(fd, off, whence) {
+                    Ok(k) if whence == libc::SEEK_HOLE => (k.min(size)) as i128,
+                    Ok(k) if k >= size => return Some(Err(Errno::NXIO)),
+                    Ok(k) => k as i128,
+                    Err(Errno::NXIO) if whence == libc::SEEK_HOLE => size as i128,
+                    Err(err) => return Some(Err(err)),
+                }
+            } else {
+                match sys::lseek(fd, off, whence) {
+                    Ok(k) => k as i128,
+                    Err(err) => return Some(Err(err)),
+                }
+            }
+        }
+        _ => return Some(Err(Errno::INVAL)),
+    };
+    if target < 0 {
+        return Some(Err(Errno::INVAL));
+    }
+    if target >= FAST_LIMIT as i128 {
+        // Each file system has its own limit (s_maxbytes): let the kernel judge.
+        if target > i64::MAX as i128 {
+            return Some(Err(Errno::INVAL));
+        }
+        if let Err(err) = sys::lseek(fd, target as i64, libc::SEEK_SET) {
+            return Some(Err(err));
+        }
+    }
+    *pos = target as u64;
+    Some(Ok(target as i64))
+}
+
+pub fn fsync(fd: Fd, data_only: bool) -> Option<Res<()>> {
+    let d = desc(fd)?;
+    if d.is_demoted() {
+        return None;
+    }
+    engine().stats.served(if data_only {
+        Call::fdatasync
+    } else {
+        Call::fsync
+    });
+    Some(d.inode.sync(fd, data_only))
+}
+
+pub fn sync_file_range(fd: Fd, off: i64, n: i64, flags: u32) -> Option<Res<()>> {
+    let d = desc(fd)?;
+    if d.is_demoted() {
+        return None;
+    }
+    engine().stats.served(Call::sync_file_range);
+    if let Err(e) = d.inode.trim(fd) {
+        return Some(Err(e));
+    }
+    // SAFETY: a raw system call with scalar arguments.
+    let r = unsafe { libc::syscall(libc::SYS_sync_file_range, fd, off, n, flags) };
+    Some(if r < 0 {
+        // SAFETY: this thread's errno.
+        Err(Errno::from_raw_os_error(unsafe {
+            *libc::__errno_location()
+        }))
+    } else {
+        Ok(())
+    })
+}
+
+pub fn ftruncate(fd: Fd, len: i64) -> Option<Res<()>> {
+    let d = desc(fd)?;
+    if d.is_demoted() {
+        return None;
+    }
+    engine().stats.served(Call::ftruncate);
+    if len < 0 {
+        return Some(Err(Errno::INVAL));
+    }
+    if !d.writable() {
+        return Some(Err(Errno::INVAL));
+    }
+    Some(
+        d.inode
+            .set_len(Some(fd), len as u64, || sys::ftruncate(fd, len as u64)),
+    )
+}
+
+/// truncate(path): if this process has the file over-allocated, trim it first.
+pub fn truncate(path: &CStr, len: i64) -> Option<Res<()>> {
+    let e = engine_if_started()?;
+    if e.trailer_files.load(Relaxed) <= 0 {
+        return None;
+    }
+    let st = sys::fstatat(libc::AT_FDCWD, path, 0).ok()?;
+    let inode = e.lookup(st.st_dev, st.st_ino)?;
+    let fd = e
+        .table
+        .entries()
+        .into_iter()
+        .find(|(_, d)| Arc::ptr_eq(&d.inode, &inode))
+        .map(|(fd, _)| fd);
+    e.stats.served(Call::truncate);
+    if len < 0 {
+        return Some(Err(Errno::INVAL));
+    }
+    Some(inode.set_len(fd, len as u64, || {
+        // SAFETY: a raw system call with a valid path string.
+        let r = unsafe { libc::syscall(libc::SYS_truncate, path.as_ptr(), len) };
+        if r < 0 {
+            // SAFETY: this thread's errno.
+            Err(Errno::from_raw_os_error(unsafe {
+                *libc::__errno_location()
+            }))
+        } else {
+            Ok(())
+        }
+    }))
+}
+
+/// fallocate and posix_fallocate: leave trailer mode, let the kernel allocate, re-read size.
+pub fn fallocate(fd: Fd, mode: i32, off: i64, len: i64) -> Option<Res<()>> {
+    let d = desc(fd)?;
+    if d.is_demoted() {
+        return None;
+    }
+    engine().stats.served(Call::fallocate);
+    if !d.writable() {
+        return Some(Err(Errno::BADF));
+    }
+    if let Err(e) = d.inode.trim(fd) {
+        return Some(Err(e));
+    }
+    // SAFETY: a raw system call with scalar arguments.
+    let r = unsafe { libc::syscall(libc::SYS_fallocate, fd, mode, off, len) };
+    if r < 0 {
+        // SAFETY: this thread's errno.
+        return Some(Err(Errno::from_raw_os_error(unsafe {
+            *libc::__errno_location()
+        })));
+    }
+    Some(d.inode.refresh(fd).map(|_| ()))
+}
+
+/// dup, F_DUPFD, F_DUPFD_CLOEXEC: the new descriptor shares the description.
+pub fn dup_result(old: Fd, new: Fd) {
+    let Some(e) = engine_if_started() else { return };
+    let Some(d) = e.table.get(old) else { return };
+    e.stats.served(Call::dup);
+    if new <= 2 {
+        demote(fd_for(old), &d);
+        return;
+    }
+    if let Some(prev) = e.table.set(new, d) {
+        prev.fds.fetch_sub(1, AcqRel);
+    }
+}
+
+fn fd_for(fd: Fd) -> Fd {
+    fd
+}
+
+/// dup2/dup3 before the kernel call: `new` is about to be closed silently.
+pub fn dup2_before(old: Fd, new: Fd) {
+    let Some(e) = engine_if_started() else { return };
+    if old == new || e.table.get(old).is_none() && e.table.get(new).is_none() {
+        return;
+    }
+    // Only forget `new` if `old` is valid (else the kernel fails and `new` stays open).
+    if sys::fcntl_int(old, libc::F_GETFD, 0).is_err() {
+        return;
+    }
+    if let Some(d) = e.table.take(new) {
+        drop_fd(e, new, d);
+    }
+}
+
+/// Hand a description back to the kernel: offset, O_APPEND and exact size.
+pub fn demote(fd: Fd, d: &Desc) {
+    if d.demoted.swap(true, AcqRel) {
+        return;
+    }
+    let pos = *d.pos();
+    let _ = sys::lseek(fd, pos as i64, libc::SEEK_SET);
+    if d.append() {
+        if let Ok(fl) = sys::fcntl_int(fd, libc::F_GETFL, 0) {
+            let _ = sys::fcntl_int(fd, libc::F_SETFL, (fl | libc::O_APPEND) as libc::c_long);
+        }
+    }
+    let _ = d.inode.trim(fd);
+    flex_log!(LogLevel::Debug, "demote fd={fd} pos={pos}");
+}
+
+/// Before fork: descriptions become shared with another process whose memory we cannot
+/// see, so the kernel takes them over in both.
+pub fn before_fork() {
+    let Some(e) = engine_if_started() else { return };
+    e.stats.served(Call::fork);
+    for (fd, d) in e.table.entries() {
+        demote(fd, &d);
+    }
+}
+
+/// Before exec (and spawn): every descriptor that survives exec goes back to the kernel;
+/// statistics of this image are written.
+pub fn before_exec(all: bool) {
+    let Some(e) = engine_if_started() else { return };
+    e.stats.served(if all { Call::spawn } else { Call::exec });
+    for (fd, d) in e.table.entries() {
+        let cloexec = sys::fcntl_int(fd, libc::F_GETFD, 0)
+            .map(|f| f & libc::FD_CLOEXEC != 0)
+            .unwrap_or(true);
+        if all || !cloexec {
+            demote(fd, &d);
+        } else {
+            let _ = d.inode.trim(fd);
+        }
+    }
+    if !all {
+        write_stats(e);
+    }
+}
+
+/// fcntl F_GETFL / F_SETFL (O_APPEND and the access mode are ours to report).
+pub fn fcntl_getfl(fd: Fd) -> Option<Res<i32>> {
+    let d = desc(fd)?;
+    let k = match sys::fcntl_int(fd, libc::F_GETFL, 0) {
+        Ok(k) => k,
+        Err(e) => return Some(Err(e)),
+    };
+    let mut v = (k & !libc::O_ACCMODE & !libc::O_APPEND) | d.acc;
+    if d.append() {
+        v |= libc::O_APPEND;
+    }
+    Some(Ok(v))
+}
+
+pub fn fcntl_setfl(fd: Fd, arg: i32) -> Option<Res<i32>> {
+    let d = desc(fd)?;
+    let kernel_arg = if d.is_demoted() {
+        arg
+    } else {
+        arg & !libc::O_APPEND
+    };
+    if let Err(e) = sys::fcntl_int(fd, libc::F_SETFL, kernel_arg as libc::c_long) {
+        return Some(Err(e));
+    }
+    let keep = d.flags.load(Relaxed)
+        & !(libc::O_APPEND | libc::O_NONBLOCK | libc::O_ASYNC | libc::O_DIRECT | libc::O_NOATIME);
+    d.flags.store(
+        keep | (arg
+            & (libc::O_APPEND
+                | libc::O_NONBLOCK
+                | libc::O_ASYNC
+                | libc::O_DIRECT
+                | libc::O_NOATIME)),
+        Relaxed,
+    );
+    engine().stats.served(Call::fcntl);
+    Some(Ok(0))
+}
+
+/// After a successful fstat/stat/statx: report the logical size of over-allocated files.
+pub fn fix_stat(dev: u64, ino: u64, size: &mut i64) {
+    let Some(e) = engine_if_started() else { return };
+    if e.trailer_files.load(Relaxed) <= 0 {
+        return;
+    }
+    if let Some(i) = e.lookup(dev, ino) {
+        if i.in_trailer_mode() {
+            *size = i.lsize() as i64;
+            e.stats.served(Call::stat);
+        }
+    }
+}
+
+/// fstat on a managed descriptor: the kernel's answer with the logical size. Also keeps
+/// the cached size of exact files in step with the kernel.
+pub fn fstat_fix(fd: Fd, dev: u64, ino: u64, size: &mut i64) {
+    let Some(d) = desc(fd) else { return };
+    if d.is_demoted() || d.inode.dev != dev || d.inode.ino != ino {
+        return;
+    }
+    engine().stats.served(Call::fstat);
+    if d.inode.in_trailer_mode() {
+        *size = d.inode.lsize() as i64;
+    } else {
+        d.inode.adopt_size(*size as u64);
+    }
+}
+
+/// The application maps a managed file, or hands it to the kernel (sendfile,
+/// copy_file_range, splice): the kernel must see the exact size and, for calls that use the
+/// file offset, our offset. Returns a closure to run after the call.
+pub fn kernel_handoff(fd: Fd, uses_offset: bool, call: Call) -> Option<impl FnOnce()> {
+    let d = desc(fd)?;
+    if d.is_demoted() {
+        return None;
+    }
+    let e = engine();
+    e.stats.served(call);
+    let forever = call == Call::mmap;
+    let _ = d.inode.make_exact(fd, forever);
+    if uses_offset {
+        let pos = *d.pos();
+        let _ = sys::lseek(fd, pos as i64, libc::SEEK_SET);
+    }
+    Some(move || {
+        if uses_offset {
+            if let Ok(k) = sys::lseek(fd, 0, libc::SEEK_CUR) {
+                *d.pos() = k;
+            }
+        }
+        let _ = d.inode.refresh(fd);
+    })
+}
+
+/// unlink/rename: the identity of `path` is about to go; returns (dev, ino) to forget after.
+pub fn path_identity(dirfd: Fd, path: &CStr) -> Option<(u64, u64)> {
+    let e = engine_if_started()?;
+    if e.config.paths.is_empty() && e.table.is_empty() {
+        return None;
+    }
+    let st = sys::fstatat(dirfd, path, libc::AT_SYMLINK_NOFOLLOW).ok()?;
+    e.lookup(st.st_dev, st.st_ino)
+        .map(|_| (st.st_dev, st.st_ino))
+}
+
+pub fn forget(id: Option<(u64, u64)>, call: Call) {
+    if let (Some((dev, ino)), Some(e)) = (id, engine_if_started()) {
+        e.stats.served(call);
+        e.forget(dev, ino);
+    }
+}
+
+pub fn chdir_happened() {
+    if let Some(e) = engine_if_started() {
+        e.chdir_happened();
+    }
+}
+
+/// Count a call passed to the kernel (for the statistics of managed descriptors).
+pub fn count_passthrough(call: Call) {
+    if let Some(e) = engine_if_started() {
+        e.stats.passed(call);
+    }
+}
+
+/// At exit: make every managed file's kernel size exact, then write the statistics.
+pub fn at_exit() {
+    let Some(e) = engine_if_started() else { return };
+    for (fd, d) in e.table.entries() {
+        if !d.is_demoted() {
+            let _ = d.inode.trim(fd);
+        }
+    }
+    write_stats(e);
+}
+
+fn write_stats(e: &Engine) {
+    let Some(path) = e.config.stats.as_ref() else {
+        return;
+    };
+    let mut line = e.stats.to_json();
+    line.push('\n');
+    let Ok(p) = std::ffi::CString::new(path.clone()) else {
+        return;
+    };
+    if let Ok(fd) = sys::openat(
+        libc::AT_FDCWD,
+        &p,
+        libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND | libc::O_CLOEXEC,
+        0o644,
+    ) {
+        // One write of one line with O_APPEND: lines of concurrent processes never mix.
+        // SAFETY: `line` is our own string.
+        let _ = unsafe { sys::write(fd, line.as_ptr(), line.len()) };
+        let _ = sys::close(fd);
+    }
+}
+
+/// Is `fd` managed (for the shim's stdio and for tests)?
+pub fn is_managed(fd: Fd) -> bool {
+    desc(fd).is_some_and(|d| !d.is_demoted())
+}
+
+/// Granularity of a managed descriptor's mapping (None until mapped).
+pub fn granularity(fd: Fd) -> Option<crate::persist::Granularity> {
+    desc(fd)?.inode.granularity()
+}
+
+/// Map a managed descriptor now (used by the Rust API, which always wants the mapping).
+pub fn map_now(fd: Fd) -> Res<()> {
+    let d = desc(fd).ok_or(Errno::BADF)?;
+    d.inode.map_for(fd, d.writable())
+}

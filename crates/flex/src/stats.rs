@@ -1,0 +1,193 @@
+//! Counters for `FLEX_STATS` and `flexio run --stats`: calls served by flex and passed to
+//! the kernel per call name, bytes, maps and unmaps, fallbacks with their reasons.
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+
+macro_rules! calls {
+    ($($name:ident),* $(,)?) => {
+        /// Every call the engine counts.
+        #[allow(non_camel_case_types)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        #[repr(usize)]
+        pub enum Call { $($name),* }
+        impl Call {
+            pub const ALL: &'static [Call] = &[$(Call::$name),*];
+            pub fn name(self) -> &'static str {
+                match self { $(Call::$name => stringify!($name)),* }
+            }
+        }
+    };
+}
+
+calls!(
+    open,
+    close,
+    read,
+    write,
+    pread,
+    pwrite,
+    readv,
+    writev,
+    preadv,
+    pwritev,
+    lseek,
+    fsync,
+    fdatasync,
+    sync_file_range,
+    ftruncate,
+    truncate,
+    fallocate,
+    dup,
+    fcntl,
+    fstat,
+    stat,
+    mmap,
+    sendfile,
+    copy_file_range,
+    splice,
+    fork,
+    exec,
+    spawn,
+    unlink,
+    rename,
+    stdio
+);
+
+const N: usize = Call::ALL.len();
+
+pub struct Stats {
+    served: [AtomicU64; N],
+    passed: [AtomicU64; N],
+    pub bytes_read: AtomicU64,
+    pub bytes_written: AtomicU64,
+    pub maps: AtomicU64,
+    pub unmaps: AtomicU64,
+    pub remaps: AtomicU64,
+    pub grows: AtomicU64,
+    pub adoptions: AtomicU64,
+    pub recoveries: AtomicU64,
+    fallbacks: Mutex<BTreeMap<&'static str, u64>>,
+    files: Mutex<BTreeMap<Vec<u8>, FileStat>>,
+}
+
+#[derive(Serialize, Clone, Debug)]
+pub struct FileStat {
+    pub granularity: &'static str,
+    pub map_sync: bool,
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const Z: AtomicU64 = AtomicU64::new(0);
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            served: [Z; N],
+            passed: [Z; N],
+            bytes_read: Z,
+            bytes_written: Z,
+            maps: Z,
+            unmaps: Z,
+            remaps: Z,
+            grows: Z,
+            adoptions: Z,
+            recoveries: Z,
+            fallbacks: Mutex::new(BTreeMap::new()),
+            files: Mutex::new(BTreeMap::new()),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    pid: u32,
+    exe: String,
+    served: BTreeMap<&'static str, u64>,
+    passthrough: BTreeMap<&'static str, u64>,
+    bytes_read: u64,
+    bytes_written: u64,
+    maps: u64,
+    unmaps: u64,
+    remaps: u64,
+    grows: u64,
+    adoptions: u64,
+    recoveries: u64,
+    fallbacks: BTreeMap<&'static str, u64>,
+    files: BTreeMap<String, FileStat>,
+    cpu: Cpu<'a>,
+}
+
+#[derive(Serialize)]
+struct Cpu<'a> {
+    flush: &'a str,
+    nt_copy: &'a str,
+}
+
+impl Stats {
+    #[inline]
+    pub fn served(&self, c: Call) {
+        self.served[c as usize].fetch_add(1, Relaxed);
+    }
+    #[inline]
+    pub fn passed(&self, c: Call) {
+        self.passed[c as usize].fetch_add(1, Relaxed);
+    }
+    pub fn fallback(&self, reason: &'static str) {
+        if let Ok(mut m) = self.fallbacks.lock() {
+            *m.entry(reason).or_insert(0) += 1;
+        }
+    }
+    pub fn file(&self, path: &[u8], f: FileStat) {
+        if let Ok(mut m) = self.files.lock() {
+            m.insert(path.to_vec(), f);
+        }
+    }
+
+    /// One JSON object (a single line) describing this process's activity.
+    pub fn to_json(&self) -> String {
+        let pick = |a: &[AtomicU64; N]| {
+            Call::ALL
+                .iter()
+                .filter_map(|c| {
+                    let v = a[*c as usize].load(Relaxed);
+                    (v > 0).then_some((c.name(), v))
+                })
+                .collect::<BTreeMap<_, _>>()
+        };
+        let exe = std::fs::read_link("/proc/self/exe")
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let r = Report {
+            pid: std::process::id(),
+            exe,
+            served: pick(&self.served),
+            passthrough: pick(&self.passed),
+            bytes_read: self.bytes_read.load(Relaxed),
+            bytes_written: self.bytes_written.load(Relaxed),
+            maps: self.maps.load(Relaxed),
+            unmaps: self.unmaps.load(Relaxed),
+            remaps: self.remaps.load(Relaxed),
+            grows: self.grows.load(Relaxed),
+            adoptions: self.adoptions.load(Relaxed),
+            recoveries: self.recoveries.load(Relaxed),
+            fallbacks: self.fallbacks.lock().map(|m| m.clone()).unwrap_or_default(),
+            files: self
+                .files
+                .lock()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), v.clone()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            cpu: Cpu {
+                flush: crate::persist::flush_instruction(),
+                nt_copy: crate::persist::nt_copy_kind(),
+            },
+        };
+        serde_json::to_string(&r).unwrap_or_else(|_| "{}".into())
+    }
+}

@@ -1,0 +1,168 @@
+//! Raw system calls. The engine never calls the libc wrappers that libflex.so
+//! intercepts (that would call itself): it uses rustix, or `libc::syscall` where the
+//! buffer is a raw pointer owned by the application (its validity is the kernel's to judge).
+
+use rustix::fd::{BorrowedFd, RawFd};
+pub use rustix::io::Errno;
+
+pub type Res<T> = Result<T, Errno>;
+
+/// Borrow a raw descriptor for a rustix call.
+#[inline]
+pub fn bfd(fd: RawFd) -> BorrowedFd<'static> {
+    // SAFETY: every caller passes a descriptor that is open for the duration of the call
+    // (an application descriptor the application is using in the call being served). If the
+    // application closes it concurrently, the kernel answers EBADF: no memory is at stake.
+    unsafe { BorrowedFd::borrow_raw(fd) }
+}
+
+#[inline]
+fn ret(r: libc::c_long) -> Res<usize> {
+    if r < 0 {
+        // SAFETY: __errno_location returns the calling thread's errno slot, always valid.
+        Err(Errno::from_raw_os_error(unsafe {
+            *libc::__errno_location()
+        }))
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// pread64 into an application buffer (may be invalid: the kernel answers EFAULT).
+#[inline]
+/// # Safety
+/// `buf` must be valid for `len` bytes, or invalid so that the kernel answers EFAULT; it
+/// must never point into memory the caller does not own.
+pub unsafe fn pread(fd: RawFd, buf: *mut u8, len: usize, off: u64) -> Res<usize> {
+    // SAFETY: a raw system call; the kernel validates the buffer and reports EFAULT.
+    ret(unsafe { libc::syscall(libc::SYS_pread64, fd, buf, len, off as i64) })
+}
+
+/// pwrite64 from an application buffer (may be invalid: the kernel answers EFAULT).
+#[inline]
+/// # Safety
+/// `buf` must be valid for `len` bytes, or invalid so that the kernel answers EFAULT; it
+/// must never point into memory the caller does not own.
+pub unsafe fn pwrite(fd: RawFd, buf: *const u8, len: usize, off: u64) -> Res<usize> {
+    // SAFETY: a raw system call; the kernel validates the buffer and reports EFAULT.
+    ret(unsafe { libc::syscall(libc::SYS_pwrite64, fd, buf, len, off as i64) })
+}
+
+/// write(2) from an application buffer, at the kernel's file offset.
+#[inline]
+/// # Safety
+/// `buf` must be valid for `len` bytes, or invalid so that the kernel answers EFAULT; it
+/// must never point into memory the caller does not own.
+pub unsafe fn write(fd: RawFd, buf: *const u8, len: usize) -> Res<usize> {
+    // SAFETY: a raw system call; the kernel validates the buffer and reports EFAULT.
+    ret(unsafe { libc::syscall(libc::SYS_write, fd, buf, len) })
+}
+
+/// read(2) into an application buffer, at the kernel's file offset.
+#[inline]
+/// # Safety
+/// `buf` must be valid for `len` bytes, or invalid so that the kernel answers EFAULT; it
+/// must never point into memory the caller does not own.
+pub unsafe fn read(fd: RawFd, buf: *mut u8, len: usize) -> Res<usize> {
+    // SAFETY: a raw system call; the kernel validates the buffer and reports EFAULT.
+    ret(unsafe { libc::syscall(libc::SYS_read, fd, buf, len) })
+}
+
+pub fn lseek(fd: RawFd, off: i64, whence: i32) -> Res<u64> {
+    // SAFETY: a raw system call with scalar arguments.
+    ret(unsafe { libc::syscall(libc::SYS_lseek, fd, off, whence) }).map(|v| v as u64)
+}
+
+pub fn fstat(fd: RawFd) -> Res<rustix::fs::Stat> {
+    rustix::fs::fstat(bfd(fd))
+}
+
+pub fn ftruncate(fd: RawFd, len: u64) -> Res<()> {
+    rustix::fs::ftruncate(bfd(fd), len)
+}
+
+pub fn fsync(fd: RawFd) -> Res<()> {
+    rustix::fs::fsync(bfd(fd))
+}
+
+pub fn fdatasync(fd: RawFd) -> Res<()> {
+    rustix::fs::fdatasync(bfd(fd))
+}
+
+/// Reserve blocks beyond EOF without changing the size (`FALLOC_FL_KEEP_SIZE`).
+pub fn reserve(fd: RawFd, off: u64, len: u64) -> Res<()> {
+    rustix::fs::fallocate(bfd(fd), rustix::fs::FallocateFlags::KEEP_SIZE, off, len)
+}
+
+pub fn close(fd: RawFd) -> Res<()> {
+    // SAFETY: a raw system call with a scalar argument.
+    ret(unsafe { libc::syscall(libc::SYS_close, fd) }).map(|_| ())
+}
+
+/// fcntl with an integer argument.
+pub fn fcntl_int(fd: RawFd, cmd: i32, arg: libc::c_long) -> Res<i32> {
+    // SAFETY: a raw system call; integer commands take no pointer.
+    ret(unsafe { libc::syscall(libc::SYS_fcntl, fd, cmd, arg) }).map(|v| v as i32)
+}
+
+/// Try an open-file-description lock on one byte (non-blocking). `write` picks F_WRLCK.
+pub fn ofd_lock(fd: RawFd, at: u64, write: bool, lock: bool) -> Res<()> {
+    // SAFETY: flock is plain old data; all-zero is a valid value.
+    let mut fl: libc::flock = unsafe { core::mem::zeroed() };
+    fl.l_type = if !lock {
+        libc::F_UNLCK
+    } else if write {
+        libc::F_WRLCK
+    } else {
+        libc::F_RDLCK
+    } as i16;
+    fl.l_whence = libc::SEEK_SET as i16;
+    fl.l_start = at as i64;
+    fl.l_len = 1;
+    // SAFETY: F_OFD_SETLK reads the flock structure we own for the duration of the call.
+    ret(unsafe {
+        libc::syscall(
+            libc::SYS_fcntl,
+            fd,
+            libc::F_OFD_SETLK,
+            &mut fl as *mut libc::flock,
+        )
+    })
+    .map(|_| ())
+}
+
+/// openat(2) with raw flags.
+pub fn openat(dirfd: RawFd, path: &core::ffi::CStr, flags: i32, mode: u32) -> Res<RawFd> {
+    // SAFETY: a raw system call; `path` is a valid NUL-terminated string for the call.
+    ret(unsafe { libc::syscall(libc::SYS_openat, dirfd, path.as_ptr(), flags, mode) })
+        .map(|v| v as RawFd)
+}
+
+/// fstatat(2) (newfstatat) into a caller-owned stat buffer.
+pub fn fstatat(dirfd: RawFd, path: &core::ffi::CStr, flags: i32) -> Res<libc::stat> {
+    // SAFETY: stat is plain old data.
+    let mut st: libc::stat = unsafe { core::mem::zeroed() };
+    // SAFETY: a raw system call writing into `st`, which we own.
+    ret(unsafe {
+        libc::syscall(
+            libc::SYS_newfstatat,
+            dirfd,
+            path.as_ptr(),
+            &mut st as *mut libc::stat,
+            flags,
+        )
+    })?;
+    Ok(st)
+}
+
+/// Write all of `buf` to fd 2 (logging); errors are ignored.
+pub fn stderr(buf: &[u8]) {
+    let mut b = buf;
+    while !b.is_empty() {
+        // SAFETY: `b` is a live slice we own.
+        match unsafe { write(2, b.as_ptr(), b.len()) } {
+            Ok(0) | Err(_) => return,
+            Ok(n) => b = &b[n..],
+        }
+    }
+}
