@@ -1,0 +1,707 @@
+//! `flexio bench-worker`: one measured sample of one built-in workload.
+//!
+//! The worker does its IO with direct `libc::` calls, as a C program would, so that under
+//! `LD_PRELOAD=libflex.so` every call goes through the interposed symbol and nothing else
+//! (no `std::fs` buffering or extra syscalls) is measured. It sets up outside the timed
+//! part, warms up (which also calibrates how many operations fit in about a millisecond),
+//! then runs the operation loop for `--seconds`, reading `CLOCK_MONOTONIC` only once per
+//! batch, and prints one JSON line.
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Barrier};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+
+/// The built-in workloads a worker can run.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// Random `pread` of `--bs` bytes from `--file` (`--size` bytes long).
+    Pread,
+    /// Random `pwrite` of `--bs` bytes into `--file`.
+    Pwrite,
+    /// `memcpy` from a private mapping of `--file` at the same offsets as `pread`.
+    Memcpy,
+    /// Sequential `write` of `--bs` bytes to a new file `--file.<thread>`, `fsync`
+    /// every `--fsync-every` writes (0: never), at most `--size` bytes in all.
+    Append,
+    /// `open` + `read` of `--bs` bytes + `close` over `--count` files `--file/fNNNNN`.
+    Smallfiles,
+    /// `write` then `read` of 1 byte on a pipe: the cost of a call flex passes through.
+    Pipe,
+    /// `write` then `read` of 1 byte on a Unix socket pair.
+    Socket,
+}
+
+impl Workload {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Workload::Pread => "pread",
+            Workload::Pwrite => "pwrite",
+            Workload::Memcpy => "memcpy",
+            Workload::Append => "append",
+            Workload::Smallfiles => "smallfiles",
+            Workload::Pipe => "pipe",
+            Workload::Socket => "socket",
+        }
+    }
+}
+
+/// Arguments of the hidden `flexio bench-worker` subcommand.
+#[derive(clap::Args, Debug, Clone)]
+pub struct WorkerArgs {
+    /// The workload to run.
+    #[arg(value_enum)]
+    pub workload: Workload,
+    /// Data file (pread, pwrite, memcpy), file prefix (append) or directory (smallfiles).
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    /// IO size in bytes.
+    #[arg(long, default_value_t = 4096)]
+    pub bs: usize,
+    /// Size of the data file in bytes (random IO), or the byte cap of append.
+    #[arg(long, default_value_t = 0)]
+    pub size: u64,
+    /// Number of threads, each with its own RNG stream (and file, for append).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Length of the timed part in seconds.
+    #[arg(long, default_value_t = 1.0)]
+    pub seconds: f64,
+    /// Length of the warm-up in seconds (default: a fifth of --seconds, at least 20 ms).
+    #[arg(long)]
+    pub warmup: Option<f64>,
+    /// For append: fsync every N writes (0: never).
+    #[arg(long, default_value_t = 0)]
+    pub fsync_every: u64,
+    /// For smallfiles: the number of files.
+    #[arg(long, default_value_t = 0)]
+    pub count: usize,
+    /// Seed of the offset sequence (the same for pread, pwrite and memcpy).
+    #[arg(long, default_value_t = 0x9E37_79B9_7F4A_7C15)]
+    pub seed: u64,
+}
+
+/// The JSON line a worker prints.
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone)]
+pub struct WorkerResult {
+    pub workload: String,
+    /// Operations (calls, for pipe and socket) in the timed part, all threads.
+    pub ops: u64,
+    /// Length of the timed part (the longest thread's).
+    pub seconds: f64,
+    /// `seconds / ops` in ns: the inverse of the aggregate throughput.
+    pub ns_per_op: f64,
+    pub ops_per_sec: f64,
+    /// Bytes moved in the timed part.
+    pub bytes: u64,
+    pub threads: usize,
+    /// Operations in the warm-up, all threads (flex counts them too).
+    pub warmup_ops: u64,
+}
+
+/// Run one sample and print its JSON line on stdout.
+pub fn worker(args: &WorkerArgs) -> anyhow::Result<()> {
+    let res = run_worker(args)?;
+    println!("{}", serde_json::to_string(&res)?);
+    Ok(())
+}
+
+fn run_worker(args: &WorkerArgs) -> anyhow::Result<WorkerResult> {
+    if args.threads == 0 {
+        bail!("--threads must be at least 1");
+    }
+    if args.seconds.is_nan() || args.seconds <= 0.0 {
+        bail!("--seconds must be positive");
+    }
+    let warm = args.warmup.unwrap_or((args.seconds / 5.0).max(0.02));
+    let file = || {
+        args.file
+            .clone()
+            .context("--file is required for this workload")
+    };
+    let mut ops: Vec<Box<dyn Op>> = Vec::with_capacity(args.threads);
+    // Everything below is set-up, outside the timed part.
+    match args.workload {
+        Workload::Pread | Workload::Pwrite | Workload::Memcpy => {
+            let path = file()?;
+            let nblocks = args.size / args.bs as u64;
+            if args.bs == 0 || nblocks == 0 {
+                bail!("--size must hold at least one --bs block");
+            }
+            let write = args.workload == Workload::Pwrite;
+            let map = if args.workload == Workload::Memcpy {
+                Some(Arc::new(Mapping::new(&path, args.size)?))
+            } else {
+                None
+            };
+            // One descriptor shared by all threads, as a server would do.
+            let fd = match &map {
+                Some(_) => None,
+                None => Some(Arc::new(Fd::open(
+                    &path,
+                    if write { libc::O_RDWR } else { libc::O_RDONLY },
+                    0,
+                )?)),
+            };
+            for t in 0..args.threads {
+                let buf = Buffer::new(args.bs, 0xA5 ^ t as u8);
+                let rng = XorShift::new(args.seed, t as u64);
+                ops.push(match (&map, &fd) {
+                    (Some(m), _) => Box::new(MemcpyOp {
+                        map: m.clone(),
+                        buf,
+                        bs: args.bs,
+                        nblocks,
+                        rng,
+                    }),
+                    (None, Some(fd)) => Box::new(RandomOp {
+                        fd: fd.clone(),
+                        buf,
+                        bs: args.bs,
+                        nblocks,
+                        rng,
+                        write,
+                    }),
+                    (None, None) => unreachable!(),
+                });
+            }
+        }
+        Workload::Append => {
+            let prefix = file()?;
+            let cap = if args.size == 0 {
+                u64::MAX
+            } else {
+                args.size / args.threads as u64
+            };
+            for t in 0..args.threads {
+                let mut p = prefix.clone().into_os_string();
+                p.push(format!(".{t}"));
+                let path = PathBuf::from(p);
+                let fd = Fd::open(&path, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, 0o644)?;
+                ops.push(Box::new(AppendOp {
+                    fd,
+                    path: cstring(&path)?,
+                    buf: Buffer::new(args.bs, 0x5A ^ t as u8),
+                    bs: args.bs,
+                    left: cap / args.bs as u64,
+                    fsync_every: args.fsync_every,
+                    n: 0,
+                }));
+            }
+        }
+        Workload::Smallfiles => {
+            let dir = file()?;
+            if args.count == 0 {
+                bail!("--count is required for smallfiles");
+            }
+            for t in 0..args.threads {
+                let paths: Vec<CString> = (t..args.count)
+                    .step_by(args.threads)
+                    .map(|i| cstring(&small_file_path(&dir, i)))
+                    .collect::<anyhow::Result<_>>()?;
+                if paths.is_empty() {
+                    bail!("fewer files than threads");
+                }
+                ops.push(Box::new(SmallFilesOp {
+                    paths,
+                    next: 0,
+                    buf: Buffer::new(args.bs, 0),
+                    bs: args.bs,
+                }));
+            }
+        }
+        Workload::Pipe | Workload::Socket => {
+            for _ in 0..args.threads {
+                let mut fds = [0 as libc::c_int; 2];
+                let rc = if args.workload == Workload::Pipe {
+                    // SAFETY: fds is a valid array of two ints for pipe to fill.
+                    unsafe { libc::pipe(fds.as_mut_ptr()) }
+                } else {
+                    // SAFETY: fds is a valid array of two ints for socketpair to fill.
+                    unsafe {
+                        libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, fds.as_mut_ptr())
+                    }
+                };
+                if rc != 0 {
+                    return Err(io::Error::last_os_error()).context("pipe/socketpair");
+                }
+                ops.push(Box::new(PingOp {
+                    rd: Fd(fds[0]),
+                    wr: Fd(fds[1]),
+                    byte: [0u8; 1],
+                }));
+            }
+        }
+    }
+    let calls_per_op = match args.workload {
+        Workload::Pipe | Workload::Socket => 2,
+        _ => 1,
+    };
+    let bytes_per_op = match args.workload {
+        Workload::Pipe | Workload::Socket => 1,
+        _ => args.bs as u64,
+    };
+
+    let (ops_done, warm_ops, seconds) = drive_all(ops, warm, args.seconds)?;
+    let ops = ops_done * calls_per_op;
+    Ok(WorkerResult {
+        workload: args.workload.name().to_string(),
+        ops,
+        seconds,
+        ns_per_op: seconds * 1e9 / ops.max(1) as f64,
+        ops_per_sec: ops as f64 / seconds,
+        bytes: ops_done * bytes_per_op,
+        threads: args.threads,
+        warmup_ops: warm_ops * calls_per_op,
+    })
+}
+
+/// The path of small file `i` in `dir` (shared with the parent, which creates them).
+pub(crate) fn small_file_path(dir: &Path, i: usize) -> PathBuf {
+    dir.join(format!("f{i:05}"))
+}
+
+fn cstring(p: &Path) -> anyhow::Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).context("path with a NUL byte")
+}
+
+/// Runs the ops, one per thread; returns (timed ops, warm-up ops, seconds).
+fn drive_all(mut ops: Vec<Box<dyn Op>>, warm: f64, secs: f64) -> anyhow::Result<(u64, u64, f64)> {
+    if ops.len() == 1 {
+        let r = drive(ops[0].as_mut(), warm, secs, None)?;
+        ops.pop().unwrap().finish();
+        return Ok(r);
+    }
+    let barrier = Arc::new(Barrier::new(ops.len()));
+    let handles: Vec<_> = ops
+        .into_iter()
+        .map(|mut op| {
+            let b = barrier.clone();
+            std::thread::spawn(move || {
+                let r = drive(op.as_mut(), warm, secs, Some(&b));
+                op.finish();
+                r
+            })
+        })
+        .collect();
+    let (mut ops_sum, mut warm_sum, mut secs_max) = (0, 0, 0f64);
+    for h in handles {
+        let (o, w, s) = h
+            .join()
+            .map_err(|_| anyhow::anyhow!("worker thread panicked"))??;
+        ops_sum += o;
+        warm_sum += w;
+        secs_max = secs_max.max(s);
+    }
+    Ok((ops_sum, warm_sum, secs_max))
+}
+
+/// Warm up for `warm` seconds, wait for the other threads, then run batches of about a
+/// millisecond each until `secs` have passed (or the op says it is exhausted).
+fn drive(
+    op: &mut dyn Op,
+    warm: f64,
+    secs: f64,
+    barrier: Option<&Barrier>,
+) -> anyhow::Result<(u64, u64, f64)> {
+    let t0 = Instant::now();
+    let mut warm_ops = 0u64;
+    let mut exhausted = false;
+    'warm: loop {
+        for _ in 0..16 {
+            if op.op()? == 0 {
+                exhausted = true;
+                break 'warm;
+            }
+            warm_ops += 1;
+        }
+        if t0.elapsed().as_secs_f64() >= warm {
+            break;
+        }
+    }
+    let rate = warm_ops as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+    let batch = ((rate / 1000.0) as u64).clamp(1, 1 << 20);
+    if let Some(b) = barrier {
+        b.wait();
+    }
+    let start = Instant::now();
+    let mut n = 0u64;
+    if !exhausted {
+        'run: loop {
+            for _ in 0..batch {
+                if op.op()? == 0 {
+                    break 'run;
+                }
+                n += 1;
+            }
+            if start.elapsed().as_secs_f64() >= secs {
+                break;
+            }
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    Ok((n, warm_ops, elapsed))
+}
+
+/// One operation of a workload. Returns the bytes moved, or 0 when exhausted.
+trait Op: Send {
+    fn op(&mut self) -> anyhow::Result<u64>;
+    /// Clean-up after the timed part.
+    fn finish(&mut self) {}
+}
+
+/// xorshift64 (Marsaglia's 13/7/17 triple): fast, deterministic offsets.
+#[derive(Clone, Debug)]
+pub(crate) struct XorShift(u64);
+
+impl XorShift {
+    pub(crate) fn new(seed: u64, stream: u64) -> Self {
+        let s = seed ^ stream.wrapping_add(1).wrapping_mul(0xD1B5_4A32_D192_ED03);
+        XorShift(if s == 0 { 0x2545_F491_4F6C_DD1D } else { s })
+    }
+    #[inline]
+    pub(crate) fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+    /// A value in `0..n` (multiply-high: no division on the hot path).
+    #[inline]
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
+        ((self.next() as u128 * n as u128) >> 64) as u64
+    }
+}
+
+/// An owned file descriptor, closed with `libc::close` on drop.
+struct Fd(libc::c_int);
+
+impl Fd {
+    fn open(path: &Path, flags: libc::c_int, mode: libc::mode_t) -> anyhow::Result<Fd> {
+        let c = cstring(path)?;
+        // SAFETY: c is a valid NUL-terminated path; open does not keep the pointer.
+        let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC, mode as libc::c_uint) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error())
+                .with_context(|| format!("open {}", path.display()));
+        }
+        Ok(Fd(fd))
+    }
+}
+
+impl Drop for Fd {
+    fn drop(&mut self) {
+        // SAFETY: we own this descriptor and close it exactly once.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+/// A page-aligned IO buffer filled with a pattern.
+struct Buffer {
+    ptr: *mut u8,
+    layout: std::alloc::Layout,
+}
+
+// SAFETY: the buffer is plain owned memory; only its owning op touches it.
+unsafe impl Send for Buffer {}
+
+impl Buffer {
+    fn new(len: usize, pattern: u8) -> Buffer {
+        let layout = std::alloc::Layout::from_size_align(len.max(1), 4096).expect("buffer layout");
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc(layout) };
+        if ptr.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        // SAFETY: ptr points to layout.size() writable bytes; filling them also faults
+        // the pages in before the timed part.
+        unsafe { std::ptr::write_bytes(ptr, pattern | 1, layout.size()) };
+        Buffer { ptr, layout }
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        // SAFETY: ptr was allocated with this layout and is freed once.
+        unsafe { std::alloc::dealloc(self.ptr, self.layout) };
+    }
+}
+
+/// A read-only shared mapping of a whole file, populated up front.
+struct Mapping {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is read-only and outlives every thread that reads it (Arc).
+unsafe impl Send for Mapping {}
+// SAFETY: as above: concurrent reads of a read-only mapping are fine.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    fn new(path: &Path, len: u64) -> anyhow::Result<Mapping> {
+        let fd = Fd::open(path, libc::O_RDONLY, 0)?;
+        let len = usize::try_from(len)?;
+        // SAFETY: mapping a valid fd read-only; the result is checked against MAP_FAILED.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
+                fd.0,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error()).context("mmap");
+        }
+        Ok(Mapping {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len come from a successful mmap and are unmapped once.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+struct RandomOp {
+    fd: Arc<Fd>,
+    buf: Buffer,
+    bs: usize,
+    nblocks: u64,
+    rng: XorShift,
+    write: bool,
+}
+
+impl Op for RandomOp {
+    #[inline]
+    fn op(&mut self) -> anyhow::Result<u64> {
+        let off = (self.rng.below(self.nblocks) * self.bs as u64) as libc::off_t;
+        let n = if self.write {
+            // SAFETY: buf holds bs readable bytes.
+            unsafe { libc::pwrite(self.fd.0, self.buf.ptr.cast(), self.bs, off) }
+        } else {
+            // SAFETY: buf holds bs writable bytes.
+            unsafe { libc::pread(self.fd.0, self.buf.ptr.cast(), self.bs, off) }
+        };
+        if n != self.bs as isize {
+            return Err(short_io(
+                n,
+                if self.write { "pwrite" } else { "pread" },
+                off,
+            ));
+        }
+        Ok(self.bs as u64)
+    }
+}
+
+fn short_io(n: isize, call: &str, off: libc::off_t) -> anyhow::Error {
+    if n < 0 {
+        anyhow::Error::new(io::Error::last_os_error()).context(format!("{call} at {off}"))
+    } else {
+        anyhow::anyhow!("short {call} at {off}: {n} bytes")
+    }
+}
+
+struct MemcpyOp {
+    map: Arc<Mapping>,
+    buf: Buffer,
+    bs: usize,
+    nblocks: u64,
+    rng: XorShift,
+}
+
+impl Op for MemcpyOp {
+    #[inline]
+    fn op(&mut self) -> anyhow::Result<u64> {
+        let off = (self.rng.below(self.nblocks) * self.bs as u64) as usize;
+        // SAFETY: off + bs <= map.len by construction of nblocks; buf holds bs bytes;
+        // the mapping and the buffer do not overlap.
+        unsafe { std::ptr::copy_nonoverlapping(self.map.ptr.add(off), self.buf.ptr, self.bs) };
+        std::hint::black_box(self.buf.ptr);
+        Ok(self.bs as u64)
+    }
+}
+
+struct AppendOp {
+    fd: Fd,
+    path: CString,
+    buf: Buffer,
+    bs: usize,
+    left: u64,
+    fsync_every: u64,
+    n: u64,
+}
+
+impl Op for AppendOp {
+    #[inline]
+    fn op(&mut self) -> anyhow::Result<u64> {
+        if self.left == 0 {
+            return Ok(0);
+        }
+        // SAFETY: buf holds bs readable bytes.
+        let n = unsafe { libc::write(self.fd.0, self.buf.ptr.cast(), self.bs) };
+        if n != self.bs as isize {
+            return Err(short_io(n, "write", -1));
+        }
+        self.left -= 1;
+        self.n += 1;
+        if self.n == self.fsync_every {
+            self.n = 0;
+            // SAFETY: fsync on an owned descriptor.
+            if unsafe { libc::fsync(self.fd.0) } != 0 {
+                return Err(io::Error::last_os_error()).context("fsync");
+            }
+        }
+        Ok(self.bs as u64)
+    }
+    fn finish(&mut self) {
+        // SAFETY: path is a valid NUL-terminated string.
+        unsafe { libc::unlink(self.path.as_ptr()) };
+    }
+}
+
+struct SmallFilesOp {
+    paths: Vec<CString>,
+    next: usize,
+    buf: Buffer,
+    bs: usize,
+}
+
+impl Op for SmallFilesOp {
+    #[inline]
+    fn op(&mut self) -> anyhow::Result<u64> {
+        let p = &self.paths[self.next];
+        self.next += 1;
+        if self.next == self.paths.len() {
+            self.next = 0;
+        }
+        // SAFETY: p is a valid NUL-terminated path.
+        let fd = unsafe { libc::open(p.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error()).with_context(|| format!("open {p:?}"));
+        }
+        // SAFETY: buf holds bs writable bytes; fd is open.
+        let n = unsafe { libc::read(fd, self.buf.ptr.cast(), self.bs) };
+        // SAFETY: closing the descriptor opened above, once.
+        let rc = unsafe { libc::close(fd) };
+        if n != self.bs as isize {
+            return Err(short_io(n, "read", 0));
+        }
+        if rc != 0 {
+            return Err(io::Error::last_os_error()).context("close");
+        }
+        Ok(self.bs as u64)
+    }
+}
+
+struct PingOp {
+    rd: Fd,
+    wr: Fd,
+    byte: [u8; 1],
+}
+
+impl Op for PingOp {
+    #[inline]
+    fn op(&mut self) -> anyhow::Result<u64> {
+        // SAFETY: byte is a valid 1-byte buffer; both descriptors are open.
+        let w = unsafe { libc::write(self.wr.0, self.byte.as_ptr().cast(), 1) };
+        // SAFETY: as above.
+        let r = unsafe { libc::read(self.rd.0, self.byte.as_mut_ptr().cast(), 1) };
+        if w != 1 || r != 1 {
+            return Err(io::Error::last_os_error()).context("pipe write/read");
+        }
+        Ok(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xorshift_is_deterministic_and_bounded() {
+        let mut a = XorShift::new(7, 0);
+        let mut b = XorShift::new(7, 0);
+        let mut c = XorShift::new(7, 1);
+        let mut differs = false;
+        for _ in 0..10_000 {
+            let x = a.below(1000);
+            assert_eq!(x, b.below(1000));
+            assert!(x < 1000);
+            differs |= x != c.below(1000);
+        }
+        assert!(differs);
+    }
+
+    #[test]
+    fn offsets_cover_the_file() {
+        let mut r = XorShift::new(1, 0);
+        let mut seen = [false; 64];
+        for _ in 0..10_000 {
+            seen[r.below(64) as usize] = true;
+        }
+        assert!(seen.iter().all(|&s| s));
+    }
+
+    #[test]
+    fn workloads_run_on_a_tiny_file() {
+        let dir = std::env::temp_dir().join(format!("flexbench-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let data = dir.join("data");
+        std::fs::write(&data, vec![7u8; 1 << 20]).unwrap();
+        let small = dir.join("small");
+        std::fs::create_dir_all(&small).unwrap();
+        for i in 0..8 {
+            std::fs::write(small_file_path(&small, i), vec![1u8; 4096]).unwrap();
+        }
+        let base = WorkerArgs {
+            workload: Workload::Pread,
+            file: Some(data.clone()),
+            bs: 4096,
+            size: 1 << 20,
+            threads: 1,
+            seconds: 0.01,
+            warmup: Some(0.005),
+            fsync_every: 0,
+            count: 8,
+            seed: 1,
+        };
+        for (w, file, threads, fsync) in [
+            (Workload::Pread, &data, 1, 0),
+            (Workload::Pread, &data, 2, 0),
+            (Workload::Pwrite, &data, 2, 0),
+            (Workload::Memcpy, &data, 1, 0),
+            (Workload::Append, &dir.join("log"), 2, 4),
+            (Workload::Smallfiles, &small, 2, 0),
+            (Workload::Pipe, &data, 1, 0),
+            (Workload::Socket, &data, 1, 0),
+        ] {
+            let a = WorkerArgs {
+                workload: w,
+                file: Some(file.clone()),
+                threads,
+                fsync_every: fsync,
+                ..base.clone()
+            };
+            let r = run_worker(&a).unwrap_or_else(|e| panic!("{w:?}: {e:#}"));
+            assert!(r.ops > 0, "{w:?}");
+            assert!(r.seconds > 0.0, "{w:?}");
+            assert_eq!(r.threads, threads);
+        }
+        assert!(!dir.join("log.0").exists(), "append removes its files");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
