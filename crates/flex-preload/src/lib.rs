@@ -1,1 +1,183 @@
+//! libflex.so: the C ABI of FLEX. Its only job is to export the intercepted libc calls,
+//! hand them to the engine (`flex::posix`) under a re-entrancy guard, and pass everything
+//! the engine does not manage to the kernel with raw system calls (or, for calls that are
+//! more than a system call, such as fork or fopen, to the next definition in libc).
+//!
+//! Nothing here panics into C: a panic inside the engine becomes -1/EIO.
 
+#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+compile_error!("libflex.so targets x86_64 Linux (variadic calls rely on the SysV register ABI)");
+
+use engine::sys::{Errno, Res};
+use std::cell::Cell;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+mod io;
+mod meta;
+mod proc;
+mod stdio;
+
+thread_local! {
+    /// Set while this thread runs engine code: a libc call made from inside the engine
+    /// (by std, say) must go straight to the kernel instead of re-entering the engine.
+    static BUSY: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Run an engine entry point: `None` (not ours, or re-entered) means "pass to the kernel".
+/// errno is preserved on success, a panic becomes EIO.
+#[inline]
+pub(crate) fn guarded<T>(f: impl FnOnce() -> Option<Res<T>>) -> Option<Res<T>> {
+    let entered = BUSY
+        .try_with(|b| {
+            if b.get() {
+                false
+            } else {
+                b.set(true);
+                true
+            }
+        })
+        .unwrap_or(false);
+    if !entered {
+        return None;
+    }
+    let saved = errno();
+    let r = catch_unwind(AssertUnwindSafe(f)).unwrap_or(Some(Err(Errno::IO)));
+    let _ = BUSY.try_with(|b| b.set(false));
+    if matches!(r, Some(Ok(_))) {
+        set_errno(saved);
+    }
+    r
+}
+
+/// Run engine code that returns nothing to the caller (hooks around kernel calls).
+#[inline]
+pub(crate) fn hook(f: impl FnOnce()) {
+    let _ = guarded(|| {
+        f();
+        Some(Ok(()))
+    });
+}
+
+#[inline]
+pub(crate) fn errno() -> i32 {
+    // SAFETY: __errno_location returns this thread's errno slot.
+    unsafe { *libc::__errno_location() }
+}
+
+#[inline]
+pub(crate) fn set_errno(e: i32) {
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = e }
+}
+
+/// Convert an engine result to the C convention: the value, or -1 with errno.
+pub(crate) trait CRet {
+    type Out;
+    fn c(self) -> Self::Out;
+}
+impl CRet for Res<usize> {
+    type Out = isize;
+    fn c(self) -> isize {
+        match self {
+            Ok(v) => v as isize,
+            Err(e) => {
+                set_errno(e.raw_os_error());
+                -1
+            }
+        }
+    }
+}
+impl CRet for Res<()> {
+    type Out = i32;
+    fn c(self) -> i32 {
+        match self {
+            Ok(()) => 0,
+            Err(e) => {
+                set_errno(e.raw_os_error());
+                -1
+            }
+        }
+    }
+}
+impl CRet for Res<i32> {
+    type Out = i32;
+    fn c(self) -> i32 {
+        match self {
+            Ok(v) => v,
+            Err(e) => {
+                set_errno(e.raw_os_error());
+                -1
+            }
+        }
+    }
+}
+impl CRet for Res<i64> {
+    type Out = i64;
+    fn c(self) -> i64 {
+        match self {
+            Ok(v) => v,
+            Err(e) => {
+                set_errno(e.raw_os_error());
+                -1
+            }
+        }
+    }
+}
+
+/// Resolve the next definition of a libc symbol (the one we interpose), once.
+macro_rules! real {
+    (@ident $name:ident : $ty:ty) => {
+        real!(@str concat!(stringify!($name), "\0") ; $ty)
+    };
+    ($name:literal : $ty:ty) => {
+        real!(@str concat!($name, "\0") ; $ty)
+    };
+    (@str $cname:expr ; $ty:ty) => {{
+        static SLOT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let mut p = SLOT.load(std::sync::atomic::Ordering::Acquire);
+        if p == 0 {
+            // SAFETY: dlsym with a NUL-terminated name; RTLD_NEXT finds libc's definition.
+            p = unsafe { libc::dlsym(libc::RTLD_NEXT, $cname.as_ptr().cast()) } as usize;
+            SLOT.store(p, std::sync::atomic::Ordering::Release);
+        }
+        if p == 0 {
+            None
+        } else {
+            // SAFETY: the symbol has the C signature `$ty` (libc's documented prototype).
+            Some(unsafe { std::mem::transmute::<usize, $ty>(p) })
+        }
+    }};
+}
+pub(crate) use real;
+
+/// A raw system call with the C return convention (-1 + errno), for passthrough.
+macro_rules! raw {
+    ($nr:expr $(, $a:expr)*) => {
+        // SAFETY: a system call with the application's own arguments, exactly as the libc
+        // wrapper would make it; the kernel validates every pointer.
+        unsafe { libc::syscall($nr $(, $a)*) }
+    };
+}
+pub(crate) use raw;
+
+/// Load-time constructor: create the engine (reads FLEX_* and installs the fault
+/// handlers before the application installs its own).
+extern "C" fn flex_init() {
+    hook(|| {
+        let _ = engine::engine::engine();
+    });
+}
+
+/// Exit-time destructor: flush our stdio streams, make sizes exact, write statistics.
+extern "C" fn flex_fini() {
+    stdio::flush_all();
+    hook(engine::posix::at_exit);
+}
+
+#[used]
+#[link_section = ".init_array"]
+static INIT: extern "C" fn() = flex_init;
+
+#[used]
+#[link_section = ".fini_array"]
+static FINI: extern "C" fn() = flex_fini;

@@ -21,6 +21,10 @@ pub struct Desc {
     /// Handed back to the kernel (after fork, exec, dup onto 0-2): the kernel owns the
     /// offset and the size from then on.
     pub demoted: AtomicBool,
+    /// Reachable through descriptor 0, 1 or 2 (the program dup'ed it there): stdio writes
+    /// to those straight through the kernel, so the kernel's offset stays authoritative and
+    /// the file's size exact; flex still serves the bytes.
+    pub coherent: AtomicBool,
     /// The file offset; the mutex is also the position lock of read/write/lseek.
     pos: Mutex<u64>,
     /// Descriptors in the table that point here.
@@ -36,6 +40,7 @@ impl Desc {
             acc,
             flags: AtomicI32::new(flags),
             demoted: AtomicBool::new(false),
+            coherent: AtomicBool::new(false),
             pos: Mutex::new(0),
             fds: AtomicU32::new(0),
             explicit,
@@ -52,6 +57,9 @@ impl Desc {
     }
     pub fn append(&self) -> bool {
         self.flags.load(Relaxed) & libc::O_APPEND != 0
+    }
+    pub fn is_coherent(&self) -> bool {
+        self.coherent.load(Acquire)
     }
     pub fn is_demoted(&self) -> bool {
         self.demoted.load(Acquire)

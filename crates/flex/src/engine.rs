@@ -16,6 +16,9 @@ pub struct Engine {
     inodes: Mutex<Inodes>,
     /// Inodes of this process currently over-allocated (in trailer mode).
     pub trailer_files: AtomicI64,
+    /// Set at exit: writes after the exit hook (late stdio flushes) go through the kernel,
+    /// so the kernel size stays exact.
+    pub exiting: std::sync::atomic::AtomicBool,
     /// Cached current directory, for matching relative paths against FLEX_PATHS.
     cwd: Mutex<Option<Vec<u8>>>,
 }
@@ -52,6 +55,7 @@ impl Engine {
             table: Table::new(),
             inodes: Mutex::new(Inodes::default()),
             trailer_files: AtomicI64::new(0),
+            exiting: std::sync::atomic::AtomicBool::new(false),
             cwd: Mutex::new(None),
         }
     }

@@ -60,8 +60,9 @@ pub struct Inode {
     map: RwLock<Mapping>,
     /// Open descriptions using this inode (0: it sits in the mapping cache).
     pub descs: AtomicUsize,
-    /// The application mapped the file itself: keep the kernel size exact from now on.
-    app_mapped: AtomicBool,
+    /// Keep the kernel size exact from now on (the application mapped the file, or a
+    /// description of it sits on descriptor 0-2): grow by ftruncate, never over-allocate.
+    exact_only: AtomicBool,
     /// Size or allocation changed since the last fsync (cache-line granularity only needs
     /// a real fsync then).
     meta_dirty: AtomicBool,
@@ -94,7 +95,7 @@ impl Inode {
                 populate_ok: false,
             }),
             descs: AtomicUsize::new(0),
-            app_mapped: AtomicBool::new(false),
+            exact_only: AtomicBool::new(false),
             meta_dirty: AtomicBool::new(false),
             io: AtomicU32::new(0),
             nomap: AtomicBool::new(false),
@@ -409,11 +410,12 @@ impl Inode {
         }
         let mut m = self.map_w();
         if end > self.lsize() {
-            if self.app_mapped.load(Relaxed) {
-                drop(m);
-                return self.kernel_write_locked(fd, bufs, off);
-            }
-            match self.grow(&mut m, fd, end, e) {
+            let grown = if self.exact_only.load(Relaxed) {
+                self.grow_exact(&mut m, fd, end)
+            } else {
+                self.grow(&mut m, fd, end, e)
+            };
+            match grown {
                 Ok(()) => {}
                 Err(Errno::NOSPC) | Err(Errno::FBIG) | Err(Errno::DQUOT) => {
                     e.stats.fallback("cannot reserve space");
@@ -588,6 +590,15 @@ impl Inode {
         Ok(())
     }
 
+    /// Extend the kernel size to exactly `end` (exact-only files). Pages the file system
+    /// cannot provide fault in the guarded copy, and the write falls back to the kernel.
+    fn grow_exact(&self, m: &mut Mapping, fd: RawFd, end: u64) -> Res<()> {
+        sys::ftruncate(fd, end)?;
+        m.ksize = end;
+        self.meta_dirty.store(true, Relaxed);
+        Ok(())
+    }
+
     /// Zero `[at, at+len)` in the mapping, durably on cache-line granularity.
     ///
     /// # Safety
@@ -691,7 +702,7 @@ impl Inode {
     /// The application maps the file itself, or hands it to the kernel (sendfile...).
     pub fn make_exact(&self, fd: RawFd, forever: bool) -> Res<()> {
         if forever {
-            self.app_mapped.store(true, Relaxed);
+            self.exact_only.store(true, Relaxed);
         }
         self.trim(fd)
     }

@@ -230,7 +230,7 @@ pub fn close_range(first: u32, last: u32, flags: i32) -> Option<()> {
 /// Decide whether this IO goes through the mapping (true) or the kernel (false).
 fn mapped(e: &Engine, d: &Desc, fd: Fd, write: bool) -> bool {
     let i = &d.inode;
-    if i.nomap() {
+    if i.nomap() || e.exiting.load(Relaxed) {
         return false;
     }
     if i.is_mapped(write) {
@@ -410,6 +410,19 @@ unsafe fn read_pos(fd: Fd, bufs: Res<Vec<(*mut u8, usize)>>, call: Call) -> Opti
         Err(err) => return Some(Err(err)),
     };
     let mut pos = d.pos();
+    if d.is_coherent() {
+        // The kernel's offset is the truth (stdio may have moved it).
+        let k = match sys::lseek(fd, 0, libc::SEEK_CUR) {
+            Ok(k) => k,
+            Err(err) => return Some(Err(err)),
+        };
+        // SAFETY: forwarded contract.
+        let r = unsafe { do_read(e, &d, fd, &bufs, k, call) };
+        if let Ok(n) = r {
+            let _ = sys::lseek(fd, (k + n as u64) as i64, libc::SEEK_SET);
+        }
+        return Some(r);
+    }
     // SAFETY: forwarded contract.
     let r = unsafe { do_read(e, &d, fd, &bufs, *pos, call) };
     if let Ok(n) = r {
@@ -439,6 +452,22 @@ unsafe fn write_pos(
         Err(err) => return Some(Err(err)),
     };
     let mut pos = d.pos();
+    if d.is_coherent() {
+        if d.append() || force_append {
+            // The kernel descriptor carries O_APPEND again: let the kernel append.
+            return None;
+        }
+        let k = match sys::lseek(fd, 0, libc::SEEK_CUR) {
+            Ok(k) => k,
+            Err(err) => return Some(Err(err)),
+        };
+        // SAFETY: forwarded contract.
+        let r = unsafe { do_write(e, &d, fd, &bufs, k, false, call) };
+        if let Ok((_, end)) = r {
+            let _ = sys::lseek(fd, end as i64, libc::SEEK_SET);
+        }
+        return Some(r.map(|(n, _)| n));
+    }
     // SAFETY: forwarded contract.
     let r = unsafe { do_write(e, &d, fd, &bufs, *pos, d.append() || force_append, call) };
     Some(r.map(|(n, end)| {
@@ -646,7 +675,7 @@ pub unsafe fn pwritev2(
 
 pub fn lseek(fd: Fd, off: i64, whence: i32) -> Option<Res<i64>> {
     let d = desc(fd)?;
-    if d.is_demoted() {
+    if d.is_demoted() || d.is_coherent() {
         return None;
     }
     let e = engine();
@@ -810,16 +839,28 @@ pub fn dup_result(old: Fd, new: Fd) {
     let Some(d) = e.table.get(old) else { return };
     e.stats.served(Call::dup);
     if new <= 2 {
-        demote(fd_for(old), &d);
-        return;
+        make_coherent(old, &d);
     }
     if let Some(prev) = e.table.set(new, d) {
         prev.fds.fetch_sub(1, AcqRel);
     }
 }
 
-fn fd_for(fd: Fd) -> Fd {
-    fd
+/// A description now reachable through descriptor 0-2: hand the offset, O_APPEND and an
+/// exact size to the kernel and keep them there (see [`Desc::coherent`]).
+fn make_coherent(fd: Fd, d: &Desc) {
+    if d.is_demoted() || d.coherent.swap(true, AcqRel) {
+        return;
+    }
+    let pos = *d.pos();
+    let _ = sys::lseek(fd, pos as i64, libc::SEEK_SET);
+    if d.append() {
+        if let Ok(fl) = sys::fcntl_int(fd, libc::F_GETFL, 0) {
+            let _ = sys::fcntl_int(fd, libc::F_SETFL, (fl | libc::O_APPEND) as libc::c_long);
+        }
+    }
+    let _ = d.inode.make_exact(fd, true);
+    flex_log!(LogLevel::Debug, "coherent fd={fd} pos={pos}");
 }
 
 /// dup2/dup3 before the kernel call: `new` is about to be closed silently.
@@ -860,6 +901,13 @@ pub fn before_fork() {
     e.stats.served(Call::fork);
     for (fd, d) in e.table.entries() {
         demote(fd, &d);
+    }
+}
+
+/// In a forked child: its statistics start from zero (the parent reports its own).
+pub fn after_fork_child() {
+    if let Some(e) = engine_if_started() {
+        e.stats.reset();
     }
 }
 
@@ -963,6 +1011,8 @@ pub fn kernel_handoff(fd: Fd, uses_offset: bool, call: Call) -> Option<impl FnOn
     e.stats.served(call);
     let forever = call == Call::mmap;
     let _ = d.inode.make_exact(fd, forever);
+    // A coherent description keeps its offset in the kernel already.
+    let uses_offset = uses_offset && !d.is_coherent();
     if uses_offset {
         let pos = *d.pos();
         let _ = sys::lseek(fd, pos as i64, libc::SEEK_SET);
@@ -1011,6 +1061,7 @@ pub fn count_passthrough(call: Call) {
 /// At exit: make every managed file's kernel size exact, then write the statistics.
 pub fn at_exit() {
     let Some(e) = engine_if_started() else { return };
+    e.exiting.store(true, Relaxed);
     for (fd, d) in e.table.entries() {
         if !d.is_demoted() {
             let _ = d.inode.trim(fd);
@@ -1039,6 +1090,17 @@ fn write_stats(e: &Engine) {
         let _ = unsafe { sys::write(fd, line.as_ptr(), line.len()) };
         let _ = sys::close(fd);
     }
+}
+
+/// Fail a call on a managed descriptor with `errno` (argument checks the kernel makes
+/// before anything else); `None` for descriptors flex does not manage.
+pub fn reject(fd: Fd, errno: i32) -> Option<Res<usize>> {
+    desc(fd).map(|_| Err(Errno::from_raw_os_error(errno)))
+}
+
+/// Does the table know `fd` (managed, or handed back to the kernel)?
+pub fn desc_exists(fd: Fd) -> bool {
+    desc(fd).is_some()
 }
 
 /// Is `fd` managed (for the shim's stdio and for tests)?

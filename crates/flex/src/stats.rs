@@ -135,6 +135,27 @@ impl Stats {
     pub fn passed(&self, c: Call) {
         self.passed[c as usize].fetch_add(1, Relaxed);
     }
+    /// Did this process use flex at all (served or passed a managed call)?
+    pub fn active(&self) -> bool {
+        self.served.iter().chain(self.passed.iter()).any(|c| c.load(Relaxed) > 0)
+    }
+
+    /// Forget everything (a forked child starts its own account).
+    pub fn reset(&self) {
+        for c in self.served.iter().chain(self.passed.iter()) {
+            c.store(0, Relaxed);
+        }
+        for c in [
+            &self.bytes_read, &self.bytes_written, &self.maps, &self.unmaps, &self.remaps,
+            &self.grows, &self.adoptions, &self.recoveries,
+        ] {
+            c.store(0, Relaxed);
+        }
+        if let Ok(mut m) = self.fallbacks.lock() {
+            m.clear();
+        }
+    }
+
     pub fn fallback(&self, reason: &'static str) {
         if let Ok(mut m) = self.fallbacks.lock() {
             *m.entry(reason).or_insert(0) += 1;
