@@ -109,6 +109,12 @@ fn progress(seq: u64, synced: u64) {
     let mut out = io::stdout().lock();
     let _ = writeln!(out, "FX PROGRESS {seq} {synced} .");
     let _ = out.flush();
+    // Wait until the UART has sent the line: the tty layer would otherwise buffer many
+    // lines, the host would see progress seconds late, and by then the kernel's periodic
+    // journal commit would have made even an fsync-less page-cache write durable: the
+    // cut must come right after the reported write.
+    // SAFETY: tcdrain on fd 1 only blocks; on a non-tty it fails with ENOTTY, ignored.
+    unsafe { libc::tcdrain(1) };
 }
 
 fn writer(dir: &Path, mode: &str) -> io::Result<bool> {
@@ -125,9 +131,10 @@ fn writer(dir: &Path, mode: &str) -> io::Result<bool> {
             })?;
             if k == 1 {
                 println!(
-                    "FX WRITER {} granularity {}",
+                    "FX WRITER {} granularity {} via {}",
                     dir.display(),
-                    h.granularity()
+                    h.granularity(),
+                    store::BACKEND
                 );
                 if h.granularity() != want {
                     println!("FX FAIL writer {mode}: granularity is not {want}");
@@ -148,9 +155,10 @@ fn writer(dir: &Path, mode: &str) -> io::Result<bool> {
         format!("create {}", path.display())
     })?;
     println!(
-        "FX WRITER {} granularity {}",
+        "FX WRITER {} granularity {} via {}",
         dir.display(),
-        h.granularity()
+        h.granularity(),
+        store::BACKEND
     );
     if h.granularity() != want {
         println!("FX FAIL writer {mode}: granularity is not {want}");

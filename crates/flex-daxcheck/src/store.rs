@@ -87,6 +87,7 @@ mod imp {
     pub struct Handle {
         f: std::fs::File,
         cache_line: bool,
+        unsafe_mode: bool,
     }
 
     pub fn recover(_path: &Path) -> io::Result<()> {
@@ -99,10 +100,17 @@ mod imp {
             f.set_len(4096)?;
         }
         let cache_line = crate::probe::map_sync(&f).is_ok();
+        // Negative control for the lane: claim cache-line but never sync, so power cuts
+        // must be caught losing data (FLEX_DAXCHECK_UNSAFE=1, stand-in only).
+        let unsafe_mode = std::env::var_os("FLEX_DAXCHECK_UNSAFE").is_some();
         if len < 4096 {
             f.set_len(len)?;
         }
-        Ok(Handle { f, cache_line })
+        Ok(Handle {
+            f,
+            cache_line,
+            unsafe_mode,
+        })
     }
 
     impl Store for Handle {
@@ -113,7 +121,7 @@ mod imp {
                 .create_new(true)
                 .open(path)?;
             let h = wrap(f)?;
-            if h.cache_line {
+            if h.cache_line && !h.unsafe_mode {
                 // Emulate "durable on return" for the new file's directory entry too.
                 std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()?;
             }
@@ -129,7 +137,7 @@ mod imp {
         }
         fn write_all_at(&mut self, buf: &[u8], off: u64) -> io::Result<()> {
             self.f.write_all_at(buf, off)?;
-            if self.cache_line {
+            if self.cache_line && !self.unsafe_mode {
                 self.f.sync_data()?;
             }
             Ok(())
