@@ -1,8 +1,11 @@
-//! The `flexio` command-line tool (minimal wiring of `bench`; the lead merges the rest).
+//! `flexio`: run programs under FLEX, recover files, benchmark against the kernel.
 
-use std::path::PathBuf;
-
+use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::Command;
 
 #[derive(Parser)]
 #[command(
@@ -17,6 +20,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run a program with its file IO served by FLEX (LD_PRELOAD of libflex.so).
+    Run(RunArgs),
+    /// Trim files left over-allocated by a crashed writer to their exact size.
+    Recover {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Summarise a FLEX_STATS file (one JSON line per process).
+    Stats { file: PathBuf },
     /// Benchmark FLEX against the kernel, side by side.
     Bench(flex_bench::BenchArgs),
     /// One sample of a built-in benchmark workload (used by `flexio bench`).
@@ -24,13 +36,170 @@ enum Cmd {
     BenchWorker(flex_bench::WorkerArgs),
 }
 
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Directory whose regular files FLEX manages (repeatable; default: the current directory).
+    #[arg(long = "paths", short = 'p')]
+    paths: Vec<PathBuf>,
+    /// Print a summary of what FLEX served after the program exits.
+    #[arg(long)]
+    stats: bool,
+    /// Also append the per-process JSON statistics to this file (FLEX_STATS).
+    #[arg(long)]
+    stats_file: Option<PathBuf>,
+    /// Log FLEX's decisions to stderr (FLEX_LOG=debug).
+    #[arg(long)]
+    debug: bool,
+    /// The program and its arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    cmd: Vec<String>,
+}
+
+fn libflex() -> anyhow::Result<PathBuf> {
+    flexio::preload_library()
+        .context("libflex.so not found beside flexio (build the workspace, or set FLEX_LIB)")
+}
+
+fn run(a: RunArgs) -> anyhow::Result<i32> {
+    let lib = libflex()?;
+    let paths = if a.paths.is_empty() {
+        vec![std::env::current_dir()?]
+    } else {
+        a.paths
+    };
+    let mut abs = Vec::new();
+    for p in paths {
+        let p = if p.is_absolute() {
+            p
+        } else {
+            std::env::current_dir()?.join(p)
+        };
+        abs.push(p.canonicalize().unwrap_or(p).display().to_string());
+    }
+    let stats_file = match (&a.stats_file, a.stats) {
+        (Some(f), _) => Some(f.clone()),
+        (None, true) => {
+            Some(std::env::temp_dir().join(format!("flexio-stats-{}.json", std::process::id())))
+        }
+        (None, false) => None,
+    };
+    let preload = match std::env::var("LD_PRELOAD") {
+        Ok(old) if !old.is_empty() => format!("{}:{old}", lib.display()),
+        _ => lib.display().to_string(),
+    };
+    let mut c = Command::new(&a.cmd[0]);
+    c.args(&a.cmd[1..])
+        .env("LD_PRELOAD", preload)
+        .env("FLEX_PATHS", abs.join(":"));
+    if let Some(f) = &stats_file {
+        c.env("FLEX_STATS", f);
+    }
+    if a.debug {
+        c.env("FLEX_LOG", "debug");
+    }
+    let status = c
+        .status()
+        .with_context(|| format!("cannot run {}", a.cmd[0]))?;
+    if a.stats {
+        if let Some(f) = &stats_file {
+            eprint!("{}", summarize(f)?);
+            if a.stats_file.is_none() {
+                let _ = std::fs::remove_file(f);
+            }
+        }
+    }
+    Ok(status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+/// A readable summary of a FLEX_STATS file.
+fn summarize(file: &PathBuf) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let mut served: BTreeMap<String, u64> = BTreeMap::new();
+    let mut passed: BTreeMap<String, u64> = BTreeMap::new();
+    let mut fallbacks: BTreeMap<String, u64> = BTreeMap::new();
+    let mut files: BTreeMap<String, String> = BTreeMap::new();
+    let (mut procs, mut rd, mut wr, mut maps) = (0, 0u64, 0u64, 0u64);
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line).context("bad FLEX_STATS line")?;
+        procs += 1;
+        let add = |m: &mut BTreeMap<String, u64>, key: &str| {
+            if let Some(o) = v[key].as_object() {
+                for (k, n) in o {
+                    *m.entry(k.clone()).or_default() += n.as_u64().unwrap_or(0);
+                }
+            }
+        };
+        add(&mut served, "served");
+        add(&mut passed, "passthrough");
+        add(&mut fallbacks, "fallbacks");
+        rd += v["bytes_read"].as_u64().unwrap_or(0);
+        wr += v["bytes_written"].as_u64().unwrap_or(0);
+        maps += v["maps"].as_u64().unwrap_or(0);
+        if let Some(o) = v["files"].as_object() {
+            for (k, f) in o {
+                files.insert(
+                    k.clone(),
+                    f["granularity"].as_str().unwrap_or("?").to_string(),
+                );
+            }
+        }
+    }
+    let fmt = |m: &BTreeMap<String, u64>| {
+        m.iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut s = format!("flexio: {procs} process(es) used FLEX\n");
+    s += &format!("  served by flex:     {}\n", fmt(&served));
+    s += &format!("  passed to kernel:   {}\n", fmt(&passed));
+    s += &format!("  bytes read/written from mappings: {rd} / {wr}; mappings created: {maps}\n");
+    for (f, g) in &files {
+        s += &format!("  file {f}: {g} granularity\n");
+    }
+    if !fallbacks.is_empty() {
+        s += &format!("  fallbacks: {}\n", fmt(&fallbacks));
+    }
+    Ok(s)
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
+        Cmd::Run(a) => std::process::exit(run(a)?),
+        Cmd::Recover { paths } => {
+            let mut failed = false;
+            for p in paths {
+                match flexio::recover(&p) {
+                    Ok(flexio::Recovery::Clean) => println!("{}: clean", p.display()),
+                    Ok(flexio::Recovery::Trimmed { from, to }) => {
+                        println!("{}: trimmed {from} -> {to} bytes", p.display())
+                    }
+                    Ok(flexio::Recovery::InUse { lsize }) => {
+                        println!(
+                            "{}: in use by a live process (logical size {lsize}); left alone",
+                            p.display()
+                        )
+                    }
+                    Err(e) => {
+                        eprintln!("{}: {e}", p.display());
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                bail!("some files could not be recovered");
+            }
+            Ok(())
+        }
+        Cmd::Stats { file } => {
+            print!("{}", summarize(&file)?);
+            Ok(())
+        }
         Cmd::Bench(args) => {
             let flexio_exe = std::env::current_exe()?;
-            let libflex = std::env::var_os("FLEX_LIB")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| flexio_exe.with_file_name("libflex.so"));
+            let libflex = libflex()?;
             flex_bench::run(
                 &args,
                 &flex_bench::BenchEnv {
