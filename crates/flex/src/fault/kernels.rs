@@ -21,6 +21,10 @@
 
 use core::arch::global_asm;
 
+/// From this length on, `copy`/`zero` use `rep movsb`/`rep stosb` (fast for large sizes
+/// with ERMS/FSRM, but with a start-up cost that SSE2 moves beat below it).
+pub(super) const REP_THRESHOLD: usize = 768;
+
 /// Flush the cache line at `[$reg]` with the instruction selected by r9d.
 /// Uses local labels 27/28/29 (each use is self-contained: only forward references).
 macro_rules! flush_line {
@@ -44,6 +48,138 @@ macro_rules! flush_line {
             $reg,
             "]\n",
             "29:\n",
+        )
+    };
+}
+
+/// Copy rcx bytes, 1 <= rcx <= 63, from [rsi] to [rdi] with (possibly overlapping) 32/16/8/
+/// 4/1-byte moves; registers are not advanced. Clobbers rax, rdx, xmm0-xmm3 (`$mov` is
+/// `movdqu` or, in AVX kernels, `vmovdqu`). Labels 31-35.
+macro_rules! small_copy {
+    ($mov:literal) => {
+        concat!(
+            "    cmp rcx, 32\n",
+            "    jb 31f\n",
+            "    ",
+            $mov,
+            " xmm0, xmmword ptr [rsi]\n",
+            "    ",
+            $mov,
+            " xmm1, xmmword ptr [rsi + 16]\n",
+            "    ",
+            $mov,
+            " xmm2, xmmword ptr [rsi + rcx - 32]\n",
+            "    ",
+            $mov,
+            " xmm3, xmmword ptr [rsi + rcx - 16]\n",
+            "    ",
+            $mov,
+            " xmmword ptr [rdi], xmm0\n",
+            "    ",
+            $mov,
+            " xmmword ptr [rdi + 16], xmm1\n",
+            "    ",
+            $mov,
+            " xmmword ptr [rdi + rcx - 32], xmm2\n",
+            "    ",
+            $mov,
+            " xmmword ptr [rdi + rcx - 16], xmm3\n",
+            "    jmp 35f\n",
+            "31:\n",
+            "    cmp rcx, 16\n",
+            "    jb 32f\n",
+            "    ",
+            $mov,
+            " xmm0, xmmword ptr [rsi]\n",
+            "    ",
+            $mov,
+            " xmm1, xmmword ptr [rsi + rcx - 16]\n",
+            "    ",
+            $mov,
+            " xmmword ptr [rdi], xmm0\n",
+            "    ",
+            $mov,
+            " xmmword ptr [rdi + rcx - 16], xmm1\n",
+            "    jmp 35f\n",
+            "32:\n",
+            "    cmp rcx, 8\n",
+            "    jb 33f\n",
+            "    mov rax, qword ptr [rsi]\n",
+            "    mov rdx, qword ptr [rsi + rcx - 8]\n",
+            "    mov qword ptr [rdi], rax\n",
+            "    mov qword ptr [rdi + rcx - 8], rdx\n",
+            "    jmp 35f\n",
+            "33:\n",
+            "    cmp rcx, 4\n",
+            "    jb 34f\n",
+            "    mov eax, dword ptr [rsi]\n",
+            "    mov edx, dword ptr [rsi + rcx - 4]\n",
+            "    mov dword ptr [rdi], eax\n",
+            "    mov dword ptr [rdi + rcx - 4], edx\n",
+            "    jmp 35f\n",
+            "34:\n",
+            "    movzx eax, byte ptr [rsi]\n",
+            "    movzx edx, byte ptr [rsi + rcx - 1]\n",
+            "    mov byte ptr [rdi], al\n",
+            "    mov byte ptr [rdi + rcx - 1], dl\n",
+            "    cmp rcx, 2\n",
+            "    jbe 35f\n",
+            "    movzx eax, byte ptr [rsi + 1]\n",
+            "    mov byte ptr [rdi + 1], al\n",
+            "35:\n",
+        )
+    };
+}
+
+/// Zero rcx bytes, 1 <= rcx <= 63, at [rdi]; needs rax = 0 and xmm0 = 0; rdi is not
+/// advanced. Labels 31-35.
+macro_rules! small_zero {
+    ($mov:literal) => {
+        concat!(
+            "    cmp rcx, 32\n",
+            "    jb 31f\n",
+            "    ",
+            $mov,
+            " xmmword ptr [rdi], xmm0\n",
+            "    ",
+            $mov,
+            " xmmword ptr [rdi + 16], xmm0\n",
+            "    ",
+            $mov,
+            " xmmword ptr [rdi + rcx - 32], xmm0\n",
+            "    ",
+            $mov,
+            " xmmword ptr [rdi + rcx - 16], xmm0\n",
+            "    jmp 35f\n",
+            "31:\n",
+            "    cmp rcx, 16\n",
+            "    jb 32f\n",
+            "    ",
+            $mov,
+            " xmmword ptr [rdi], xmm0\n",
+            "    ",
+            $mov,
+            " xmmword ptr [rdi + rcx - 16], xmm0\n",
+            "    jmp 35f\n",
+            "32:\n",
+            "    cmp rcx, 8\n",
+            "    jb 33f\n",
+            "    mov qword ptr [rdi], rax\n",
+            "    mov qword ptr [rdi + rcx - 8], rax\n",
+            "    jmp 35f\n",
+            "33:\n",
+            "    cmp rcx, 4\n",
+            "    jb 34f\n",
+            "    mov dword ptr [rdi], eax\n",
+            "    mov dword ptr [rdi + rcx - 4], eax\n",
+            "    jmp 35f\n",
+            "34:\n",
+            "    mov byte ptr [rdi], al\n",
+            "    mov byte ptr [rdi + rcx - 1], al\n",
+            "    cmp rcx, 2\n",
+            "    jbe 35f\n",
+            "    mov byte ptr [rdi + 1], al\n",
+            "35:\n",
         )
     };
 }
@@ -90,7 +226,7 @@ macro_rules! end_label {
 /// without advancing; `$src_step` advances rsi (empty for zero kernels); `$init` prepares
 /// registers (e.g. zeroes the vector source); `$leave` runs before `ret` (vzeroupper).
 macro_rules! nt_kernel {
-    ($name:literal, $init:expr, $head:literal, $body4:expr, $body1:expr, $src4:literal,
+    ($name:literal, $init:expr, $head:expr, $body4:expr, $body1:expr, $src4:literal,
      $src1:literal, $leave:literal) => {
         concat!(
             func!($name),
@@ -152,11 +288,11 @@ macro_rules! nt_kernel {
 }
 
 macro_rules! copy_kernel {
-    ($name:literal, $ld4:expr, $st4:expr, $ld1:expr, $st1:expr, $leave:literal) => {
+    ($name:literal, $mov:literal, $ld4:expr, $st4:expr, $ld1:expr, $st1:expr, $leave:literal) => {
         nt_kernel!(
             $name,
             "    mov r9, rcx\n",
-            "    rep movsb\n",
+            concat!(small_copy!($mov), "    add rsi, rcx\n    add rdi, rcx\n"),
             concat!($ld4, $st4),
             concat!($ld1, $st1),
             "    add rsi, 256\n",
@@ -167,14 +303,14 @@ macro_rules! copy_kernel {
 }
 
 macro_rules! zero_kernel {
-    ($name:literal, $zero:literal, $st4:expr, $st1:expr, $leave:literal) => {
+    ($name:literal, $mov:literal, $zero:literal, $st4:expr, $st1:expr, $leave:literal) => {
         nt_kernel!(
             $name,
             concat!(
                 "    mov r8, rsi\n    mov r9, rdx\n    xor eax, eax\n",
                 $zero
             ),
-            "    rep stosb\n",
+            concat!(small_zero!($mov), "    add rdi, rcx\n"),
             $st4,
             $st1,
             "",
@@ -186,19 +322,79 @@ macro_rules! zero_kernel {
 
 global_asm!(
     "    .pushsection .text.flex_fault_kernels,\"ax\",@progbits",
-    // copy(dst, src, len) -> not copied
+    // copy(dst, src, len) -> not copied. rcx = remaining throughout.
     func!("__flex_fault_v1_copy"),
     "    mov rcx, rdx",
+    "    cmp rdx, 64",
+    "    jb 40f",
+    "    cmp rdx, {rep}",
+    "    jae 45f",
+    "41:",
+    "    movdqu xmm0, xmmword ptr [rsi]",
+    "    movdqu xmm1, xmmword ptr [rsi + 16]",
+    "    movdqu xmm2, xmmword ptr [rsi + 32]",
+    "    movdqu xmm3, xmmword ptr [rsi + 48]",
+    "    movdqu xmmword ptr [rdi], xmm0",
+    "    movdqu xmmword ptr [rdi + 16], xmm1",
+    "    movdqu xmmword ptr [rdi + 32], xmm2",
+    "    movdqu xmmword ptr [rdi + 48], xmm3",
+    "    add rsi, 64",
+    "    add rdi, 64",
+    "    sub rcx, 64",
+    "    cmp rcx, 64",
+    "    jae 41b",
+    "    test rcx, rcx",
+    "    jz 46f",
+    // The last 64 bytes of the range, overlapping what is already copied.
+    "    lea rsi, [rsi + rcx - 64]",
+    "    lea rdi, [rdi + rcx - 64]",
+    "    mov ecx, 64",
+    "    jmp 41b",
+    "40:",
+    "    test rcx, rcx",
+    "    jz 46f",
+    small_copy!("movdqu"),
+    "    xor ecx, ecx",
+    "    jmp 46f",
+    "45:",
     "    rep movsb",
+    "46:",
     end_label!("__flex_fault_v1_copy"),
     "    mov rax, rcx",
     "    ret",
     "    .size __flex_fault_v1_copy, . - __flex_fault_v1_copy",
-    // zero(dst, len) -> not zeroed
+    // zero(dst, len) -> not zeroed. rcx = remaining throughout.
     func!("__flex_fault_v1_zero"),
     "    mov rcx, rsi",
     "    xor eax, eax",
+    "    pxor xmm0, xmm0",
+    "    cmp rsi, 64",
+    "    jb 40f",
+    "    cmp rsi, {rep}",
+    "    jae 45f",
+    "41:",
+    "    movdqu xmmword ptr [rdi], xmm0",
+    "    movdqu xmmword ptr [rdi + 16], xmm0",
+    "    movdqu xmmword ptr [rdi + 32], xmm0",
+    "    movdqu xmmword ptr [rdi + 48], xmm0",
+    "    add rdi, 64",
+    "    sub rcx, 64",
+    "    cmp rcx, 64",
+    "    jae 41b",
+    "    test rcx, rcx",
+    "    jz 46f",
+    "    lea rdi, [rdi + rcx - 64]",
+    "    mov ecx, 64",
+    "    jmp 41b",
+    "40:",
+    "    test rcx, rcx",
+    "    jz 46f",
+    small_zero!("movdqu"),
+    "    xor ecx, ecx",
+    "    jmp 46f",
+    "45:",
     "    rep stosb",
+    "46:",
     end_label!("__flex_fault_v1_zero"),
     "    mov rax, rcx",
     "    ret",
@@ -230,6 +426,7 @@ global_asm!(
     // ---- copy_nt ----
     copy_kernel!(
         "__flex_fault_v1_copy_nt_sse2",
+        "movdqu",
         concat!(
             "    movdqu xmm0, xmmword ptr [rsi]\n",
             "    movdqu xmm1, xmmword ptr [rsi + 16]\n",
@@ -282,6 +479,7 @@ global_asm!(
     ),
     copy_kernel!(
         "__flex_fault_v1_copy_nt_avx2",
+        "vmovdqu",
         concat!(
             "    vmovdqu ymm0, ymmword ptr [rsi]\n",
             "    vmovdqu ymm1, ymmword ptr [rsi + 32]\n",
@@ -314,6 +512,7 @@ global_asm!(
     ),
     copy_kernel!(
         "__flex_fault_v1_copy_nt_avx512",
+        "vmovdqu",
         concat!(
             "    vmovdqu64 zmm0, zmmword ptr [rsi]\n",
             "    vmovdqu64 zmm1, zmmword ptr [rsi + 64]\n",
@@ -333,6 +532,7 @@ global_asm!(
     // ---- zero_nt ----
     zero_kernel!(
         "__flex_fault_v1_zero_nt_sse2",
+        "movdqu",
         "    pxor xmm0, xmm0\n",
         concat!(
             "    movntdq xmmword ptr [rdi], xmm0\n",
@@ -362,6 +562,7 @@ global_asm!(
     ),
     zero_kernel!(
         "__flex_fault_v1_zero_nt_avx2",
+        "vmovdqu",
         "    vpxor xmm0, xmm0, xmm0\n",
         concat!(
             "    vmovntdq ymmword ptr [rdi], ymm0\n",
@@ -381,6 +582,7 @@ global_asm!(
     ),
     zero_kernel!(
         "__flex_fault_v1_zero_nt_avx512",
+        "vmovdqu",
         "    vpxord zmm0, zmm0, zmm0\n",
         concat!(
             "    vmovntdq zmmword ptr [rdi], zmm0\n",
@@ -398,6 +600,7 @@ global_asm!(
     "    ud2",
     "    .size __flex_fault_v1_restore_rt, . - __flex_fault_v1_restore_rt",
     "    .popsection",
+    rep = const REP_THRESHOLD,
 );
 
 extern "C" {
