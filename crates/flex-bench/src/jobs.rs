@@ -157,8 +157,9 @@ pub(crate) fn aliases(call: &str) -> Vec<&'static str> {
         "pwrite" => vec!["pwrite", "pwrite64"],
         "preadv" => vec!["preadv", "preadv64"],
         "pwritev" => vec!["pwritev", "pwritev64"],
-        "preadv2" => vec!["preadv2", "preadv64v2"],
-        "pwritev2" => vec!["pwritev2", "pwritev64v2"],
+        // flex may count the v2 calls under their v1 names.
+        "preadv2" => vec!["preadv2", "preadv64v2", "preadv", "preadv64"],
+        "pwritev2" => vec!["pwritev2", "pwritev64v2", "pwritev", "pwritev64"],
         "read" => vec!["read"],
         "write" => vec!["write"],
         "open" => vec!["open", "open64", "openat", "openat64"],
@@ -188,6 +189,8 @@ pub(crate) struct Matrix {
     pub small_dir: PathBuf,
     pub small_count: usize,
     pub append_prefix: PathBuf,
+    /// Most bytes one append sample may write (all threads): a memory safety valve.
+    pub append_cap: u64,
     pub sizes: Vec<usize>,
     pub threads: Vec<usize>,
     pub fsync_every: u64,
@@ -279,7 +282,7 @@ pub(crate) fn builtin_jobs(m: &Matrix) -> Vec<Job> {
             let mut args = common("append", &m.append_prefix, 4096, t);
             args.extend([
                 "--size".into(),
-                size.clone(),
+                m.append_cap.to_string(),
                 "--fsync-every".into(),
                 fsync.to_string(),
             ]);
@@ -637,6 +640,8 @@ pub(crate) fn run_sample(
         JobKind::Worker(args) => {
             let mut cmd = Command::new(l.flexio_exe);
             cmd.arg("bench-worker").args(args);
+            // Errors as one message, without a backtrace.
+            cmd.env("RUST_LIB_BACKTRACE", "0");
             set_side(&mut cmd, side, l, stats);
             let (out, _, wall) = run_child(cmd, timeout)?;
             let line = out
@@ -1043,6 +1048,7 @@ mod tests {
             small_dir: "/x/small".into(),
             small_count: 10,
             append_prefix: "/x/log".into(),
+            append_cap: 1 << 30,
             sizes: vec![512, 4096, 65536],
             threads: vec![1, 2],
             fsync_every: 16,

@@ -54,6 +54,9 @@ pub struct BenchArgs {
     /// Number of 4 KiB files of the small-files cell [default: 10000].
     #[arg(long)]
     pub small_files: Option<usize>,
+    /// Most bytes one append sample writes (k/M/G); the sample ends early when reached.
+    #[arg(long, default_value = "1G", value_parser = parse_size)]
+    pub append_cap: u64,
     /// The fsync interval of the append-with-fsync cell (0: no such cell).
     #[arg(long, default_value_t = 16)]
     pub fsync_every: u64,
@@ -122,6 +125,7 @@ struct Config {
     seconds: f64,
     file_size: u64,
     small_count: usize,
+    append_cap: u64,
     sizes: Vec<usize>,
     threads: Vec<usize>,
     clients: ClientSizes,
@@ -135,6 +139,7 @@ impl Config {
             seconds: a.seconds.unwrap_or(if q { 0.25 } else { 1.0 }),
             file_size: a.file_size.unwrap_or(if q { 256 << 20 } else { 1 << 30 }),
             small_count: a.small_files.unwrap_or(10_000),
+            append_cap: a.append_cap,
             sizes: a
                 .sizes
                 .clone()
@@ -202,6 +207,7 @@ pub fn run(args: &BenchArgs, env: &BenchEnv) -> anyhow::Result<()> {
         small_dir: work.join("small"),
         small_count: cfg.small_count,
         append_prefix: work.join("append.log"),
+        append_cap: cfg.append_cap,
         sizes: cfg.sizes.clone(),
         threads: cfg.threads.clone(),
         fsync_every: args.fsync_every,

@@ -18,6 +18,10 @@ pub(crate) struct FlexStats {
     pub passthrough: BTreeMap<String, u64>,
     /// Lines that were not JSON objects.
     pub unparsed: usize,
+    /// Top-level numeric fields (bytes_read, maps, ...), summed over the processes.
+    pub counters: BTreeMap<String, f64>,
+    /// The `fallbacks` maps (reason -> count), summed.
+    pub fallbacks: BTreeMap<String, u64>,
 }
 
 /// Reads a FLEX_STATS file: one JSON object per process, each with `served` and
@@ -33,6 +37,16 @@ pub(crate) fn read_stats(path: &Path) -> Option<FlexStats> {
             continue;
         };
         st.processes += 1;
+        for (k, v) in &o {
+            if let Some(x) = v.as_f64() {
+                *st.counters.entry(k.clone()).or_default() += x;
+            }
+        }
+        if let Some(serde_json::Value::Object(m)) = o.get("fallbacks") {
+            for (why, n) in m {
+                *st.fallbacks.entry(why.clone()).or_default() += n.as_u64().unwrap_or(1);
+            }
+        }
         for (key, map) in [
             ("served", &mut st.served),
             ("passthrough", &mut st.passthrough),
@@ -154,6 +168,8 @@ pub(crate) struct CellSummary {
     pub flex_status: FlexStatus,
     /// The expected calls flex served, summed over the flex samples.
     pub served_calls: u64,
+    /// Of the expected calls, the share flex served (the rest it passed through).
+    pub served_fraction: Option<f64>,
     pub failed_samples: usize,
 }
 
@@ -188,6 +204,7 @@ pub(crate) fn summarize(def: &CellDef, samples: &[Sample]) -> CellSummary {
         .collect();
     let ratio_paired = (!paired.is_empty()).then(|| median(&mut paired));
     let mut served_calls = 0;
+    let mut passed_calls = 0;
     let flex_done: Vec<&&Sample> = f.iter().filter(|s| s.ok).collect();
     let flex_status = if flex_done.is_empty() {
         FlexStatus::NotApplicable
@@ -210,6 +227,10 @@ pub(crate) fn summarize(def: &CellDef, samples: &[Sample]) -> CellSummary {
                         .map(|c| st.served.get(*c).copied().unwrap_or(0))
                         .sum();
                     served_calls += n;
+                    passed_calls += calls
+                        .iter()
+                        .map(|c| st.passthrough.get(*c).copied().unwrap_or(0))
+                        .sum::<u64>();
                     all &= n > 0;
                 }
                 if all {
@@ -231,6 +252,8 @@ pub(crate) fn summarize(def: &CellDef, samples: &[Sample]) -> CellSummary {
         ratio_paired,
         flex_status,
         served_calls,
+        served_fraction: (served_calls + passed_calls > 0)
+            .then(|| served_calls as f64 / (served_calls + passed_calls) as f64),
         failed_samples: mine.iter().filter(|s| !s.ok).count(),
     }
 }
@@ -292,6 +315,9 @@ fn rows(cells: &[CellSummary]) -> Vec<[String; 5]> {
                 fmt_side(&c.flex, c.unit)
             };
             let mut status = c.flex_status.label().to_string();
+            if let Some(f) = c.served_fraction {
+                status.push_str(&format!(" ({:.0}% of calls)", f * 100.0));
+            }
             if c.failed_samples > 0 {
                 status.push_str(&format!(", {} failed samples", c.failed_samples));
             }

@@ -247,6 +247,9 @@ fn run_worker(args: &WorkerArgs) -> anyhow::Result<WorkerResult> {
     };
 
     let (ops_done, warm_ops, seconds) = drive_all(ops, warm, args.seconds)?;
+    if ops_done == 0 {
+        bail!("no operation in the timed part (the append cap was reached in the warm-up?)");
+    }
     let ops = ops_done * calls_per_op;
     Ok(WorkerResult {
         workload: args.workload.name().to_string(),

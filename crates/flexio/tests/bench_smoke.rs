@@ -1,0 +1,148 @@
+//! Smoke test of `flexio bench`: a tiny configuration runs end to end, the JSON holds
+//! every sample of both sides, and flex's own stats show that it served the IO.
+//! No timing is checked: only completeness and who served the calls.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+/// The cells run, with the calls flex must have served in each.
+const CELLS: &[(&str, &[&str])] = &[
+    ("pread-4k-t1", &["pread", "pread64"]),
+    ("pwrite-4k-t1", &["pwrite", "pwrite64"]),
+    ("append-4k-t1", &["write"]),
+    ("smallfiles-4k-t1", &["read"]),
+];
+const REPS: u64 = 2;
+
+fn libflex(exe: &Path) -> PathBuf {
+    if let Some(p) = std::env::var_os("FLEX_LIB") {
+        return PathBuf::from(p);
+    }
+    let p = exe.with_file_name("libflex.so");
+    assert!(
+        p.exists(),
+        "{} is missing: build the preload library first (cargo build -p flex-preload, \
+         or cargo test --workspace), or point FLEX_LIB at it",
+        p.display()
+    );
+    p
+}
+
+#[test]
+fn bench_runs_both_sides_and_flex_serves_the_io() {
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_flexio"));
+    let lib = libflex(&exe);
+    let base = if Path::new("/dev/shm").is_dir() {
+        tempfile::tempdir_in("/dev/shm")
+    } else {
+        tempfile::tempdir()
+    }
+    .expect("temp dir");
+    let out = tempfile::tempdir().expect("temp dir for results");
+    let json = out.path().join("bench.json");
+    let svg = out.path().join("bench.svg");
+    let filter: Vec<&str> = CELLS.iter().map(|c| c.0).collect();
+    let res = Command::new(&exe)
+        .arg("bench")
+        .arg("--quick")
+        .arg("--dir")
+        .arg(base.path())
+        .args(["--reps", &REPS.to_string(), "--seconds", "0.02"])
+        .args(["--file-size", "8M", "--sizes", "4k", "--threads", "1"])
+        .args(["--small-files", "64", "--fsync-every", "0"])
+        .arg("--filter")
+        .arg(filter.join(","))
+        .arg("--libflex")
+        .arg(&lib)
+        .arg("--json")
+        .arg(&json)
+        .arg("--svg")
+        .arg(&svg)
+        .env_remove("LD_PRELOAD")
+        .output()
+        .expect("run flexio bench");
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(
+        res.status.success(),
+        "flexio bench failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+
+    let doc: Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("JSON written")).expect("valid JSON");
+    assert!(svg.exists(), "SVG written");
+    assert!(doc["machine"]["nproc"].as_u64().unwrap_or(0) >= 1);
+    assert_eq!(doc["config"]["reps"].as_u64(), Some(REPS));
+
+    let cells = doc["cells"].as_array().expect("cells");
+    let names: Vec<&str> = cells.iter().filter_map(|c| c["name"].as_str()).collect();
+    assert_eq!(names, filter, "exactly the filtered cells, in order");
+
+    let samples = doc["samples"].as_array().expect("samples");
+    assert_eq!(
+        samples.len() as u64,
+        CELLS.len() as u64 * REPS * 2,
+        "one sample per cell, side and rep"
+    );
+    for (cell, calls) in CELLS {
+        for side in ["kernel", "flex"] {
+            let mut reps: Vec<u64> = samples
+                .iter()
+                .filter(|s| s["cell"] == *cell && s["side"] == side)
+                .map(|s| {
+                    assert_eq!(s["ok"], true, "{cell} {side}: {}", s["error"]);
+                    assert!(s["ops"].as_u64().unwrap_or(0) > 0, "{cell} {side}: no ops");
+                    assert!(
+                        s["seconds"].as_f64().unwrap_or(0.0) > 0.0,
+                        "{cell} {side}: no time"
+                    );
+                    assert!(
+                        s["ops_per_sec"].as_f64().unwrap_or(0.0) > 0.0,
+                        "{cell} {side}"
+                    );
+                    if side == "flex" {
+                        let st = &s["flex_stats"];
+                        assert!(
+                            st.is_object(),
+                            "{cell}: flex wrote no FLEX_STATS (flex did not serve)\n{stdout}"
+                        );
+                        let served: u64 =
+                            calls.iter().filter_map(|c| st["served"][c].as_u64()).sum();
+                        // Every timed op (and the warm-up) went through flex.
+                        assert!(
+                            served >= s["ops"].as_u64().unwrap(),
+                            "{cell}: flex served {served} of {} {calls:?} calls: {st}",
+                            s["ops"]
+                        );
+                    } else {
+                        assert!(
+                            s["flex_stats"].is_null(),
+                            "{cell}: kernel side has no flex stats"
+                        );
+                    }
+                    s["rep"].as_u64().expect("rep")
+                })
+                .collect();
+            reps.sort();
+            assert_eq!(
+                reps,
+                (0..REPS).collect::<Vec<_>>(),
+                "{cell} {side}: every rep once"
+            );
+        }
+        let c = cells.iter().find(|c| c["name"] == *cell).unwrap();
+        assert_eq!(c["flex_status"], "served", "{cell}: {c}");
+        assert!(
+            c["ratio"].as_f64().is_some_and(|r| r > 0.0),
+            "{cell}: ratio"
+        );
+    }
+    // The bench removes its scratch files.
+    assert_eq!(
+        std::fs::read_dir(base.path()).unwrap().count(),
+        0,
+        "scratch files left behind"
+    );
+}
