@@ -279,7 +279,10 @@ pub fn install() {
         let lock = WriteLock::lock();
         for (slot, &sig) in SLOTS.iter().zip(SIGNALS.iter()) {
             let mut ours = sigaction_from(handler as *const () as usize, 0, 0, &[0; SET_WORDS]);
-            ours.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER;
+            // SA_RESTART: a sent SIGSEGV/SIGBUS forwarded to the application does not turn
+            // its blocking system calls into EINTR (what glibc's signal() also asks for).
+            ours.sa_flags =
+                libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER | libc::SA_RESTART;
             let mut old = MaybeUninit::<libc::sigaction>::zeroed();
             // SAFETY: both pointers are to live sigaction structs.
             let r = unsafe { real_sigaction(sig, &ours, old.as_mut_ptr()) };
