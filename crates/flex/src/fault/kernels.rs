@@ -6,7 +6,9 @@
 //! normal epilogue: it returns the count of bytes not (known to be) done, kept in a
 //! register that each kernel updates only after a piece is complete:
 //!
-//! - `copy`/`zero` (`rep movsb`/`rep stosb`): rcx, which the CPU keeps exact on a fault;
+//! - `copy`/`zero`: rcx; below [`REP_THRESHOLD`] bytes SSE2 moves decrement it per 64-byte
+//!   chunk (short ranges use overlapping moves and count only when all is done), from it
+//!   on `rep movsb`/`rep stosb`, which the CPU keeps exact on a fault;
 //! - `copy_nt_*`/`zero_nt_*`: r8, decremented after each stored (and, for partial lines,
 //!   flushed) piece;
 //! - `flush`: computed from the line pointer rdi and the end r8.

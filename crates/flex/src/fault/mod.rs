@@ -23,7 +23,8 @@ pub use signal::{app_sigaction, app_signal, install, is_installed};
 
 use crate::persist::{self, FlushKind, NtKind};
 
-/// Copy `len` bytes (`rep movsb`); returns the number of bytes NOT copied (0 on success).
+/// Copy `len` bytes (SSE2 moves below 768 bytes, `rep movsb` from there on); returns the
+/// number of bytes NOT copied (0 on success).
 ///
 /// # Safety
 /// Ranges must not overlap; each must be valid or its faults must be ones the handler
@@ -78,7 +79,8 @@ pub unsafe fn copy_nt_with(
     unsafe { kernels::copy_nt(kind, flush, dst, src, len) }
 }
 
-/// Zero `len` bytes at `dst` (`rep stosb`); returns the number of bytes NOT zeroed.
+/// Zero `len` bytes at `dst` (like [`copy`]: SSE2 or `rep stosb`); returns the number of
+/// bytes NOT zeroed.
 ///
 /// # Safety
 /// `dst` must be valid for writes or its faults must be ones the handler recovers.
