@@ -3,7 +3,7 @@
 //! process.
 //!
 //! Works like the Linux kernel's `copy_user` and exception tables: the copy loops are
-//! assembly kernels ([`kernels`]) whose address ranges are known; the SIGSEGV/SIGBUS handler
+//! assembly kernels (module `kernels`) whose address ranges are known; the SIGSEGV/SIGBUS handler
 //! installed by [`install`] checks whether the interrupted RIP lies in a kernel and, if so,
 //! moves RIP to the kernel's fixup, which returns the count of bytes not done. Any other
 //! fault is forwarded to the application's handler (recorded by [`app_sigaction`]), or
