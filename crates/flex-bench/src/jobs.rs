@@ -351,6 +351,8 @@ pub(crate) struct ClientSizes {
     pub sqlite_txns: usize,
     pub sqlite_selects: usize,
     pub redis_requests: u64,
+    /// Run fio's job as a thread of the main process (`--thread`) instead of forking.
+    pub fio_thread: bool,
 }
 
 /// Finds an executable on PATH.
@@ -385,7 +387,7 @@ pub(crate) fn client_jobs(
     };
     if which("fio").is_some() {
         let base = |engine: &str, rw: &str| -> Vec<String> {
-            vec![
+            let mut v: Vec<String> = vec![
                 "--name=flexbench".into(),
                 format!("--filename={}", m.data_file.display()),
                 format!("--size={}", m.file_size),
@@ -398,7 +400,11 @@ pub(crate) fn client_jobs(
                 "--randrepeat=0".into(),
                 "--invalidate=0".into(),
                 "--numjobs=1".into(),
-            ]
+            ];
+            if sz.fio_thread {
+                v.push("--thread".into());
+            }
+            v
         };
         let engines: [(&str, &str, &str); 4] = [
             ("psync", "pread", "pwrite"),
@@ -453,6 +459,10 @@ pub(crate) fn client_jobs(
                 format!("--num={}", sz.db_num),
                 format!("--reads={}", sz.db_num / 2),
                 "--cache_size=1048576".into(),
+                // Small memtables, so the data is flushed to SST files and readrandom
+                // reads them with pread instead of finding everything in the memtable.
+                "--write_buffer_size=2097152".into(),
+                "--target_file_size_base=2097152".into(),
                 "--compression_type=none".into(),
                 "--value_size=100".into(),
                 "--threads=1".into(),

@@ -68,6 +68,9 @@ pub struct BenchArgs {
     /// `scripts/bench-clients-install` installs them.
     #[arg(long)]
     pub clients: bool,
+    /// Run fio's jobs as threads (`--thread`) rather than forked processes.
+    #[arg(long)]
+    pub fio_thread: bool,
     /// Run only the real clients (implies --clients).
     #[arg(long)]
     pub clients_only: bool,
@@ -150,11 +153,12 @@ impl Config {
             threads: a.threads.clone().unwrap_or(vec![1, 2]),
             clients: if q {
                 ClientSizes {
-                    fio_ms: 1000,
+                    fio_ms: 500,
                     db_num: 100_000,
                     sqlite_txns: 200,
                     sqlite_selects: 2000,
                     redis_requests: 20_000,
+                    fio_thread: a.fio_thread,
                 }
             } else {
                 ClientSizes {
@@ -163,6 +167,7 @@ impl Config {
                     sqlite_txns: 1000,
                     sqlite_selects: 20_000,
                     redis_requests: 100_000,
+                    fio_thread: a.fio_thread,
                 }
             },
         };
