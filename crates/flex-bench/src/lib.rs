@@ -474,15 +474,6 @@ fn run_jobs(
         .svg
         .clone()
         .or_else(|| args.markdown.as_ref().map(|m| m.with_extension("svg")));
-    if let Some(svg) = &svg_path {
-        let title = format!(
-            "flex / kernel, {} ({})",
-            machine.fs,
-            if args.quick { "quick" } else { "full" }
-        );
-        report::write_svg(svg, &summaries, &title)?;
-        eprintln!("wrote {}", svg.display());
-    }
     if let Some(path) = &args.json {
         let doc = serde_json::json!({
             "command": command,
@@ -513,6 +504,15 @@ fn run_jobs(
         writeln!(w)?;
         w.flush()?;
         eprintln!("wrote {}", path.display());
+    }
+    if let Some(svg) = &svg_path {
+        let title = format!(
+            "flex / kernel, {} ({})",
+            machine.fs,
+            if args.quick { "quick" } else { "full" }
+        );
+        report::write_svg(svg, &summaries, &title)?;
+        eprintln!("wrote {}", svg.display());
     }
     if let Some(md) = &args.markdown {
         let text = markdown(
