@@ -27,6 +27,9 @@ use core::arch::global_asm;
 /// with ERMS/FSRM, but with a start-up cost that SSE2 moves beat below it).
 pub(super) const REP_THRESHOLD: usize = 768;
 
+/// With AVX2, vector moves are used from 256 bytes up to this length, `rep movsb` beyond.
+pub(super) const AVX_REP_THRESHOLD: usize = 32 << 10;
+
 /// Flush the cache line at `[$reg]` with the instruction selected by r9d.
 /// Uses local labels 27/28/29 (each use is self-contained: only forward references).
 macro_rules! flush_line {
@@ -365,6 +368,50 @@ global_asm!(
     "    mov rax, rcx",
     "    ret",
     "    .size __flex_fault_v1_copy, . - __flex_fault_v1_copy",
+    // copy_avx2(dst, src, len) -> not copied: 256-byte chunks of 32-byte vector moves for
+    // mid sizes (where glibc's vector loop beats `rep movsb`'s start-up); other sizes go to
+    // the plain kernel before touching memory. rcx = remaining, decremented per chunk.
+    func!("__flex_fault_v1_copy_avx2"),
+    "    cmp rdx, 256",
+    "    jb __flex_fault_v1_copy",
+    "    cmp rdx, {avxrep}",
+    "    jae __flex_fault_v1_copy",
+    "    mov rcx, rdx",
+    "51:",
+    "    vmovdqu ymm0, ymmword ptr [rsi]",
+    "    vmovdqu ymm1, ymmword ptr [rsi + 32]",
+    "    vmovdqu ymm2, ymmword ptr [rsi + 64]",
+    "    vmovdqu ymm3, ymmword ptr [rsi + 96]",
+    "    vmovdqu ymm4, ymmword ptr [rsi + 128]",
+    "    vmovdqu ymm5, ymmword ptr [rsi + 160]",
+    "    vmovdqu ymm6, ymmword ptr [rsi + 192]",
+    "    vmovdqu ymm7, ymmword ptr [rsi + 224]",
+    "    vmovdqu ymmword ptr [rdi], ymm0",
+    "    vmovdqu ymmword ptr [rdi + 32], ymm1",
+    "    vmovdqu ymmword ptr [rdi + 64], ymm2",
+    "    vmovdqu ymmword ptr [rdi + 96], ymm3",
+    "    vmovdqu ymmword ptr [rdi + 128], ymm4",
+    "    vmovdqu ymmword ptr [rdi + 160], ymm5",
+    "    vmovdqu ymmword ptr [rdi + 192], ymm6",
+    "    vmovdqu ymmword ptr [rdi + 224], ymm7",
+    "    add rsi, 256",
+    "    add rdi, 256",
+    "    sub rcx, 256",
+    "    cmp rcx, 256",
+    "    jae 51b",
+    "    test rcx, rcx",
+    "    jz 56f",
+    // The last 256 bytes, overlapping what is already copied.
+    "    lea rsi, [rsi + rcx - 256]",
+    "    lea rdi, [rdi + rcx - 256]",
+    "    mov ecx, 256",
+    "    jmp 51b",
+    "56:",
+    end_label!("__flex_fault_v1_copy_avx2"),
+    "    vzeroupper",
+    "    mov rax, rcx",
+    "    ret",
+    "    .size __flex_fault_v1_copy_avx2, . - __flex_fault_v1_copy_avx2",
     // zero(dst, len) -> not zeroed. rcx = remaining throughout.
     func!("__flex_fault_v1_zero"),
     "    mov rcx, rsi",
@@ -603,10 +650,12 @@ global_asm!(
     "    .size __flex_fault_v1_restore_rt, . - __flex_fault_v1_restore_rt",
     "    .popsection",
     rep = const REP_THRESHOLD,
+    avxrep = const AVX_REP_THRESHOLD,
 );
 
 extern "C" {
     fn __flex_fault_v1_copy(dst: *mut u8, src: *const u8, len: usize) -> usize;
+    fn __flex_fault_v1_copy_avx2(dst: *mut u8, src: *const u8, len: usize) -> usize;
     fn __flex_fault_v1_zero(dst: *mut u8, len: usize) -> usize;
     fn __flex_fault_v1_flush(addr: *const u8, len: usize, kind: u64) -> usize;
     fn __flex_fault_v1_copy_nt_sse2(dst: *mut u8, src: *const u8, len: usize, kind: u64) -> usize;
@@ -619,6 +668,7 @@ extern "C" {
     fn __flex_fault_v1_restore_rt();
 
     fn __flex_fault_v1_copy_end();
+    fn __flex_fault_v1_copy_avx2_end();
     fn __flex_fault_v1_zero_end();
     fn __flex_fault_v1_flush_end();
     fn __flex_fault_v1_copy_nt_sse2_end();
@@ -635,10 +685,14 @@ use crate::persist::{FlushKind, NtKind};
 /// `_end` label, which returns the count of bytes not done). Async-signal-safe: it only
 /// compares addresses.
 pub(super) fn fixup_for(rip: usize) -> Option<usize> {
-    let table: [(usize, usize); 9] = [
+    let table: [(usize, usize); 10] = [
         (
             __flex_fault_v1_copy as *const () as usize,
             __flex_fault_v1_copy_end as *const () as usize,
+        ),
+        (
+            __flex_fault_v1_copy_avx2 as *const () as usize,
+            __flex_fault_v1_copy_avx2_end as *const () as usize,
         ),
         (
             __flex_fault_v1_zero as *const () as usize,
@@ -691,6 +745,14 @@ pub(super) unsafe fn copy(dst: *mut u8, src: *const u8, len: usize) -> usize {
     // SAFETY: forwarded caller contract; the kernel is a leaf using only caller-saved
     // registers, as declared by the extern "C" signature.
     unsafe { __flex_fault_v1_copy(dst, src, len) }
+}
+
+/// # Safety
+/// As [`copy`]; the CPU must have AVX2.
+#[inline]
+pub(super) unsafe fn copy_avx2(dst: *mut u8, src: *const u8, len: usize) -> usize {
+    // SAFETY: forwarded caller contract (see copy); the caller checked AVX2.
+    unsafe { __flex_fault_v1_copy_avx2(dst, src, len) }
 }
 
 /// # Safety

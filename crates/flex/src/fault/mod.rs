@@ -32,8 +32,15 @@ use crate::persist::{self, FlushKind, NtKind};
 /// copy's own accesses.
 #[inline]
 pub unsafe fn copy(dst: *mut u8, src: *const u8, len: usize) -> usize {
-    // SAFETY: forwarded caller contract.
-    unsafe { kernels::copy(dst, src, len) }
+    // SAFETY: forwarded caller contract; the AVX2 kernel only where detection found AVX2
+    // (and FLEX_CPU did not cap it below).
+    unsafe {
+        if persist::nt_kind() >= NtKind::Avx2 {
+            kernels::copy_avx2(dst, src, len)
+        } else {
+            kernels::copy(dst, src, len)
+        }
+    }
 }
 
 /// Copy to persistent memory: non-temporal stores for the cache-line-aligned body, ordinary
