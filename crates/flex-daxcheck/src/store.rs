@@ -36,7 +36,7 @@ mod imp {
     pub struct Handle(flexio::File);
 
     pub fn recover(path: &Path) -> io::Result<()> {
-        flexio::recover(path)
+        flexio::recover(path).map(|_| ())
     }
 
     impl Store for Handle {
