@@ -41,7 +41,7 @@ impl Default for Config {
             log: LogLevel::Off,
             adopt_after: 2,
             populate_max: 4 << 30,
-            map_cache: 256,
+            map_cache: 16384,
             grow_min: 1 << 20,
             disabled: false,
         }

@@ -5,7 +5,7 @@ use crate::config::{Config, LogLevel};
 use crate::desc::Table;
 use crate::inode::Inode;
 use crate::stats::Stats;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -26,8 +26,20 @@ pub struct Engine {
 #[derive(Default)]
 struct Inodes {
     map: HashMap<(u64, u64), Arc<Inode>>,
-    /// Inodes with no open description, oldest first (the mapping cache).
-    idle: VecDeque<(u64, u64)>,
+    /// Inodes with no open description (the mapping cache), by the time they went idle:
+    /// oldest first, O(log n) to find and to remove.
+    idle: BTreeMap<u64, (u64, u64)>,
+    /// When each idle inode went idle (its key in `idle`).
+    idle_since: HashMap<(u64, u64), u64>,
+    clock: u64,
+}
+
+impl Inodes {
+    fn unidle(&mut self, k: (u64, u64)) {
+        if let Some(t) = self.idle_since.remove(&k) {
+            self.idle.remove(&t);
+        }
+    }
 }
 
 static ENGINE: OnceLock<Engine> = OnceLock::new();
@@ -66,7 +78,7 @@ impl Engine {
         if let Some(i) = g.map.get(&(dev, ino)) {
             let i = i.clone();
             if i.descs.fetch_add(1, std::sync::atomic::Ordering::AcqRel) == 0 {
-                g.idle.retain(|k| *k != (dev, ino));
+                g.unidle((dev, ino));
             }
             return (i, false);
         }
@@ -86,13 +98,16 @@ impl Engine {
         {
             return;
         }
-        g.idle.push_back((inode.dev, inode.ino));
+        g.clock += 1;
+        let (t, k) = (g.clock, (inode.dev, inode.ino));
+        g.idle.insert(t, k);
+        g.idle_since.insert(k, t);
         let mut evicted = Vec::new();
         while g.idle.len() > self.config.map_cache {
-            if let Some(k) = g.idle.pop_front() {
-                if let Some(i) = g.map.remove(&k) {
-                    evicted.push(i);
-                }
+            let Some((_, k)) = g.idle.pop_first() else { break };
+            g.idle_since.remove(&k);
+            if let Some(i) = g.map.remove(&k) {
+                evicted.push(i);
             }
         }
         drop(g);
@@ -111,7 +126,7 @@ impl Engine {
             .is_some_and(|i| i.descs.load(std::sync::atomic::Ordering::Acquire) == 0);
         if idle {
             let i = g.map.remove(&(dev, ino));
-            g.idle.retain(|k| *k != (dev, ino));
+            g.unidle((dev, ino));
             drop(g);
             if let Some(i) = i {
                 i.unmap();

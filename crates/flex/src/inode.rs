@@ -51,6 +51,31 @@ unsafe impl Send for Mapping {}
 // SAFETY: as above; shared references only read the fields.
 unsafe impl Sync for Mapping {}
 
+/// The exclusive map guard; publishes the lock-free state mirror when released.
+struct MapWrite<'a> {
+    g: std::sync::RwLockWriteGuard<'a, Mapping>,
+    state: &'a AtomicU32,
+}
+
+impl core::ops::Deref for MapWrite<'_> {
+    type Target = Mapping;
+    fn deref(&self) -> &Mapping {
+        &self.g
+    }
+}
+
+impl core::ops::DerefMut for MapWrite<'_> {
+    fn deref_mut(&mut self) -> &mut Mapping {
+        &mut self.g
+    }
+}
+
+impl Drop for MapWrite<'_> {
+    fn drop(&mut self) {
+        self.state.store(state_of(&self.g), Release);
+    }
+}
+
 pub struct Inode {
     pub dev: u64,
     pub ino: u64,
@@ -66,14 +91,50 @@ pub struct Inode {
     /// Size or allocation changed since the last fsync (cache-line granularity only needs
     /// a real fsync then).
     meta_dirty: AtomicBool,
+    /// Lock-free mirror of the mapping state for the hot checks (bits MAPPED, WRITABLE,
+    /// PAGE, TRAILER), updated under the map lock.
+    state: AtomicU32,
     /// IO calls seen while unmapped: mapping pays off only for files that see enough IO.
     pub io: AtomicU32,
     /// mmap refused (file system without mmap...): the kernel serves this file.
     nomap: AtomicBool,
 }
 
+const MAPPED: u32 = 1;
+const WRITABLE: u32 = 2;
+const PAGE: u32 = 4;
+const TRAILER: u32 = 8;
+
+fn state_of(m: &Mapping) -> u32 {
+    let mut s = 0;
+    if !m.base.is_null() {
+        s |= MAPPED;
+        if m.writable {
+            s |= WRITABLE;
+        }
+        if m.gran == Granularity::Page {
+            s |= PAGE;
+        }
+    }
+    if m.trailer {
+        s |= TRAILER;
+    }
+    s
+}
+
 fn round_up(v: u64, to: u64) -> u64 {
     v.div_ceil(to) * to
+}
+
+/// The kernel size an over-allocating write that ends at `end` grows the file to: room for
+/// the trailer, in steps of a quarter of the size between `grow_min` and 256 MiB. The step
+/// is a power of two, so the size, and the trailer, stay page- and 8-byte aligned
+/// (recovery only trusts page-multiple sizes; the trailer's size word is one aligned store).
+fn grow_target(end: u64, grow_min: u64) -> u64 {
+    let step = (end / 4)
+        .next_power_of_two()
+        .clamp(grow_min.min(256 << 20), 256 << 20);
+    round_up(end + trailer::SIZE, step).max(round_up(end + trailer::SIZE, 4096))
 }
 
 impl Inode {
@@ -97,6 +158,7 @@ impl Inode {
             descs: AtomicUsize::new(0),
             exact_only: AtomicBool::new(false),
             meta_dirty: AtomicBool::new(false),
+            state: AtomicU32::new(0),
             io: AtomicU32::new(0),
             nomap: AtomicBool::new(false),
         }
@@ -108,8 +170,8 @@ impl Inode {
     fn map_r(&self) -> std::sync::RwLockReadGuard<'_, Mapping> {
         self.map.read().unwrap_or_else(|p| p.into_inner())
     }
-    fn map_w(&self) -> std::sync::RwLockWriteGuard<'_, Mapping> {
-        self.map.write().unwrap_or_else(|p| p.into_inner())
+    fn map_w(&self) -> MapWrite<'_> {
+        MapWrite { g: self.map.write().unwrap_or_else(|p| p.into_inner()), state: &self.state }
     }
 
     pub fn lsize(&self) -> u64 {
@@ -120,8 +182,8 @@ impl Inode {
         (!m.base.is_null()).then_some(m.gran)
     }
     pub fn is_mapped(&self, write: bool) -> bool {
-        let m = self.map_r();
-        !m.base.is_null() && (m.writable || !write)
+        let s = self.state.load(Acquire);
+        s & MAPPED != 0 && (s & WRITABLE != 0 || !write)
     }
     pub fn nomap(&self) -> bool {
         self.nomap.load(Relaxed)
@@ -129,8 +191,17 @@ impl Inode {
     pub fn set_nomap(&self) {
         self.nomap.store(true, Relaxed)
     }
+    /// On page granularity the kernel extends files: its write path fills a new page-cache
+    /// page without zeroing or mapping it, which a mapping cannot beat, and the kernel's
+    /// size then stays exact. Over-allocation is for cache-line granularity (DAX), where
+    /// the kernel's write path is the slow one.
+    pub fn kernel_extends(&self, end: u64, append: bool) -> bool {
+        let s = self.state.load(Acquire);
+        s & MAPPED != 0 && s & PAGE != 0 && s & TRAILER == 0 && (append || end > self.lsize())
+    }
+
     pub fn in_trailer_mode(&self) -> bool {
-        self.map_r().trailer
+        self.state.load(Acquire) & TRAILER != 0
     }
 
     /// Re-read the kernel's size when this process does not own it (no trailer). Called
@@ -188,6 +259,10 @@ impl Inode {
             self.map_w().ksize = k;
             k
         };
+        if append {
+            let bufs = clamp_append(bufs, off)?;
+            return self.kernel_write_locked(fd, &bufs, off);
+        }
         self.kernel_write_locked(fd, bufs, off)
     }
 
@@ -204,7 +279,13 @@ impl Inode {
         if !m.base.is_null() && (m.len as u64) >= need && (m.writable || !write) {
             return Ok(());
         }
-        let want = round_up(need.max(m.ksize).saturating_mul(2).max(HUGE), HUGE);
+        // Checked before doubling and rounding, which would overflow near 2^63.
+        if need.max(m.ksize) > isize::MAX as u64 / 4 {
+            return Err(Errno::FBIG);
+        }
+        let base_need = need.max(m.ksize).saturating_mul(2);
+        // Small files get small mappings (one mmap); large ones 2 MiB-aligned reservations.
+        let want = if base_need < HUGE { round_up(base_need.max(64 << 10), 4096) } else { round_up(base_need, HUGE) };
         if want > isize::MAX as u64 / 2 {
             return Err(Errno::FBIG);
         }
@@ -252,7 +333,7 @@ impl Inode {
             write
         );
         let ks = m.ksize.min(m.len as u64);
-        if m.populate_ok && ks > 0 && ks <= e.config.populate_max {
+        if m.populate_ok && ks > 64 << 10 && ks <= e.config.populate_max {
             let adv = if write && sync {
                 rustix::mm::Advice::LinuxPopulateWrite
             } else {
@@ -304,9 +385,11 @@ impl Inode {
             let m = self.map_r();
             if m.base.is_null() || pos + n as u64 > m.len as u64 {
                 drop(m);
-                self.map_for(fd, false)?;
+                // A mapping that cannot cover the file (a sparse file of exabytes): the
+                // kernel reads.
+                let ok = self.map_for(fd, false).is_ok();
                 let m = self.map_r();
-                if m.base.is_null() || pos + n as u64 > m.len as u64 {
+                if !ok || m.base.is_null() || pos + n as u64 > m.len as u64 {
                     drop(m);
                     e.stats.fallback("read beyond mapping");
                     // SAFETY: forwarded contract of read_at.
@@ -319,13 +402,32 @@ impl Inode {
             // away by another process, faults inside the guarded copy and is reported as a
             // remainder instead of a signal.
             let rem = unsafe { fault::copy(buf.add(done), m.base.add(pos as usize), n) };
+            let owned = m.trailer;
             drop(m);
             done += n - rem;
             if rem != 0 {
                 // The kernel knows the truth (EFAULT, or a file truncated under us).
                 e.stats.fallback("fault during read");
+                if !owned {
+                    // Truncated: the bytes copied before the fault may lie past the new
+                    // end (the zero-filled tail of its last page).
+                    let k = self.refresh(fd)?;
+                    done = done.min(k.saturating_sub(off) as usize);
+                }
                 // SAFETY: forwarded contract of read_at.
                 return unsafe { self.kernel_read(fd, buf, len, off, done) };
+            }
+            // Another process may have truncated the file inside the last page copied: the
+            // kernel zero-fills that page past its new end instead of faulting. Bytes past
+            // the kernel's end read as zero, so a copy whose last byte is not zero lies
+            // below it; otherwise ask the kernel (unless this process owns the size).
+            // SAFETY: `done >= n > 0` bytes of the buffer were just written by the copy.
+            if !owned && unsafe { *buf.add(done - 1) } == 0 {
+                let k = self.refresh(fd)?;
+                if k < pos + n as u64 {
+                    done = done.min(k.saturating_sub(off) as usize);
+                    break;
+                }
             }
             if done < len && !refreshed {
                 // Short: the file may have grown behind us; the loop re-checks.
@@ -406,6 +508,10 @@ impl Inode {
         let end = off.checked_add(total as u64).ok_or(Errno::FBIG)?;
         if end > FAST_LIMIT {
             e.stats.fallback("offset beyond fast range");
+            if append {
+                let bufs = clamp_append(bufs, off)?;
+                return self.kernel_write_locked(fd, &bufs, off);
+            }
             return self.kernel_write_locked(fd, bufs, off);
         }
         let mut m = self.map_w();
@@ -425,7 +531,13 @@ impl Inode {
                 Err(err) => return Err(err),
             }
         }
-        self.ensure_map(&mut m, fd, end, true, e)?;
+        if self.ensure_map(&mut m, fd, end, true, e).is_err() {
+            // No mapping can cover the file (sparse, far beyond the fast range): the
+            // kernel writes.
+            e.stats.fallback("cannot map");
+            drop(m);
+            return self.kernel_write_locked(fd, bufs, off);
+        }
         let rem = self.copy_in(&m, bufs, off, total);
         let reached = off + (total - rem) as u64;
         if reached > self.lsize() {
@@ -523,8 +635,7 @@ impl Inode {
             return Ok(());
         }
         let old = m.ksize;
-        let step = (end / 4).clamp(e.config.grow_min, 256 << 20);
-        let new = round_up(end + trailer::SIZE, step).max(round_up(end + trailer::SIZE, 4096));
+        let new = grow_target(end, e.config.grow_min);
         // Reserve the blocks first: ENOSPC surfaces here, never as SIGBUS later.
         let from = if m.trailer {
             old
@@ -593,6 +704,14 @@ impl Inode {
     /// Extend the kernel size to exactly `end` (exact-only files). Pages the file system
     /// cannot provide fault in the guarded copy, and the write falls back to the kernel.
     fn grow_exact(&self, m: &mut Mapping, fd: RawFd, end: u64) -> Res<()> {
+        // Writes flex does not see (stdio on a coherent descriptor, the application's own
+        // mapping) may have extended the file already: never shrink it.
+        let k = sys::fstat(fd)?.st_size as u64;
+        if k >= end {
+            m.ksize = k;
+            self.lsize.store(k, Release);
+            return Ok(());
+        }
         sys::ftruncate(fd, end)?;
         m.ksize = end;
         self.meta_dirty.store(true, Relaxed);
@@ -637,6 +756,10 @@ impl Inode {
 
     /// Leave trailer mode: make the kernel size exact. Caller holds the size lock.
     pub fn trim_locked(&self, fd: RawFd) -> Res<()> {
+        if !self.in_trailer_mode() {
+            // Only the size lock (held) changes trailer mode: nothing to do.
+            return Ok(());
+        }
         let mut m = self.map_w();
         if !m.trailer {
             return Ok(());
@@ -728,6 +851,29 @@ impl Drop for Inode {
             let _ = unsafe { rustix::mm::munmap(m.base.cast(), m.len) };
         }
     }
+}
+
+/// An append at `off` (the end of file) through pwrite. The kernel's O_APPEND write checks
+/// the file position, not the end of file, against offset overflow, then cuts the count at
+/// the file system's limit (EFBIG at the limit); pwrite at the end of file would fail with
+/// EINVAL where the sum passes 2^63 - 1. Cut the buffers there so pwrite answers as
+/// the append would.
+fn clamp_append(bufs: &[(*const u8, usize)], off: u64) -> Res<Vec<(*const u8, usize)>> {
+    let room = (i64::MAX as u64).saturating_sub(off);
+    if room == 0 {
+        return Err(Errno::FBIG);
+    }
+    let mut left = usize::try_from(room).unwrap_or(usize::MAX);
+    let mut out = Vec::with_capacity(bufs.len());
+    for &(p, l) in bufs {
+        if left == 0 {
+            break;
+        }
+        let l = l.min(left);
+        out.push((p, l));
+        left -= l;
+    }
+    Ok(out)
 }
 
 /// The buffers after skipping `n` bytes.
@@ -834,4 +980,21 @@ fn map_file(fd: RawFd, len: usize, write: bool) -> Res<(*mut u8, Granularity, bo
         }
     }
     Ok((aligned as *mut u8, gran, sync))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grow_target_is_page_aligned_and_fits_the_trailer() {
+        // 5247826 once produced an unaligned size (a step of end/4 is not a power of two).
+        for end in [0, 1, 4032, 4033, 1 << 20, 3_806_912, 5_247_826, 123_456_789, 1 << 40] {
+            for min in [64 << 10, 1 << 20, 1 << 30] {
+                let t = grow_target(end, min);
+                assert_eq!(t % 4096, 0, "end {end} min {min} -> {t}");
+                assert!(t >= end + trailer::SIZE, "end {end} min {min} -> {t}");
+            }
+        }
+    }
 }

@@ -20,8 +20,73 @@ use std::sync::Arc;
 
 type Fd = i32;
 const IOV_MAX: i32 = 1024;
-const KNOWN_RWF: i32 =
-    libc::RWF_HIPRI | libc::RWF_DSYNC | libc::RWF_SYNC | libc::RWF_NOWAIT | libc::RWF_APPEND;
+/// RWF_* flags the engine honours (RWF_NOWAIT: served from memory, never blocks).
+const KNOWN_RWF: i32 = libc::RWF_HIPRI
+    | libc::RWF_DSYNC
+    | libc::RWF_SYNC
+    | libc::RWF_NOWAIT
+    | libc::RWF_APPEND
+    | libc::RWF_NOAPPEND;
+/// Flags the kernel knows but refuses on mapped buffered IO (RWF_ATOMIC needs O_DIRECT,
+/// RWF_DONTCACHE a page cache): EOPNOTSUPP, as the kernel on tmpfs and DAX.
+const REFUSED_RWF: i32 = libc::RWF_ATOMIC | 0x80;
+
+/// preadv2/pwritev2 flags, checked where the kernel checks them: after the descriptor, the
+/// iovecs and a zero total (which returns 0 whatever the flags).
+fn check_rwf(fd: Fd, flags: i32, off: i64, total: usize) -> Res<()> {
+    if off >= 0 {
+        verify_area(off, total)?;
+    }
+    if flags & !(KNOWN_RWF | REFUSED_RWF) != 0 {
+        return Err(Errno::OPNOTSUPP);
+    }
+    if flags & libc::RWF_APPEND != 0 && flags & libc::RWF_NOAPPEND != 0 {
+        return Err(Errno::INVAL);
+    }
+    if flags & libc::RWF_NOWAIT != 0 && !nowait_ok(fd) {
+        return Err(Errno::OPNOTSUPP);
+    }
+    if flags & REFUSED_RWF != 0 {
+        return Err(Errno::OPNOTSUPP);
+    }
+    Ok(())
+}
+
+/// Does the file system take RWF_NOWAIT (tmpfs does not)? Ask the kernel with a one-byte
+/// positional read into our own buffer (the file offset does not move).
+fn nowait_ok(fd: Fd) -> bool {
+    let mut b = 0u8;
+    let iov = libc::iovec {
+        iov_base: (&mut b as *mut u8).cast(),
+        iov_len: 1,
+    };
+    // SAFETY: a raw system call on one iovec of our own one-byte buffer.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_preadv2,
+            fd,
+            &iov as *const libc::iovec,
+            1,
+            0i64,
+            0i64,
+            libc::RWF_NOWAIT,
+        )
+    };
+    // SAFETY: this thread's errno.
+    r >= 0 || unsafe { *libc::__errno_location() } != libc::EOPNOTSUPP
+}
+
+/// The kernel's rw_verify_area: offset + count must not pass the largest offset (EINVAL).
+fn verify_area(off: i64, count: usize) -> Res<()> {
+    if (off as u64).saturating_add(count as u64) > i64::MAX as u64 {
+        return Err(Errno::INVAL);
+    }
+    Ok(())
+}
+
+fn iov_total<T>(b: &[(T, usize)]) -> usize {
+    b.iter().fold(0usize, |a, x| a.saturating_add(x.1)).min(MAX_RW)
+}
 
 /// The managed description of `fd`, if any (cheap when nothing is managed).
 #[inline]
@@ -131,8 +196,9 @@ fn open_managed(
     let pathb = path.to_bytes();
     let (inode, fresh) = e.inode(st.st_dev, st.st_ino, size, pathb);
     if fresh {
-        if size >= 4096 && size.is_multiple_of(4096) {
-            match recover_at_open(fd, acc, upgraded) {
+        // Over-allocated files are at least one growth step (64 KiB) and page multiples.
+        if size >= 64 << 10 && size.is_multiple_of(4096) {
+            match recover_at_open(fd, size, st.st_ino, acc, upgraded) {
                 Ok(Some(lsize)) => inode.adopt_size(lsize),
                 Ok(None) => {}
                 Err(reason) => {
@@ -167,9 +233,8 @@ fn open_managed(
 
 /// A crashed writer may have left this file over-allocated: trim it (the trailer says to
 /// what). Returns the logical size if the file was trimmed.
-fn recover_at_open(fd: Fd, acc: i32, upgraded: bool) -> Result<Option<u64>, &'static str> {
-    let st = sys::fstat(fd).map_err(|_| "fstat failed")?;
-    match trailer::read(fd, st.st_size as u64, st.st_ino) {
+fn recover_at_open(fd: Fd, size: u64, ino: u64, acc: i32, upgraded: bool) -> Result<Option<u64>, &'static str> {
+    match trailer::read(fd, size, ino) {
         Ok(Some(_)) => {}
         _ => return Ok(None),
     }
@@ -177,9 +242,15 @@ fn recover_at_open(fd: Fd, acc: i32, upgraded: bool) -> Result<Option<u64>, &'st
     let r = if writable {
         trailer::recover_fd(fd)
     } else {
-        // Read-only descriptor: recover through a private read-write one.
+        // Read-only descriptor: recover through a private read-write one. /proc/self/fd/N
+        // is a magic link: open it following the link (recover_path's O_NOFOLLOW would
+        // fail with ELOOP and leave the reader the junk past the logical size).
         let p = std::ffi::CString::new(format!("/proc/self/fd/{fd}")).map_err(|_| "path")?;
-        trailer::recover_path(&p)
+        sys::openat(libc::AT_FDCWD, &p, libc::O_RDWR | libc::O_CLOEXEC, 0).and_then(|rw| {
+            let r = trailer::recover_fd(rw);
+            let _ = sys::close(rw);
+            r
+        })
     };
     match r {
         Ok(Recovery::Trimmed { to, .. }) => {
@@ -306,7 +377,7 @@ unsafe fn do_write(
     if total == 0 {
         return Ok((0, off));
     }
-    if !mapped(e, d, fd, true) {
+    if !mapped(e, d, fd, true) || d.inode.kernel_extends(off.saturating_add(total as u64), append) {
         e.stats.passed(call);
         // SAFETY: forwarded contract.
         return unsafe { d.inode.kernel_write(fd, bufs, off, append) };
@@ -366,16 +437,36 @@ fn iovecs(iov: *const libc::iovec, cnt: i32) -> Res<Vec<(*mut u8, usize)>> {
     }
     // SAFETY: all `cnt` elements were just initialised by the copy.
     unsafe { v.set_len(cnt as usize) };
-    let mut total: usize = 0;
-    let mut out = Vec::with_capacity(v.len());
-    for i in v {
-        total = total.checked_add(i.iov_len).ok_or(Errno::INVAL)?;
-        if total > isize::MAX as usize {
-            return Err(Errno::INVAL);
-        }
-        out.push((i.iov_base.cast::<u8>(), i.iov_len));
+    // As the kernel's import_iovec: a negative length anywhere is EINVAL, then any buffer
+    // outside user space (zero-length ones included) is EFAULT. The total is clamped to
+    // MAX_RW by the data paths, never an error.
+    if v.iter().any(|i| i.iov_len > isize::MAX as usize) {
+        return Err(Errno::INVAL);
     }
-    Ok(out)
+    if !v.iter().all(|i| access_ok(i.iov_base as *const u8, i.iov_len)) {
+        return Err(Errno::FAULT);
+    }
+    Ok(v.into_iter()
+        .map(|i| (i.iov_base.cast::<u8>(), i.iov_len))
+        .collect())
+}
+
+/// The kernel's access_ok(): the buffer lies in the user half of the address space (also
+/// for zero lengths). The kernel's bound is TASK_SIZE (47 or 56 bits); we check the sign
+/// bit, which catches kernel pointers; other non-canonical ones fault in the guarded copy.
+fn access_ok(p: *const u8, len: usize) -> bool {
+    (p as usize)
+        .checked_add(len)
+        .is_some_and(|end| end <= isize::MAX as usize)
+}
+
+/// One application buffer, checked as the kernel does before any IO.
+fn user_buf<P>(p: *const u8, len: usize, keep: P) -> Res<Vec<(P, usize)>> {
+    if access_ok(p, len) {
+        Ok(vec![(keep, len.min(MAX_RW))])
+    } else {
+        Err(Errno::FAULT)
+    }
 }
 
 fn check_read(d: &Desc) -> Res<()> {
@@ -437,7 +528,7 @@ unsafe fn write_pos(
     fd: Fd,
     bufs: Res<Vec<(*const u8, usize)>>,
     call: Call,
-    force_append: bool,
+    append: Option<bool>,
 ) -> Option<Res<usize>> {
     let d = desc(fd)?;
     if let Err(e) = check_write(&d) {
@@ -453,7 +544,7 @@ unsafe fn write_pos(
     };
     let mut pos = d.pos();
     if d.is_coherent() {
-        if d.append() || force_append {
+        if append.unwrap_or(d.append()) {
             // The kernel descriptor carries O_APPEND again: let the kernel append.
             return None;
         }
@@ -468,8 +559,12 @@ unsafe fn write_pos(
         }
         return Some(r.map(|(n, _)| n));
     }
+    // The kernel checks the file position before it appends.
+    if let Err(err) = verify_area(*pos as i64, iov_total(&bufs)) {
+        return Some(Err(err));
+    }
     // SAFETY: forwarded contract.
-    let r = unsafe { do_write(e, &d, fd, &bufs, *pos, d.append() || force_append, call) };
+    let r = unsafe { do_write(e, &d, fd, &bufs, *pos, append.unwrap_or(d.append()), call) };
     Some(r.map(|(n, end)| {
         if n > 0 || !d.append() {
             *pos = end;
@@ -484,7 +579,7 @@ unsafe fn write_pos(
 /// point into memory the application does not own.
 pub unsafe fn read(fd: Fd, buf: *mut u8, len: usize) -> Option<Res<usize>> {
     // SAFETY: forwarded contract.
-    unsafe { read_pos(fd, Ok(vec![(buf, len.min(MAX_RW))]), Call::read) }
+    unsafe { read_pos(fd, user_buf(buf, len, buf), Call::read) }
 }
 
 /// # Safety
@@ -493,7 +588,7 @@ pub unsafe fn read(fd: Fd, buf: *mut u8, len: usize) -> Option<Res<usize>> {
 /// point into memory the application does not own.
 pub unsafe fn write(fd: Fd, buf: *const u8, len: usize) -> Option<Res<usize>> {
     // SAFETY: forwarded contract.
-    unsafe { write_pos(fd, Ok(vec![(buf, len.min(MAX_RW))]), Call::write, false) }
+    unsafe { write_pos(fd, user_buf(buf, len, buf), Call::write, None) }
 }
 
 /// # Safety
@@ -510,6 +605,9 @@ pub unsafe fn pread(fd: Fd, buf: *mut u8, len: usize, off: i64) -> Option<Res<us
     }
     if d.is_demoted() {
         return None;
+    }
+    if !access_ok(buf, len) {
+        return Some(Err(Errno::FAULT));
     }
     // SAFETY: forwarded contract.
     Some(unsafe {
@@ -538,6 +636,13 @@ pub unsafe fn pwrite(fd: Fd, buf: *const u8, len: usize, off: i64) -> Option<Res
     }
     if d.is_demoted() {
         return None;
+    }
+    if !access_ok(buf, len) {
+        return Some(Err(Errno::FAULT));
+    }
+    // The offset is checked even when O_APPEND ignores it.
+    if let Err(e) = verify_area(off, len) {
+        return Some(Err(e));
     }
     // Linux: pwrite on an O_APPEND descriptor appends, whatever the offset.
     // SAFETY: forwarded contract.
@@ -575,7 +680,7 @@ pub unsafe fn writev(fd: Fd, iov: *const libc::iovec, cnt: i32) -> Option<Res<us
     desc(fd)?;
     let b = iovecs(iov, cnt).map(|v| v.into_iter().map(|(p, l)| (p as *const u8, l)).collect());
     // SAFETY: forwarded contract.
-    unsafe { write_pos(fd, b, Call::writev, false) }
+    unsafe { write_pos(fd, b, Call::writev, None) }
 }
 
 /// preadv, preadv2 (flags; offset -1 means the file position).
@@ -591,14 +696,8 @@ pub unsafe fn preadv2(
     flags: i32,
 ) -> Option<Res<usize>> {
     let d = desc(fd)?;
-    if flags & !KNOWN_RWF != 0 {
-        return Some(Err(Errno::OPNOTSUPP));
-    }
-    if off == -1 {
-        // SAFETY: forwarded contract.
-        return unsafe { read_pos(fd, iovecs(iov, cnt), Call::preadv) };
-    }
-    if off < 0 {
+    // The kernel's order: offset, descriptor, iovecs, zero total, flags.
+    if off < -1 {
         return Some(Err(Errno::INVAL));
     }
     if let Err(e) = check_read(&d) {
@@ -607,14 +706,27 @@ pub unsafe fn preadv2(
     if d.is_demoted() {
         return None;
     }
+    let b = match iovecs(iov, cnt) {
+        Ok(b) => b,
+        Err(e) => return Some(Err(e)),
+    };
+    let total = iov_total(&b);
+    if total == 0 {
+        return Some(Ok(0));
+    }
+    if let Err(e) = check_rwf(fd, flags, off, total) {
+        return Some(Err(e));
+    }
+    if off == -1 {
+        // SAFETY: forwarded contract.
+        return unsafe { read_pos(fd, Ok(b), Call::preadv) };
+    }
     // SAFETY: forwarded contract.
-    Some(
-        iovecs(iov, cnt)
-            .and_then(|b| unsafe { do_read(engine(), &d, fd, &b, off as u64, Call::preadv) }),
-    )
+    Some(unsafe { do_read(engine(), &d, fd, &b, off as u64, Call::preadv) })
 }
 
-/// pwritev, pwritev2 (RWF_APPEND, RWF_DSYNC/RWF_SYNC; offset -1 means the file position).
+/// pwritev, pwritev2 (RWF_APPEND, RWF_NOAPPEND, RWF_DSYNC/RWF_SYNC; offset -1 means the
+/// file position).
 /// # Safety
 /// Buffer pointers come from the application: each must be valid for its length, or
 /// invalid so that the access faults (answered with EFAULT, never a crash). They must not
@@ -627,9 +739,7 @@ pub unsafe fn pwritev2(
     flags: i32,
 ) -> Option<Res<usize>> {
     let d = desc(fd)?;
-    if flags & !KNOWN_RWF != 0 {
-        return Some(Err(Errno::OPNOTSUPP));
-    }
+    // The kernel's order: offset, descriptor, iovecs, zero total, flags.
     if off < -1 {
         return Some(Err(Errno::INVAL));
     }
@@ -639,31 +749,41 @@ pub unsafe fn pwritev2(
     if d.is_demoted() {
         return None;
     }
-    let append = flags & libc::RWF_APPEND != 0;
-    let b = iovecs(iov, cnt).map(|v| {
-        v.into_iter()
-            .map(|(p, l)| (p as *const u8, l))
-            .collect::<Vec<_>>()
-    });
+    let b: Vec<(*const u8, usize)> = match iovecs(iov, cnt) {
+        Ok(v) => v.into_iter().map(|(p, l)| (p as *const u8, l)).collect(),
+        Err(e) => return Some(Err(e)),
+    };
+    let total = iov_total(&b);
+    if total == 0 {
+        return Some(Ok(0));
+    }
+    if let Err(e) = check_rwf(fd, flags, off, total) {
+        return Some(Err(e));
+    }
+    let append = if flags & libc::RWF_APPEND != 0 {
+        Some(true)
+    } else if flags & libc::RWF_NOAPPEND != 0 {
+        Some(false)
+    } else {
+        None
+    };
     let r = if off == -1 {
         // SAFETY: forwarded contract.
-        unsafe { write_pos(fd, b, Call::pwritev, append) }?
+        unsafe { write_pos(fd, Ok(b), Call::pwritev, append) }?
     } else {
-        b.and_then(|b| {
-            // SAFETY: forwarded contract.
-            unsafe {
-                do_write(
-                    engine(),
-                    &d,
-                    fd,
-                    &b,
-                    off as u64,
-                    append || d.append(),
-                    Call::pwritev,
-                )
-            }
-            .map(|r| r.0)
-        })
+        // SAFETY: forwarded contract.
+        unsafe {
+            do_write(
+                engine(),
+                &d,
+                fd,
+                &b,
+                off as u64,
+                append.unwrap_or(d.append()),
+                Call::pwritev,
+            )
+        }
+        .map(|r| r.0)
     };
     if r.is_ok() && flags & (libc::RWF_DSYNC | libc::RWF_SYNC) != 0 {
         if let Err(err) = d.inode.sync(fd, flags & libc::RWF_SYNC == 0) {
@@ -688,8 +808,9 @@ pub fn lseek(fd: Fd, off: i64, whence: i32) -> Option<Res<i64>> {
         libc::SEEK_CUR => cur + off as i128,
         libc::SEEK_END => size as i128 + off as i128,
         libc::SEEK_DATA | libc::SEEK_HOLE => {
+            // Negative offsets too: ENXIO, as every Linux file system (not EINVAL).
             if off < 0 || off as u64 >= size {
-                return Some(Err(if off < 0 { Errno::INVAL } else { Errno::NXIO }));
+                return Some(Err(Errno::NXIO));
             }
             if d.inode.in_trailer_mode() {
                 // Past the logical size the kernel sees preallocated zeros: clamp.
@@ -816,11 +937,12 @@ pub fn fallocate(fd: Fd, mode: i32, off: i64, len: i64) -> Option<Res<()>> {
         return None;
     }
     engine().stats.served(Call::fallocate);
-    if !d.writable() {
-        return Some(Err(Errno::BADF));
-    }
-    if let Err(e) = d.inode.trim(fd) {
-        return Some(Err(e));
+    // A read-only description has a read-only kernel descriptor: the kernel refuses in its
+    // own order (EINVAL for the range, EOPNOTSUPP for the mode, then EBADF).
+    if d.writable() {
+        if let Err(e) = d.inode.trim(fd) {
+            return Some(Err(e));
+        }
     }
     // SAFETY: a raw system call with scalar arguments.
     let r = unsafe { libc::syscall(libc::SYS_fallocate, fd, mode, off, len) };
@@ -881,6 +1003,12 @@ pub fn dup2_before(old: Fd, new: Fd) {
 /// Hand a description back to the kernel: offset, O_APPEND and exact size.
 pub fn demote(fd: Fd, d: &Desc) {
     if d.demoted.swap(true, AcqRel) {
+        return;
+    }
+    if d.is_coherent() {
+        // The kernel already holds the offset (stdio and lseek moved it there, our copy is
+        // stale), O_APPEND and the exact size.
+        flex_log!(LogLevel::Debug, "demote fd={fd} (coherent)");
         return;
     }
     let pos = *d.pos();
