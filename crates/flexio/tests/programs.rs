@@ -1,0 +1,466 @@
+//! Real programs under `flexio run`, each compared with the same run without FLEX: the
+//! same stdout bytes, the same resulting files and the same exit code; FLEX_STATS proves
+//! that flex served the IO (calls served from the mapping, the file listed as mapped).
+//!
+//! Needs the Debian packages coreutils, grep, gzip, tar, python3, sqlite3, bash. A missing
+//! program fails the test (never skips it). Build the workspace first (libflex.so).
+
+#[path = "common/run.rs"]
+mod run;
+
+use run::*;
+use std::path::Path;
+
+/// Write the same inputs into both directories.
+fn put(dirs: &[&Path], name: &str, data: &[u8]) {
+    for d in dirs {
+        let p = d.join(name);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(p, data).expect("write input");
+    }
+}
+
+/// Run `spec` in `plain_dir` without flex and in `flex_dir` under flex; compare.
+fn both(what: &str, spec: &Spec, plain_dir: &Path, flex_dir: &Path) -> (Ran, Ran) {
+    let a = plain(&spec.in_dir(plain_dir));
+    let b = flex(&spec.in_dir(flex_dir), &[flex_dir]);
+    a.assert_ok(&format!("{what} (without flex)"));
+    assert_same_output(what, &a, &b);
+    (a, b)
+}
+
+#[test]
+fn cat_large_and_small_files() {
+    require("cat", "coreutils");
+    let t = TestDir::new("cat");
+    let (p, f) = (t.sub("plain"), t.sub("flex"));
+    put(&[&p, &f], "big.bin", &noise((4 << 20) + 4321, 1));
+    put(&[&p, &f], "small.txt", b"one small line\n");
+    put(&[&p, &f], "empty", b"");
+    let spec = Spec::new("cat", &["big.bin", "small.txt", "empty", "big.bin"], &p);
+    let (_, r) = both("cat", &spec, &p, &f);
+    r.stats.assert_served(&["read"], "big.bin");
+    // Also through stdin redirected by the shell (the description lands on fd 0).
+    let spec = Spec::new("bash", &["-c", "cat - small.txt < big.bin"], &p);
+    both("cat < file", &spec, &p, &f);
+}
+
+#[test]
+fn dd_with_several_block_sizes() {
+    require("dd", "coreutils");
+    let t = TestDir::new("dd");
+    let (p, f) = (t.sub("plain"), t.sub("flex"));
+    put(&[&p, &f], "in.bin", &noise((5 << 20) + 1234, 2));
+    for bs in ["512", "3000", "4096", "65536", "1M"] {
+        let of = format!("out-{bs}.bin");
+        let spec = Spec::new(
+            "dd",
+            &[
+                "if=in.bin",
+                &format!("of={of}"),
+                &format!("bs={bs}"),
+                "status=none",
+            ],
+            &p,
+        );
+        let (_, r) = both(&format!("dd bs={bs}"), &spec, &p, &f);
+        assert_same_file(&p.join(&of), &f.join(&of));
+        assert_same_file(&f.join("in.bin"), &f.join(&of));
+        r.stats.assert_served(&["read"], "in.bin");
+        r.stats.assert_mapped(&of);
+    }
+    // skip/seek/count into an existing file without truncating it, then a shrinking run.
+    put(&[&p, &f], "target.bin", &noise(3 << 20, 3));
+    for args in [
+        &[
+            "if=in.bin",
+            "of=target.bin",
+            "bs=4096",
+            "skip=10",
+            "seek=100",
+            "count=300",
+            "conv=notrunc",
+            "status=none",
+        ][..],
+        &[
+            "if=in.bin",
+            "of=target.bin",
+            "bs=8192",
+            "seek=7",
+            "count=50",
+            "status=none",
+        ][..],
+        &[
+            "if=target.bin",
+            "of=target2.bin",
+            "ibs=1000",
+            "obs=7000",
+            "status=none",
+        ][..],
+    ] {
+        let spec = Spec::new("dd", args, &p);
+        both(&format!("dd {args:?}"), &spec, &p, &f);
+        assert_same_file(&p.join("target.bin"), &f.join("target.bin"));
+    }
+    assert_same_file(&p.join("target2.bin"), &f.join("target2.bin"));
+    // dd to stdout and from stdin.
+    let spec = Spec::new(
+        "dd",
+        &["if=in.bin", "bs=100000", "skip=3", "status=none"],
+        &p,
+    );
+    both("dd to stdout", &spec, &p, &f);
+    let spec = Spec::new(
+        "bash",
+        &["-c", "dd of=fromstdin.bin bs=4k status=none < in.bin"],
+        &p,
+    );
+    both("dd from stdin", &spec, &p, &f);
+    assert_same_file(&p.join("fromstdin.bin"), &f.join("fromstdin.bin"));
+}
+
+#[test]
+fn head_and_tail_byte_counts() {
+    require("head", "coreutils");
+    require("tail", "coreutils");
+    let t = TestDir::new("headtail");
+    let (p, f) = (t.sub("plain"), t.sub("flex"));
+    put(&[&p, &f], "in.bin", &noise((3 << 20) + 777, 4));
+    put(&[&p, &f], "text.txt", &text(50_000));
+    for (prog, args) in [
+        ("head", &["-c", "2500001", "in.bin"][..]),
+        ("head", &["-c", "-100000", "in.bin"][..]),
+        ("head", &["-n", "30000", "text.txt"][..]),
+        ("tail", &["-c", "2500001", "in.bin"][..]),
+        ("tail", &["-c", "+1000", "in.bin"][..]),
+        ("tail", &["-n", "20000", "text.txt"][..]),
+    ] {
+        let spec = Spec::new(prog, args, &p);
+        let (_, r) = both(&format!("{prog} {args:?}"), &spec, &p, &f);
+        let file = args[args.len() - 1];
+        r.stats.assert_served(&["read"], file);
+    }
+}
+
+#[test]
+fn grep_on_a_large_text_file() {
+    require("grep", "grep");
+    let t = TestDir::new("grep");
+    let (p, f) = (t.sub("plain"), t.sub("flex"));
+    put(&[&p, &f], "text.txt", &text(200_000));
+    for args in [
+        &["-n", "needle", "text.txt"][..],
+        &["-c", "haystack", "text.txt"][..],
+        &["-v", "-c", "alpha", "text.txt"][..],
+        &["-E", "-o", "^0001[0-9]+ [a-z]+ needle", "text.txt"][..],
+    ] {
+        let spec = Spec::new("grep", args, &p);
+        let (_, r) = both(&format!("grep {args:?}"), &spec, &p, &f);
+        r.stats.assert_served(&["read"], "text.txt");
+    }
+    // No match: exit code 1 on both sides.
+    let spec = Spec::new("grep", &["-c", "no such words", "text.txt"], &p);
+    let a = plain(&spec);
+    let b = flex(&spec.in_dir(&f), &[&f]);
+    assert_eq!(a.code(), Some(1));
+    assert_same_output("grep without a match", &a, &b);
+}
+
+#[test]
+fn gzip_gunzip_round_trip() {
+    require("gzip", "gzip");
+    let t = TestDir::new("gzip");
+    let (p, f) = (t.sub("plain"), t.sub("flex"));
+    let mut data = text(100_000);
+    data.extend_from_slice(&noise(1 << 20, 5));
+    put(&[&p, &f], "data.bin", &data);
+    let spec = Spec::new("gzip", &["-k", "-n", "-6", "data.bin"], &p);
+    let (_, r) = both("gzip", &spec, &p, &f);
+    assert_same_file(&p.join("data.bin.gz"), &f.join("data.bin.gz"));
+    r.stats.assert_served(&["read"], "data.bin");
+    r.stats.assert_mapped("data.bin.gz");
+    // Decompress to stdout, then in place (the original removed first).
+    let spec = Spec::new("gzip", &["-d", "-c", "data.bin.gz"], &p);
+    let (_, r) = both("gzip -dc", &spec, &p, &f);
+    assert_eq!(r.stdout(), &data[..], "gzip -dc under flex");
+    std::fs::remove_file(p.join("data.bin")).unwrap();
+    std::fs::remove_file(f.join("data.bin")).unwrap();
+    let spec = Spec::new("gunzip", &["data.bin.gz"], &p);
+    let (_, r) = both("gunzip", &spec, &p, &f);
+    assert_eq!(
+        std::fs::read(f.join("data.bin")).unwrap(),
+        data,
+        "gunzip under flex"
+    );
+    assert_same_file(&p.join("data.bin"), &f.join("data.bin"));
+    r.stats.assert_served(&["read"], "data.bin.gz");
+    r.stats.assert_mapped("data.bin");
+}
+
+#[test]
+fn tar_create_and_extract_round_trip() {
+    require("tar", "tar");
+    let t = TestDir::new("tar");
+    let (p, f) = (t.sub("plain"), t.sub("flex"));
+    let files: &[(&str, usize)] = &[
+        ("tree/empty", 0),
+        ("tree/one", 1),
+        ("tree/a/511", 511),
+        ("tree/a/page", 4096),
+        ("tree/a/b/mib", (1 << 20) + 3),
+        ("tree/a/b/big", 3 << 20),
+        ("tree/c/text", 200_000),
+    ];
+    for (i, (name, len)) in files.iter().enumerate() {
+        put(&[&p, &f], name, &noise(*len, 10 + i as u64));
+    }
+    let create = [
+        "--format=gnu",
+        "--sort=name",
+        "--mtime=@0",
+        "--owner=0",
+        "--group=0",
+        "--numeric-owner",
+        "-cf",
+        "arch.tar",
+        "tree",
+    ];
+    let spec = Spec::new("tar", &create, &p);
+    let (_, r) = both("tar c", &spec, &p, &f);
+    assert_same_file(&p.join("arch.tar"), &f.join("arch.tar"));
+    r.stats.assert_served(&["read"], "big");
+    r.stats.assert_mapped("arch.tar");
+    std::fs::create_dir(p.join("x")).unwrap();
+    std::fs::create_dir(f.join("x")).unwrap();
+    let spec = Spec::new("tar", &["-xf", "arch.tar", "-C", "x"], &p);
+    let (_, r) = both("tar x", &spec, &p, &f);
+    r.stats.assert_served(&["read"], "arch.tar");
+    let src = tree(&f.join("tree"));
+    let out = tree(&f.join("x/tree"));
+    assert_eq!(
+        src.keys().collect::<Vec<_>>(),
+        out.keys().collect::<Vec<_>>(),
+        "extracted tree lists other files"
+    );
+    for (k, v) in &src {
+        assert!(out[k] == *v, "extracted {} differs", k.display());
+    }
+    assert!(tree(&p.join("x")) == tree(&f.join("x")));
+    // List the archive (reads through flex, output compared).
+    let spec = Spec::new("tar", &["-tvf", "arch.tar"], &p);
+    both("tar t", &spec, &p, &f);
+}
+
+const PY_FILE_IO: &str = r#"
+import hashlib, os, sys
+out = []
+def tr(*a):
+    out.append(" ".join(str(x) for x in a))
+
+p = "data.bin"
+with open(p, "wb") as f:
+    for i in range(3000):
+        f.write(bytes([i % 251]) * (i % 700 + 1))
+    tr("tell", f.tell())
+    f.seek(100); f.write(b"X" * 50)
+    f.seek(0, 2); tr("end", f.tell())
+    f.flush()
+    tr("fstat", os.fstat(f.fileno()).st_size)
+    f.truncate(600000); tr("truncate", f.tell(), os.fstat(f.fileno()).st_size)
+tr("stat", os.stat(p).st_size)
+with open(p, "ab") as f:
+    for i in range(500):
+        f.write(b"appended %d\n" % i)
+        if i % 50 == 0:
+            f.flush()
+    tr("append tell", f.tell())
+with open(p, "r+b") as f:
+    f.seek(-5000, 2); tr("tail", hashlib.sha256(f.read(100)).hexdigest())
+    f.seek(10); f.write(b"middle"); f.truncate()
+    tr("r+ truncate", os.fstat(f.fileno()).st_size, f.tell())
+    f.seek(0, 2); f.write(b"Z" * 70000)
+    f.seek(0); tr("r+ read", len(f.read()))
+fd = os.open(p, os.O_RDWR)
+tr("pwrite", os.pwrite(fd, b"PW" * 1000, 200000))
+tr("pread", hashlib.sha256(os.pread(fd, 3000, 199000)).hexdigest())
+tr("pread past", len(os.pread(fd, 100, 10**7)))
+tr("seek end", os.lseek(fd, 0, os.SEEK_END))
+tr("seek cur", os.lseek(fd, -10, os.SEEK_CUR))
+tr("read at end", len(os.read(fd, 100)))
+os.ftruncate(fd, 250000)
+tr("after ftruncate", os.fstat(fd).st_size, os.lseek(fd, 0, os.SEEK_CUR), len(os.read(fd, 10)))
+tr("hole pwrite", os.pwrite(fd, b"far", 400000), os.fstat(fd).st_size)
+tr("hole read", os.pread(fd, 8, 399998))
+os.close(fd)
+h = hashlib.sha256()
+with open(p, "rb", buffering=0) as f:
+    n = 0
+    while True:
+        b = f.read(4093)
+        if not b:
+            break
+        n += 1
+        h.update(b)
+tr("raw reads", n, h.hexdigest())
+with open("text.txt", "w") as f:
+    for i in range(20000):
+        print("line", i, "of text", file=f)
+with open("text.txt", "a") as f:
+    f.write("appended line\n")
+with open("text.txt") as f:
+    lines = f.readlines()
+tr("lines", len(lines), lines[12345].strip(), lines[-1].strip())
+with open("text.txt", "w+") as f:
+    f.write("rewritten\n" * 1000); f.seek(0); tr("w+", len(f.read()))
+with open(p, "rb") as f:
+    tr("final", hashlib.sha256(f.read()).hexdigest(), os.stat(p).st_size)
+print("\n".join(out))
+"#;
+
+#[test]
+fn python_file_io() {
+    require("python3", "python3");
+    let t = TestDir::new("python");
+    let (p, f) = (t.sub("plain"), t.sub("flex"));
+    let spec = Spec::new("python3", &["-c", PY_FILE_IO], &p);
+    let (a, r) = both("python file IO", &spec, &p, &f);
+    assert!(
+        String::from_utf8_lossy(a.stdout()).contains("final"),
+        "script did not finish"
+    );
+    assert_same_file(&p.join("data.bin"), &f.join("data.bin"));
+    assert_same_file(&p.join("text.txt"), &f.join("text.txt"));
+    r.stats.assert_served(&["write", "pwrite"], "data.bin");
+    r.stats.assert_served(&["read", "pread"], "data.bin");
+}
+
+fn sqlite_script(journal: &str) -> String {
+    format!(
+        "PRAGMA journal_mode={journal};
+PRAGMA cache_size=20;
+CREATE TABLE t(id INTEGER PRIMARY KEY, k INTEGER, s TEXT, v BLOB);
+CREATE INDEX tk ON t(k);
+BEGIN;
+WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i < 20000)
+  INSERT INTO t(k, s, v) SELECT (i * 7919) % 1000, 'row ' || i, zeroblob(i % 300) FROM c;
+COMMIT;
+UPDATE t SET s = s || ' updated', v = randomblob(0) WHERE k % 3 = 0;
+DELETE FROM t WHERE id % 10 = 0;
+BEGIN;
+INSERT INTO t(k, s, v) SELECT k + 1, s || ' copy', v FROM t WHERE id < 3000;
+ROLLBACK;
+BEGIN;
+INSERT INTO t(k, s, v) SELECT k + 2, s || ' again', v FROM t WHERE id < 5000;
+COMMIT;
+CREATE TABLE u AS SELECT k, count(*) AS n, sum(length(s)) AS l FROM t GROUP BY k;
+{{QUERY}}
+PRAGMA integrity_check;
+"
+    )
+}
+
+const SQLITE_QUERY: &str =
+    "SELECT count(*), sum(id), sum(k), sum(length(s)), sum(length(v)) FROM t;
+SELECT k, n, l FROM u ORDER BY k LIMIT 20;
+SELECT id, k, s FROM t WHERE k BETWEEN 500 AND 502 ORDER BY id LIMIT 30;";
+
+fn sqlite_case(journal: &str) {
+    require("sqlite3", "sqlite3");
+    let t = TestDir::new(&format!("sqlite-{journal}"));
+    let (p, f) = (t.sub("plain"), t.sub("flex"));
+    let script = sqlite_script(journal).replace("{QUERY}", SQLITE_QUERY);
+    let spec = Spec::new("sqlite3", &["db.sqlite"], &p).stdin(script.as_bytes());
+    let (a, r) = both(&format!("sqlite3 ({journal})"), &spec, &p, &f);
+    let text = String::from_utf8_lossy(a.stdout()).to_string();
+    assert!(text.ends_with("ok\n"), "integrity check: {text}");
+    r.stats
+        .assert_served(&["pwrite", "pread", "write", "read"], "db.sqlite");
+    // The database flex wrote, read by sqlite3 without flex, answers as the plain one.
+    let q = format!("{SQLITE_QUERY}\nPRAGMA integrity_check;");
+    let qa = plain(&Spec::new("sqlite3", &["db.sqlite"], &p).stdin(q.as_bytes()));
+    let qb = plain(&Spec::new("sqlite3", &["db.sqlite"], &f).stdin(q.as_bytes()));
+    qa.assert_ok("sqlite3 query (plain db)");
+    assert_same_output("sqlite3 query of the flex-written db", &qa, &qb);
+    // And read back under flex, after the kernel wrote to it.
+    let qc = flex(
+        &Spec::new("sqlite3", &["db.sqlite"], &f).stdin(q.as_bytes()),
+        &[&f],
+    );
+    assert_same_output("sqlite3 query under flex", &qa, &qc);
+    assert!(
+        !f.join("db.sqlite-wal").exists() || ksize(&f.join("db.sqlite-wal")) == 0,
+        "WAL left behind after a clean exit"
+    );
+}
+
+#[test]
+fn sqlite3_wal() {
+    sqlite_case("WAL");
+}
+
+#[test]
+fn sqlite3_rollback_journal() {
+    sqlite_case("DELETE");
+}
+
+const BASH_REDIRECTIONS: &str = r#"
+set -e
+echo first > out.txt
+for i in $(seq 1 200); do
+  echo "builtin $i" >> out.txt
+  /bin/echo "external $i" >> out.txt
+done
+exec 3>>log.txt
+for i in $(seq 1 150); do
+  echo "fd3 builtin $i" >&3
+  printf 'printf %d\n' "$i" >&3
+  /bin/echo "fd3 external $i" >&3
+  cat small.txt >&3
+done
+exec 3>&-
+{ echo a; /bin/echo b; echo c; cat in.txt; echo d; } > grouped.txt
+n=0
+while read -r line; do
+  n=$((n+1))
+  echo "got $line"
+done < in.txt > readloop.txt
+echo "lines $n"
+cat < in.txt > copied.txt
+exec 4<in.txt
+read -r first <&4
+head -c 100 <&4 > part.txt
+read -r after <&4
+echo "first=$first after=$after"
+exec 4<&-
+exec 5<>rw.txt
+echo "hello world" >&5
+cat in.txt >&5
+exec 5<&-
+wc -c < in.txt
+wc -c < out.txt
+"#;
+
+#[test]
+fn bash_redirections() {
+    require("bash", "bash");
+    let t = TestDir::new("bash");
+    let (p, f) = (t.sub("plain"), t.sub("flex"));
+    put(&[&p, &f], "small.txt", b"a small file\n");
+    put(&[&p, &f], "in.txt", &text(3000));
+    let spec = Spec::new("bash", &["-c", BASH_REDIRECTIONS], &p);
+    let (_, r) = both("bash redirections", &spec, &p, &f);
+    for name in [
+        "out.txt",
+        "log.txt",
+        "grouped.txt",
+        "readloop.txt",
+        "copied.txt",
+        "part.txt",
+        "rw.txt",
+    ] {
+        assert_same_file(&p.join(name), &f.join(name));
+    }
+    r.stats.assert_served(&["read"], "in.txt");
+}
