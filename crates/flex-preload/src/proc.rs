@@ -101,3 +101,26 @@ pub unsafe extern "C" fn popen(cmd: *const c_char, mode: *const c_char) -> *mut 
         None => enosys(core::ptr::null_mut()),
     }
 }
+
+/// `_exit` and `_Exit` skip atexit and library destructors: make sizes exact and write
+/// statistics here (forked workers, such as fio's jobs, leave this way).
+macro_rules! exit_call {
+    ($($name:ident),*) => {$(
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(status: c_int) -> ! {
+            hook(engine::posix::before_underscore_exit);
+            if let Some(f) = real!(@ident $name: unsafe extern "C" fn(c_int) -> !) {
+                // SAFETY: libc's _exit with the application's status.
+                unsafe { f(status) }
+            }
+            // SAFETY: the raw exit_group system call never returns, so the end of this
+            // function is never reached.
+            unsafe {
+                libc::syscall(libc::SYS_exit_group, status);
+                core::hint::unreachable_unchecked()
+            }
+        }
+    )*};
+}
+
+exit_call!(_exit, _Exit);

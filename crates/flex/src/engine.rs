@@ -19,6 +19,8 @@ pub struct Engine {
     /// Set at exit: writes after the exit hook (late stdio flushes) go through the kernel,
     /// so the kernel size stays exact.
     pub exiting: std::sync::atomic::AtomicBool,
+    /// The process this state belongs to (a vfork child shares the memory, not the pid).
+    pub pid: std::sync::atomic::AtomicU32,
     /// Cached current directory, for matching relative paths against FLEX_PATHS.
     cwd: Mutex<Option<Vec<u8>>>,
 }
@@ -68,6 +70,7 @@ impl Engine {
             inodes: Mutex::new(Inodes::default()),
             trailer_files: AtomicI64::new(0),
             exiting: std::sync::atomic::AtomicBool::new(false),
+            pid: std::sync::atomic::AtomicU32::new(rustix::process::getpid().as_raw_nonzero().get() as u32),
             cwd: Mutex::new(None),
         }
     }

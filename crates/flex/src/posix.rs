@@ -1036,6 +1036,16 @@ pub fn before_fork() {
 pub fn after_fork_child() {
     if let Some(e) = engine_if_started() {
         e.stats.reset();
+        e.pid.store(rustix::process::getpid().as_raw_nonzero().get() as u32, Relaxed);
+    }
+}
+
+/// `_exit`: the exit hook, unless this is a vfork child (it shares the parent's memory:
+/// trimming and "exiting" would be the parent's).
+pub fn before_underscore_exit() {
+    let Some(e) = engine_if_started() else { return };
+    if e.pid.load(Relaxed) == rustix::process::getpid().as_raw_nonzero().get() as u32 {
+        at_exit();
     }
 }
 
