@@ -901,7 +901,8 @@ pub fn ftruncate(fd: Fd, len: i64) -> Option<Res<()>> {
 /// truncate(path): if this process has the file over-allocated, trim it first.
 pub fn truncate(path: &CStr, len: i64) -> Option<Res<()>> {
     let e = engine_if_started()?;
-    if e.trailer_files.load(Relaxed) <= 0 {
+    // Open descriptions cache the size even outside trailer mode: they must see the new one.
+    if e.trailer_files.load(Relaxed) <= 0 && e.table.is_empty() {
         return None;
     }
     let st = sys::fstatat(libc::AT_FDCWD, path, 0).ok()?;

@@ -709,3 +709,36 @@ fn stdio_and_write_mixed_on_a_redirected_descriptor() {
     assert_eq!(ksize(&f.join("out")), 13015);
     r.stats.assert_served(&["pread"], "out");
 }
+
+const PY_TRUNCATE_PATH: &str = r#"
+import os
+with open("f", "wb") as f:
+    f.write(b"x" * (4 << 20))
+fd = os.open("f", os.O_RDWR)
+for i in range(5):
+    os.pread(fd, 4096, i * 4096)
+os.pwrite(fd, b"y" * 10, 0)
+# truncate(path) while a descriptor is open: flex must see the new size.
+os.truncate("f", 1000003)
+print("fstat", os.fstat(fd).st_size)
+print("pread", len(os.pread(fd, 100, 999990)), len(os.pread(fd, 100, 2000000)))
+print("pwrite", os.pwrite(fd, b"z" * 100, 999990))
+print("size", os.fstat(fd).st_size, os.stat("f").st_size)
+os.truncate("f", 3000000)
+print("grown", os.fstat(fd).st_size, os.pread(fd, 4, 2999996))
+print("end", os.lseek(fd, 0, os.SEEK_END))
+os.close(fd)
+"#;
+
+#[test]
+fn truncate_by_path_while_a_descriptor_is_open() {
+    let t = TestDir::new("truncpath");
+    let (a, r, p, f) = py_both(&t, "truncate(path)", PY_TRUNCATE_PATH);
+    assert!(
+        String::from_utf8_lossy(a.stdout()).contains("size 1000090 1000090"),
+        "{}",
+        String::from_utf8_lossy(a.stdout())
+    );
+    assert_same_file(&p.join("f"), &f.join("f"));
+    r.stats.assert_served(&["pread", "pwrite"], "f");
+}
