@@ -399,8 +399,19 @@ pub fn helper() -> PathBuf {
         require("cc", "gcc");
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/common/helper.c");
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-        let out = dir.join(format!("flex-helper-{}", std::process::id()));
-        let tmp = dir.join(format!("flex-helper-{}.tmp", std::process::id()));
+        // Named by the source's hash: reused while the source is unchanged.
+        let text = std::fs::read(&src).expect("read helper.c");
+        let hash = text.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+        });
+        let out = dir.join(format!("flex-helper-{hash:016x}"));
+        if out.exists() {
+            return out;
+        }
+        let tmp = dir.join(format!(
+            "flex-helper-{hash:016x}.{}.tmp",
+            std::process::id()
+        ));
         let o = Command::new("cc")
             .args(["-O1", "-Wall", "-pthread", "-o"])
             .arg(&tmp)
