@@ -160,23 +160,16 @@ macro_rules! raw {
 }
 pub(crate) use raw;
 
-/// Load-time constructor: create the engine (reads FLEX_* and installs the fault
-/// handlers before the application installs its own).
-extern "C" fn flex_init() {
-    hook(|| {
-        let _ = engine::engine::engine();
-    });
-}
-
 /// Exit-time destructor: flush our stdio streams, make sizes exact, write statistics.
 extern "C" fn flex_fini() {
     stdio::flush_all();
     hook(engine::posix::at_exit);
 }
 
-#[used]
-#[link_section = ".init_array"]
-static INIT: extern "C" fn() = flex_init;
+// No constructor: the engine (FLEX_* parsing, fault handlers) is created by the first
+// open that may be managed, so programs that never touch a managed file pay only for
+// loading the library. Handlers the application installed earlier become the ones our
+// fault handler forwards to.
 
 #[used]
 #[link_section = ".fini_array"]
