@@ -334,7 +334,9 @@ impl Inode {
         );
         let ks = m.ksize.min(m.len as u64);
         if m.populate_ok && ks > 64 << 10 && ks <= e.config.populate_max {
-            let adv = if write && sync {
+            // tmpfs and DAX have no writeback to dirty: pre-faulting writable spares the
+            // first store to each page a write fault.
+            let adv = if write {
                 rustix::mm::Advice::LinuxPopulateWrite
             } else {
                 rustix::mm::Advice::LinuxPopulateRead

@@ -310,7 +310,8 @@ fn mapped(e: &Engine, d: &Desc, fd: Fd, write: bool) -> bool {
     if !d.explicit && i.io.fetch_add(1, Relaxed) < e.config.adopt_after {
         return false;
     }
-    match i.map_for(fd, write) {
+    // A read-write description maps writable at once: no remap at its first write.
+    match i.map_for(fd, write || d.writable()) {
         Ok(()) => true,
         Err(err) => {
             flex_log!(
