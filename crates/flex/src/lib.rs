@@ -13,6 +13,7 @@
 //! - [`posix`]: one system-call-shaped function per intercepted call.
 //! - [`config`], [`stats`], [`log`], [`sys`]: environment, counters, logging, raw syscalls.
 
+pub mod atomic;
 pub mod config;
 pub mod desc;
 pub mod engine;

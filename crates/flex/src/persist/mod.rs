@@ -11,6 +11,8 @@
 //! - `FLEX_FLUSH=clflush|clflushopt|clwb` picks the flush instruction (ignored when the CPU
 //!   lacks it).
 
+pub mod sim;
+
 use core::sync::atomic::{AtomicU8, Ordering};
 
 /// How much a store must be flushed before it is durable.

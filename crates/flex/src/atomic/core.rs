@@ -1,0 +1,362 @@
+//! The failure-atomic protocol over a [`Media`] (the log) and a [`DataDev`] (the data
+//! file): redo logging with an in-memory index of uncommitted ranges, commit, apply,
+//! checkpoint and recovery. Generic so that the persistence simulator runs the very code
+//! the engine runs.
+
+use super::log::{self, Log, Media, Op, Scan};
+use crate::sys::{Errno, Res};
+use std::collections::BTreeMap;
+
+/// The data file as the protocol sees it: its committed bytes and size.
+pub trait DataDev {
+    /// The data file's current size.
+    fn size(&self) -> Res<u64>;
+    /// Read committed bytes; returns the count (short at the data file's end).
+    ///
+    /// # Safety
+    /// `dst` must be valid for `len` bytes or fault inside a guarded copy.
+    unsafe fn read_raw(&self, off: u64, dst: *mut u8, len: usize) -> Res<usize>;
+    /// Write bytes (not durable before [`DataDev::sync`]).
+    ///
+    /// # Safety
+    /// `src` must be valid for `len` bytes.
+    unsafe fn write_raw(&mut self, off: u64, src: *const u8, len: usize) -> Res<()>;
+    fn set_len(&mut self, len: u64) -> Res<()>;
+    /// Make every byte and the size durable.
+    fn sync(&mut self) -> Res<()>;
+}
+
+/// What recovery did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Replayed {
+    /// Committed transactions re-applied.
+    pub txns: usize,
+    /// Uncommitted records discarded.
+    pub discarded: usize,
+    /// The data file's size afterwards.
+    pub size: u64,
+}
+
+/// Replay the committed transactions of a log image onto the data file, make it durable.
+/// Idempotent: every operation is absolute (bytes at an offset, a length), so replaying
+/// over a file that already holds some or all of them gives the same result.
+pub fn replay<D: DataDev>(img: &[u8], s: &Scan, data: &mut D) -> Res<Replayed> {
+    let mut r = Replayed {
+        discarded: s.tail_records,
+        ..Replayed::default()
+    };
+    if s.txns.is_empty() {
+        r.size = data.size()?;
+        return Ok(r);
+    }
+    let mut size = 0;
+    for (ops, after) in &s.txns {
+        for op in ops {
+            match *op {
+                Op::Write { off, len, at } => {
+                    let p = &img[at as usize..(at + len) as usize];
+                    // SAFETY: `p` is a slice of the image we own.
+                    unsafe { data.write_raw(off, p.as_ptr(), p.len()) }?;
+                }
+                Op::Truncate { len } => data.set_len(len)?,
+            }
+        }
+        size = *after;
+        r.txns += 1;
+    }
+    if data.size()? != size {
+        data.set_len(size)?;
+    }
+    data.sync()?;
+    r.size = size;
+    Ok(r)
+}
+
+/// Read a whole medium into memory.
+pub fn image<M: Media>(m: &M) -> Vec<u8> {
+    let mut v = vec![0u8; m.len() as usize];
+    m.read(0, &mut v);
+    v
+}
+
+/// Recover the data file from the log on `m` (if it is a log of `ino`), then start a fresh
+/// generation on `m`. Returns the writer and what was replayed.
+pub fn recover<M: Media, D: DataDev>(
+    m: M,
+    ino: u64,
+    data: &mut D,
+    fresh_gen: u64,
+) -> Res<(Log<M>, Replayed)> {
+    let img = image(&m);
+    let (r, after) = match log::scan(&img, ino) {
+        Some(s) => (replay(&img, &s, data)?, s.gen),
+        None => (
+            Replayed {
+                size: data.size()?,
+                ..Replayed::default()
+            },
+            fresh_gen,
+        ),
+    };
+    drop(img);
+    let l = Log::create(m, ino, after)?;
+    Ok((l, r))
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CoreStats {
+    pub commits: u64,
+    pub early_commits: u64,
+    pub checkpoints: u64,
+    pub logged_bytes: u64,
+}
+
+/// One failure-atomic file: the log writer, the uncommitted operations and their index.
+pub struct Core<M: Media> {
+    pub log: Log<M>,
+    /// Logical size as this process sees it (uncommitted operations included).
+    size: u64,
+    /// Bytes of the data file at or above this read as zero unless an extent covers them
+    /// (the smallest truncation since the last commit).
+    base_limit: u64,
+    /// Uncommitted ranges: start -> (end, log offset of the byte at start).
+    ext: BTreeMap<u64, (u64, u64)>,
+    /// Uncommitted operations in order.
+    ops: Vec<Op>,
+    /// Checkpoint when the log passes this many bytes.
+    pub bound: u64,
+    pub stats: CoreStats,
+    /// A failed apply left the data file behind the log: refuse further IO (recovery at
+    /// the next open repairs it).
+    broken: bool,
+}
+
+impl<M: Media> Core<M> {
+    pub fn new(log: Log<M>, size: u64, bound: u64) -> Core<M> {
+        Core {
+            log,
+            size,
+            base_limit: u64::MAX,
+            ext: BTreeMap::new(),
+            ops: Vec::new(),
+            bound,
+            stats: CoreStats::default(),
+            broken: false,
+        }
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn dirty(&self) -> bool {
+        !self.ops.is_empty()
+    }
+
+    fn check(&self) -> Res<()> {
+        if self.broken {
+            Err(Errno::IO)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Before logging `payload` bytes: when the log would pass its bound, commit what is
+    /// pending (an early commit: atomicity is kept, the commit point moves earlier) and
+    /// checkpoint, so the log restarts empty.
+    fn make_room<D: DataDev>(&mut self, data: &mut D, payload: u64) -> Res<()> {
+        if self.log.tail + log::rec_len(payload) + log::rec_len(0) * 2 <= self.bound
+            || self.log.tail == log::HEADER
+        {
+            return Ok(());
+        }
+        if self.dirty() {
+            self.stats.early_commits += 1;
+            self.commit(data)?;
+        }
+        if self.log.tail > log::HEADER {
+            self.checkpoint(data)?;
+        }
+        Ok(())
+    }
+
+    /// Log a write of `len` bytes from `src` at `off` (or at the end if `append`).
+    /// Returns the count and the offset after it.
+    ///
+    /// # Safety
+    /// `src` must be valid for `len` bytes or fault inside a guarded copy (EFAULT).
+    pub unsafe fn write<D: DataDev>(
+        &mut self,
+        data: &mut D,
+        off: u64,
+        src: *const u8,
+        len: usize,
+        append: bool,
+    ) -> Res<(usize, u64)> {
+        self.check()?;
+        if len == 0 {
+            return Ok((0, off));
+        }
+        self.make_room(data, len as u64)?;
+        let off = if append { self.size } else { off };
+        let end = off.checked_add(len as u64).ok_or(Errno::FBIG)?;
+        // SAFETY: forwarded contract.
+        let at = unsafe { self.log.append_write(off, src, len) }?;
+        self.index(off, end, Some(at));
+        self.ops.push(Op::Write {
+            off,
+            len: len as u64,
+            at,
+        });
+        self.size = self.size.max(end);
+        self.stats.logged_bytes += len as u64;
+        Ok((len, end))
+    }
+
+    /// Log a truncation (or extension) to `len`.
+    pub fn truncate<D: DataDev>(&mut self, data: &mut D, len: u64) -> Res<()> {
+        self.check()?;
+        self.make_room(data, 0)?;
+        self.log.append_truncate(len)?;
+        self.index(len, u64::MAX, None);
+        self.base_limit = self.base_limit.min(len);
+        self.ops.push(Op::Truncate { len });
+        self.size = len;
+        Ok(())
+    }
+
+    /// Put `[s, e)` in the index (pointing at log offset `at`), or with `None` drop it.
+    fn index(&mut self, s: u64, e: u64, at: Option<u64>) {
+        let mut cut = Vec::new();
+        if let Some((&ps, &(pe, _))) = self.ext.range(..s).next_back() {
+            if pe > s {
+                cut.push(ps);
+            }
+        }
+        cut.extend(self.ext.range(s..e).map(|(&k, _)| k));
+        for k in cut {
+            let Some((ke, kat)) = self.ext.remove(&k) else {
+                continue;
+            };
+            if k < s {
+                self.ext.insert(k, (s, kat));
+            }
+            if ke > e {
+                self.ext.insert(e, (ke, kat + (e - k)));
+            }
+        }
+        if let Some(at) = at {
+            self.ext.insert(s, (e, at));
+        }
+    }
+
+    /// Read as this process sees the file: committed bytes, then its own uncommitted ones.
+    ///
+    /// # Safety
+    /// `dst` must be valid for `len` bytes or fault inside a guarded copy (EFAULT).
+    pub unsafe fn read<D: DataDev>(
+        &self,
+        data: &D,
+        off: u64,
+        dst: *mut u8,
+        len: usize,
+    ) -> Res<usize> {
+        self.check()?;
+        if off >= self.size || len == 0 {
+            return Ok(0);
+        }
+        let n = (len as u64).min(self.size - off) as usize;
+        let end = off + n as u64;
+        let base_end = end.min(self.base_limit).max(off);
+        let mut got = 0usize;
+        if base_end > off {
+            // SAFETY: forwarded contract; within the first n bytes of dst.
+            got = unsafe { data.read_raw(off, dst, (base_end - off) as usize) }?;
+        }
+        if got < n {
+            // SAFETY: within dst's n bytes; a bad buffer faults inside the guarded zeroing.
+            if unsafe { crate::fault::zero(dst.add(got), n - got) } != 0 {
+                return Err(Errno::FAULT);
+            }
+        }
+        let first = self
+            .ext
+            .range(..off)
+            .next_back()
+            .map(|(&k, _)| k)
+            .unwrap_or(off);
+        for (&s, &(e, at)) in self.ext.range(first..end) {
+            let (a, b) = (s.max(off), e.min(end));
+            if a >= b {
+                continue;
+            }
+            // SAFETY: [a, b) lies inside [off, end), so inside dst; the log bytes are ours.
+            let rem = unsafe {
+                self.log
+                    .m
+                    .load_raw(at + (a - s), dst.add((a - off) as usize), (b - a) as usize)
+            };
+            if rem != 0 {
+                return Err(Errno::FAULT);
+            }
+        }
+        Ok(n)
+    }
+
+    /// fsync: make everything logged durable as one transaction, then apply it to the data
+    /// file (not synced: the log holds it until the next checkpoint).
+    pub fn commit<D: DataDev>(&mut self, data: &mut D) -> Res<()> {
+        self.check()?;
+        if self.ops.is_empty() {
+            return Ok(());
+        }
+        self.log.commit(self.size)?;
+        self.stats.commits += 1;
+        let ops = core::mem::take(&mut self.ops);
+        let r = self.apply(data, &ops);
+        self.ext.clear();
+        self.base_limit = u64::MAX;
+        if let Err(e) = r {
+            self.broken = true;
+            return Err(e);
+        }
+        if self.log.tail >= self.bound / 2 {
+            self.checkpoint(data)?;
+        }
+        Ok(())
+    }
+
+    fn apply<D: DataDev>(&mut self, data: &mut D, ops: &[Op]) -> Res<()> {
+        for op in ops {
+            match *op {
+                Op::Write { off, len, at } => {
+                    let Some(p) = self.log.m.ptr(at, len) else {
+                        return Err(Errno::IO);
+                    };
+                    // SAFETY: the medium's pointer to `len` logged bytes.
+                    unsafe { data.write_raw(off, p, len as usize) }?;
+                }
+                Op::Truncate { len } => data.set_len(len)?,
+            }
+        }
+        if data.size()? != self.size {
+            data.set_len(self.size)?;
+        }
+        Ok(())
+    }
+
+    /// Sync the data file, then start a new log generation. Only with nothing pending.
+    pub fn checkpoint<D: DataDev>(&mut self, data: &mut D) -> Res<()> {
+        self.check()?;
+        if self.dirty() {
+            return Err(Errno::BUSY);
+        }
+        if self.log.tail == log::HEADER {
+            return Ok(());
+        }
+        data.sync()?;
+        self.log.reset()?;
+        self.stats.checkpoints += 1;
+        Ok(())
+    }
+}

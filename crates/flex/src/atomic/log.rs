@@ -1,0 +1,354 @@
+//! The on-disk format of a failure-atomic file's redo log, and the [`Media`] seam through
+//! which every byte of it is stored, flushed and fenced.
+//!
+//! Layout (little endian). Line 0 is the header:
+//! `magic[8] "FLEXLOG1" | ino u64 | gen u64 | sum u64 (hash of magic+ino)`.
+//! Records start at byte 64, each 64-byte aligned:
+//! `tag u32 | kind u32 | gen u64 | seq u64 | a u64 | b u64 | sum u64 | payload[b]`
+//! - kind 1 WRITE: `a` = file offset, `b` = payload length;
+//! - kind 2 TRUNCATE: `a` = new length;
+//! - kind 3 COMMIT: `a` = logical size after the transaction.
+//!
+//! `sum` hashes the first 40 header bytes and the payload, so a record with any line
+//! missing (torn) fails its check. `seq` starts at 1 in each generation and increases by
+//! one per record; a scan stops at the first record that fails (tag, gen, seq, sum). The
+//! records before the last valid COMMIT are committed; the rest is an uncommitted tail.
+//! A checkpoint (data synced) starts a new generation by storing `gen + 1` (one aligned
+//! 8-byte store): every older record becomes invisible at once, without rewriting it.
+
+use crate::sys::{Errno, Res};
+
+pub const MAGIC: [u8; 8] = *b"FLEXLOG1";
+pub const HEADER: u64 = 64;
+pub const REC_HDR: u64 = 48;
+pub const TAG: u32 = 0x4C58_4652;
+pub const GEN_AT: u64 = 16;
+
+pub const WRITE: u32 = 1;
+pub const TRUNCATE: u32 = 2;
+pub const COMMIT: u32 = 3;
+
+/// Where the log lives: a mapped or plain file in production, the persistence simulator in
+/// tests. The persistence contract is the one of a DAX mapping: a stored byte is durable
+/// once its range was flushed and a barrier followed. On page granularity `flush` does
+/// nothing and `barrier` is an `fdatasync`.
+#[allow(clippy::len_without_is_empty)]
+pub trait Media {
+    /// Bytes currently addressable.
+    fn len(&self) -> u64;
+    /// Make at least `len` bytes addressable (durably, size included).
+    fn ensure(&mut self, len: u64) -> Res<()>;
+    fn read(&self, off: u64, buf: &mut [u8]);
+    fn store(&mut self, off: u64, data: &[u8]);
+    /// Store `len` bytes from a raw (application) pointer; returns the bytes NOT copied.
+    ///
+    /// # Safety
+    /// `src` must be valid for `len` bytes or fault inside a guarded copy.
+    unsafe fn store_raw(&mut self, off: u64, src: *const u8, len: usize) -> usize;
+    /// Copy `len` stored bytes at `off` to a raw (application) pointer; returns the bytes
+    /// NOT copied.
+    ///
+    /// # Safety
+    /// `dst` must be valid for `len` bytes or fault inside a guarded copy.
+    unsafe fn load_raw(&self, off: u64, dst: *mut u8, len: usize) -> usize;
+    /// A pointer to `len` stored bytes at `off` for a copy out (None: not addressable).
+    fn ptr(&self, off: u64, len: u64) -> Option<*const u8>;
+    fn flush(&mut self, off: u64, len: u64);
+    fn barrier(&mut self) -> Res<()>;
+}
+
+/// A fast 64-bit hash (four independent multiply-rotate lanes), enough to detect torn records.
+pub fn hash(seed: u64, parts: &[&[u8]]) -> u64 {
+    const P1: u64 = 0x9E37_79B1_85EB_CA87;
+    const P2: u64 = 0xC2B2_AE3D_27D4_EB4F;
+    let mut h = [
+        seed ^ P1,
+        seed ^ P2,
+        seed.rotate_left(17) ^ P1,
+        seed.rotate_left(41) ^ P2,
+    ];
+    let mut total = 0u64;
+    let round = |a: u64, w: u64| {
+        a.wrapping_add(w.wrapping_mul(P2))
+            .rotate_left(31)
+            .wrapping_mul(P1)
+    };
+    for p in parts {
+        total = total.wrapping_add(p.len() as u64);
+        let mut chunks = p.chunks_exact(32);
+        for c in &mut chunks {
+            for (i, lane) in h.iter_mut().enumerate() {
+                let w = u64::from_le_bytes(c[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+                *lane = round(*lane, w);
+            }
+        }
+        let rest = chunks.remainder();
+        for (i, w) in rest.chunks(8).enumerate() {
+            let mut b = [0u8; 8];
+            b[..w.len()].copy_from_slice(w);
+            h[i & 3] = round(h[i & 3], u64::from_le_bytes(b) ^ (w.len() as u64) << 59);
+        }
+        // Separate the parts.
+        h[0] = round(h[0], p.len() as u64);
+    }
+    let mut x =
+        h[0].rotate_left(1) ^ h[1].rotate_left(7) ^ h[2].rotate_left(12) ^ h[3].rotate_left(18);
+    x ^= total;
+    x ^= x >> 33;
+    x = x.wrapping_mul(P2);
+    x ^= x >> 29;
+    x = x.wrapping_mul(P1);
+    x ^ (x >> 32)
+}
+
+pub fn rec_len(payload: u64) -> u64 {
+    (REC_HDR + payload).div_ceil(64) * 64
+}
+
+pub fn header_bytes(ino: u64, gen: u64) -> [u8; 64] {
+    let mut b = [0u8; 64];
+    b[0..8].copy_from_slice(&MAGIC);
+    b[8..16].copy_from_slice(&ino.to_le_bytes());
+    b[16..24].copy_from_slice(&gen.to_le_bytes());
+    let s = hash(0, &[&b[0..16]]);
+    b[24..32].copy_from_slice(&s.to_le_bytes());
+    b
+}
+
+/// Parse a header: Some((ino, gen)) if valid.
+pub fn parse_header(b: &[u8]) -> Option<(u64, u64)> {
+    if b.len() < 32 || b[0..8] != MAGIC {
+        return None;
+    }
+    let s = u64::from_le_bytes(b[24..32].try_into().ok()?);
+    if s != hash(0, &[&b[0..16]]) {
+        return None;
+    }
+    let ino = u64::from_le_bytes(b[8..16].try_into().ok()?);
+    let gen = u64::from_le_bytes(b[16..24].try_into().ok()?);
+    Some((ino, gen))
+}
+
+pub fn rec_header(kind: u32, gen: u64, seq: u64, a: u64, b: u64) -> [u8; REC_HDR as usize] {
+    let mut h = [0u8; REC_HDR as usize];
+    h[0..4].copy_from_slice(&TAG.to_le_bytes());
+    h[4..8].copy_from_slice(&kind.to_le_bytes());
+    h[8..16].copy_from_slice(&gen.to_le_bytes());
+    h[16..24].copy_from_slice(&seq.to_le_bytes());
+    h[24..32].copy_from_slice(&a.to_le_bytes());
+    h[32..40].copy_from_slice(&b.to_le_bytes());
+    h
+}
+
+pub fn seal(h: &mut [u8; REC_HDR as usize], payload: &[u8]) {
+    let kind = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+    let s = hash(kind as u64, &[&h[0..40], payload]);
+    h[40..48].copy_from_slice(&s.to_le_bytes());
+}
+
+/// One logged operation, as found by a scan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Write `len` bytes at file offset `off`; the payload is at log offset `at`.
+    Write {
+        off: u64,
+        len: u64,
+        at: u64,
+    },
+    Truncate {
+        len: u64,
+    },
+}
+
+/// What a scan of a log image found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub ino: u64,
+    pub gen: u64,
+    /// Committed transactions: their operations and the logical size after each.
+    pub txns: Vec<(Vec<Op>, u64)>,
+    /// Records after the last commit (discarded by recovery).
+    pub tail_records: usize,
+}
+
+/// Scan a whole log image (header valid for `ino`, else None).
+pub fn scan(img: &[u8], ino: u64) -> Option<Scan> {
+    let (hino, gen) = parse_header(img)?;
+    if hino != ino {
+        return None;
+    }
+    let mut s = Scan {
+        ino,
+        gen,
+        ..Scan::default()
+    };
+    let mut pos = HEADER as usize;
+    let mut seq = 1u64;
+    let mut ops = Vec::new();
+    while pos + REC_HDR as usize <= img.len() {
+        let h = &img[pos..pos + REC_HDR as usize];
+        let u32_at = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+        let u64_at = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&h[i..i + 8]);
+            u64::from_le_bytes(b)
+        };
+        let (kind, rgen, rseq, a, b, sum) = (
+            u32_at(4),
+            u64_at(8),
+            u64_at(16),
+            u64_at(24),
+            u64_at(32),
+            u64_at(40),
+        );
+        if u32_at(0) != TAG || rgen != gen || rseq != seq {
+            break;
+        }
+        let plen = if kind == WRITE { b } else { 0 };
+        let end = match (pos as u64)
+            .checked_add(REC_HDR)
+            .and_then(|v| v.checked_add(plen))
+        {
+            Some(e) if e <= img.len() as u64 => e as usize,
+            _ => break,
+        };
+        let payload = &img[pos + REC_HDR as usize..end];
+        if hash(kind as u64, &[&h[0..40], payload]) != sum {
+            break;
+        }
+        match kind {
+            WRITE => ops.push(Op::Write {
+                off: a,
+                len: b,
+                at: pos as u64 + REC_HDR,
+            }),
+            TRUNCATE => ops.push(Op::Truncate { len: a }),
+            COMMIT => s.txns.push((core::mem::take(&mut ops), a)),
+            _ => break,
+        }
+        seq += 1;
+        pos += rec_len(plen) as usize;
+    }
+    s.tail_records = ops.len();
+    Some(s)
+}
+
+/// The writer side of a log: appends records, commits, starts generations.
+pub struct Log<M: Media> {
+    pub m: M,
+    pub ino: u64,
+    pub gen: u64,
+    /// Where the next record goes.
+    pub tail: u64,
+    /// End of the last committed (and durable) record.
+    pub committed: u64,
+    seq: u64,
+}
+
+impl<M: Media> Log<M> {
+    /// Start a fresh log on `m` (whatever it held is ignored) with a generation above
+    /// `after` (the one a scan found, or 0).
+    pub fn create(mut m: M, ino: u64, after: u64) -> Res<Log<M>> {
+        m.ensure(64 << 10)?;
+        let gen = after.wrapping_add(1).max(1);
+        let h = header_bytes(ino, gen);
+        m.store(0, &h);
+        m.flush(0, 64);
+        m.barrier()?;
+        Ok(Log {
+            m,
+            ino,
+            gen,
+            tail: HEADER,
+            committed: HEADER,
+            seq: 1,
+        })
+    }
+
+    /// Room for a record of `payload` bytes; grows the medium in steps.
+    fn room(&mut self, payload: u64) -> Res<u64> {
+        let need = self.tail.checked_add(rec_len(payload)).ok_or(Errno::FBIG)?;
+        if need > self.m.len() {
+            self.m.ensure(need.next_multiple_of(1 << 20))?;
+        }
+        Ok(self.tail)
+    }
+
+    /// Append a WRITE record with the payload read from `src`. Returns the payload's log
+    /// offset. Nothing is durable before [`Log::commit`].
+    ///
+    /// # Safety
+    /// `src` must be valid for `len` bytes or fault inside a guarded copy (EFAULT).
+    pub unsafe fn append_write(&mut self, off: u64, src: *const u8, len: usize) -> Res<u64> {
+        let at = self.room(len as u64)?;
+        // SAFETY: forwarded contract.
+        if unsafe { self.m.store_raw(at + REC_HDR, src, len) } != 0 {
+            return Err(Errno::FAULT);
+        }
+        let mut h = rec_header(WRITE, self.gen, self.seq, off, len as u64);
+        let ok = {
+            let p = self.m.ptr(at + REC_HDR, len as u64);
+            match p {
+                // SAFETY: the medium hands out a pointer to `len` stored bytes, stable until
+                // the next store (we hold `&mut self`).
+                Some(p) => {
+                    let s = unsafe { core::slice::from_raw_parts(p, len) };
+                    seal(&mut h, s);
+                    true
+                }
+                None => false,
+            }
+        };
+        if !ok {
+            let mut v = vec![0u8; len];
+            self.m.read(at + REC_HDR, &mut v);
+            seal(&mut h, &v);
+        }
+        self.m.store(at, &h);
+        self.m.flush(at, REC_HDR + len as u64);
+        self.seq += 1;
+        self.tail = at + rec_len(len as u64);
+        Ok(at + REC_HDR)
+    }
+
+    fn append_small(&mut self, kind: u32, a: u64) -> Res<()> {
+        let at = self.room(0)?;
+        let mut h = rec_header(kind, self.gen, self.seq, a, 0);
+        seal(&mut h, &[]);
+        self.m.store(at, &h);
+        self.m.flush(at, REC_HDR);
+        self.seq += 1;
+        self.tail = at + rec_len(0);
+        Ok(())
+    }
+
+    pub fn append_truncate(&mut self, len: u64) -> Res<()> {
+        self.append_small(TRUNCATE, len)
+    }
+
+    /// Append the COMMIT record and make the transaction durable (one barrier).
+    pub fn commit(&mut self, size: u64) -> Res<()> {
+        self.append_small(COMMIT, size)?;
+        self.m.barrier()?;
+        self.committed = self.tail;
+        Ok(())
+    }
+
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// New generation: every record logged so far becomes invisible. Only after the data
+    /// file holds (durably) everything committed.
+    pub fn reset(&mut self) -> Res<()> {
+        let gen = self.gen + 1;
+        self.m.store(GEN_AT, &gen.to_le_bytes());
+        self.m.flush(GEN_AT, 8);
+        self.m.barrier()?;
+        self.gen = gen;
+        self.tail = HEADER;
+        self.committed = HEADER;
+        self.seq = 1;
+        Ok(())
+    }
+}

@@ -1,0 +1,335 @@
+//! The protocol against the persistence simulator: random workloads of writes, appends,
+//! truncates and fsyncs; a crash at every fence, with no, all, and random subsets of the
+//! lines still in flight; recovery on the durable image; the result must be exactly the
+//! last committed state of a model (or, for a crash inside a commit, the state it commits).
+
+use super::core::{recover, Core};
+use super::log::Log;
+use crate::persist::sim::{SimDev, World};
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// Acceptable model states (indices into the state list) for a crash at this moment.
+type Tag = Vec<usize>;
+
+const INO: u64 = 7;
+
+struct Run {
+    states: Vec<Vec<u8>>,
+    points: Vec<crate::persist::sim::CrashPoint<Tag>>,
+    fences: u64,
+    commits: u64,
+    early: u64,
+    checkpoints: u64,
+}
+
+/// Run one random workload on the simulator, recording a crash point at every fence.
+fn workload(seed: u64, page: bool, ops: usize, bound: u64) -> Run {
+    let mut r = Rng(seed | 1);
+    let init: Vec<u8> = (0..(r.below(9000) as usize))
+        .map(|_| r.next() as u8)
+        .collect();
+    let w = World::new(vec![0usize]);
+    let ldev = World::add(&w, &[], page);
+    let ddev = World::add(&w, &init, page);
+    let mut data = SimDev {
+        w: w.clone(),
+        dev: ddev,
+        page,
+    };
+    let log = Log::create(
+        SimDev {
+            w: w.clone(),
+            dev: ldev,
+            page,
+        },
+        INO,
+        0,
+    )
+    .expect("create");
+    let mut core = Core::new(log, init.len() as u64, bound);
+    let mut states = vec![init.clone()];
+    let mut cur = init;
+    let mut committed = 0usize;
+    w.borrow_mut().capture = true;
+    for _ in 0..ops {
+        states.push(cur.clone());
+        let pending = states.len() - 1;
+        w.borrow_mut().tag = vec![committed, pending];
+        let before = core.stats.commits;
+        match r.below(10) {
+            0..=3 => {
+                let off = r.below(cur.len() as u64 + 3000) as usize;
+                let big = r.below(4) == 0;
+                let len = 1 + r.below(if big { 9000 } else { 700 }) as usize;
+                let buf: Vec<u8> = (0..len).map(|_| r.next() as u8 | 1).collect();
+                // SAFETY: our own buffer.
+                let (n, end) =
+                    unsafe { core.write(&mut data, off as u64, buf.as_ptr(), len, false) }
+                        .expect("write");
+                assert_eq!((n, end), (len, (off + len) as u64));
+                if cur.len() < off + len {
+                    cur.resize(off + len, 0);
+                }
+                cur[off..off + len].copy_from_slice(&buf);
+            }
+            4 | 5 => {
+                let len = 1 + r.below(1500) as usize;
+                let buf: Vec<u8> = (0..len).map(|_| r.next() as u8 | 1).collect();
+                // SAFETY: our own buffer.
+                let (_, end) =
+                    unsafe { core.write(&mut data, 0, buf.as_ptr(), len, true) }.expect("append");
+                assert_eq!(end as usize, cur.len() + len);
+                cur.extend_from_slice(&buf);
+            }
+            6 => {
+                let len = r.below(cur.len() as u64 + 2000) as usize;
+                core.truncate(&mut data, len as u64).expect("truncate");
+                cur.resize(len, 0);
+            }
+            _ => core.commit(&mut data).expect("commit"),
+        }
+        if core.stats.commits != before {
+            committed = pending;
+        }
+        // A commit that follows the op's logging (an fsync) commits the state after it.
+        if core.stats.commits != before && !core.dirty() {
+            states.push(cur.clone());
+            committed = states.len() - 1;
+        }
+        if r.below(3) == 0 {
+            // Reads see this process's own uncommitted writes.
+            let mut got = vec![0u8; cur.len() + 10];
+            // SAFETY: our own buffer.
+            let n = unsafe { core.read(&data, 0, got.as_mut_ptr(), got.len()) }.expect("read");
+            assert_eq!(&got[..n], &cur[..], "read-your-writes (seed {seed})");
+            let off = r.below(cur.len() as u64 + 1);
+            let mut got = vec![0u8; 777];
+            // SAFETY: our own buffer.
+            let n = unsafe { core.read(&data, off, got.as_mut_ptr(), got.len()) }.expect("read");
+            let want = &cur[off as usize..(off as usize + 777).min(cur.len())];
+            assert_eq!(&got[..n], want, "partial read at {off} (seed {seed})");
+        }
+    }
+    states.push(cur.clone());
+    let last = states.len() - 1;
+    w.borrow_mut().tag = vec![committed, last];
+    core.commit(&mut data).expect("final commit");
+    let mut g = w.borrow_mut();
+    g.tag = vec![last];
+    g.fence();
+    Run {
+        states,
+        points: core::mem::take(&mut g.points),
+        fences: g.fences,
+        commits: core.stats.commits,
+        early: core.stats.early_commits,
+        checkpoints: core.stats.checkpoints,
+    }
+}
+
+/// Recover a crash image; returns the data file's contents and the recovery's own crash
+/// points (when `capture`).
+fn recover_image(
+    img: &[Vec<u8>],
+    page: bool,
+    capture: bool,
+) -> (Vec<u8>, Vec<crate::persist::sim::CrashPoint<Tag>>) {
+    let w = World::new(vec![]);
+    let l = World::add(&w, &img[0], page);
+    let d = World::add(&w, &img[1], page);
+    w.borrow_mut().capture = capture;
+    let mut data = SimDev {
+        w: w.clone(),
+        dev: d,
+        page,
+    };
+    let (_log, rep) = recover(
+        SimDev {
+            w: w.clone(),
+            dev: l,
+            page,
+        },
+        INO,
+        &mut data,
+        1000,
+    )
+    .expect("recover");
+    let out = w.borrow().contents(d);
+    assert_eq!(rep.size, out.len() as u64);
+    let pts = core::mem::take(&mut w.borrow_mut().points);
+    (out, pts)
+}
+
+fn check_run(
+    seed: u64,
+    page: bool,
+    ops: usize,
+    bound: u64,
+    subsets: usize,
+) -> (usize, usize, usize) {
+    let run = workload(seed, page, ops, bound);
+    assert!(run.commits > 0);
+    let mut r = Rng(seed.wrapping_mul(31) | 1);
+    let (mut images, mut nested) = (0usize, 0usize);
+    for (pi, p) in run.points.iter().enumerate() {
+        let n = p.inflight.len();
+        let mut masks: Vec<Vec<bool>> = vec![vec![false; n], vec![true; n]];
+        for _ in 0..subsets {
+            masks.push((0..n).map(|_| r.below(2) == 0).collect());
+        }
+        for (mi, m) in masks.iter().enumerate() {
+            let img = p.image(|i| m[i]);
+            let nest = pi % 4 == 0 && mi >= 1;
+            let (got, rpts) = recover_image(&img, page, nest);
+            images += 1;
+            let ok = p.tag.iter().any(|&k| run.states[k] == got);
+            if !ok {
+                let sc = super::log::scan(&img[0], INO);
+                eprintln!(
+                    "scan: {:?}",
+                    sc.map(|s| (
+                        s.gen,
+                        s.txns
+                            .iter()
+                            .map(|t| (t.0.clone(), t.1))
+                            .collect::<Vec<_>>(),
+                        s.tail_records
+                    ))
+                );
+                eprintln!(
+                    "states: {:?}",
+                    run.states.iter().map(|s| s.len()).collect::<Vec<_>>()
+                );
+                eprintln!("tag {:?} data img len {}", p.tag, img[1].len());
+                for (k, st) in run.states.iter().enumerate() {
+                    if *st == got {
+                        eprintln!("matches state {k}");
+                    }
+                }
+            }
+            assert!(
+                ok,
+                "seed {seed} page {page}: crash point {pi} mask {mi}: recovered {} bytes, acceptable sizes {:?}",
+                got.len(),
+                p.tag.iter().map(|&k| run.states[k].len()).collect::<Vec<_>>()
+            );
+            // A crash during recovery is recovered too, to the same state.
+            for q in &rpts {
+                let k = q.inflight.len();
+                for mask in [
+                    vec![false; k],
+                    vec![true; k],
+                    (0..k).map(|_| r.below(2) == 0).collect(),
+                ] {
+                    let img2 = q.image(|i| mask[i]);
+                    let (again, _) = recover_image(&img2, page, false);
+                    assert_eq!(
+                        again, got,
+                        "seed {seed}: crash during recovery of point {pi}"
+                    );
+                    nested += 1;
+                }
+            }
+        }
+    }
+    assert!(run.fences as usize >= run.points.len());
+    let _ = (run.early, run.checkpoints);
+    (run.points.len(), images, nested)
+}
+
+#[test]
+fn crash_at_every_fence_cache_line() {
+    let mut tot = (0, 0, 0);
+    for seed in 1..=12u64 {
+        let (a, b, c) = check_run(seed * 7919, false, 80, 24 << 10, 4);
+        tot = (tot.0 + a, tot.1 + b, tot.2 + c);
+    }
+    eprintln!(
+        "cache-line: {} fences crashed, {} images recovered, {} crashes inside recovery",
+        tot.0, tot.1, tot.2
+    );
+    assert!(tot.0 > 200);
+}
+
+#[test]
+fn crash_at_every_fence_page() {
+    let mut tot = (0, 0, 0);
+    for seed in 1..=12u64 {
+        let (a, b, c) = check_run(seed * 104_729, true, 80, 24 << 10, 4);
+        tot = (tot.0 + a, tot.1 + b, tot.2 + c);
+    }
+    eprintln!(
+        "page: {} fences crashed, {} images recovered, {} crashes inside recovery",
+        tot.0, tot.1, tot.2
+    );
+    assert!(tot.0 > 100);
+}
+
+#[test]
+fn early_commits_and_checkpoints_happen() {
+    // A small bound forces early commits and checkpoints inside the workload: both paths
+    // are then covered by the crash tests above.
+    let run = workload(99, false, 200, 16 << 10);
+    assert!(run.checkpoints > 0, "no checkpoint");
+    assert!(run.early > 0, "no early commit");
+}
+
+#[test]
+fn uncommitted_tail_is_discarded() {
+    let w = World::new(vec![0usize]);
+    let l = World::add(&w, &[], false);
+    let d = World::add(&w, b"hello world", false);
+    let mut data = SimDev {
+        w: w.clone(),
+        dev: d,
+        page: false,
+    };
+    let log = Log::create(
+        SimDev {
+            w: w.clone(),
+            dev: l,
+            page: false,
+        },
+        INO,
+        0,
+    )
+    .unwrap();
+    let mut c = Core::new(log, 11, 1 << 20);
+    // SAFETY: our own buffers.
+    unsafe { c.write(&mut data, 0, b"HELLO".as_ptr(), 5, false) }.unwrap();
+    c.commit(&mut data).unwrap();
+    // SAFETY: our own buffers.
+    unsafe { c.write(&mut data, 6, b"WORLD!!".as_ptr(), 7, false) }.unwrap();
+    c.truncate(&mut data, 3).unwrap();
+    // Everything stored reaches the durable image (a kill -9 on the page cache).
+    let img = {
+        let g = w.borrow();
+        vec![g.contents(l), g.contents(d)]
+    };
+    let (got, _) = recover_image(&img, false, false);
+    assert_eq!(got, b"HELLO world");
+}
+
+#[test]
+fn hash_detects_a_changed_byte() {
+    let a = vec![5u8; 4096];
+    let mut b = a.clone();
+    b[4000] ^= 1;
+    assert_ne!(super::log::hash(1, &[&a]), super::log::hash(1, &[&b]));
+    assert_ne!(
+        super::log::hash(1, &[&a[..64]]),
+        super::log::hash(1, &[&a[..65]])
+    );
+}
