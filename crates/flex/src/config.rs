@@ -5,6 +5,9 @@ use std::os::unix::ffi::OsStrExt;
 
 /// Value of the opt-in open flag `O_FLEX` (octal 0100000000); never reaches the kernel.
 pub const O_FLEX: i32 = 0o100000000;
+/// Value of `O_FLEX_ATOMIC` (octal 0200000000): manage this file in failure-atomic mode;
+/// never reaches the kernel.
+pub const O_FLEX_ATOMIC: i32 = 0o200000000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum LogLevel {
@@ -31,6 +34,12 @@ pub struct Config {
     pub grow_min: u64,
     /// Disable the engine entirely (`FLEX_DISABLE=1`): everything passes through.
     pub disabled: bool,
+    /// `FLEX_MODE=atomic`: every managed file is failure-atomic (see `atomic`).
+    pub atomic: bool,
+    /// `FLEX_ATOMIC=write`: each write is its own transaction, durable when it returns.
+    pub atomic_write: bool,
+    /// `FLEX_ATOMIC_LOG`: checkpoint a file's log when it passes this size.
+    pub atomic_log: u64,
 }
 
 impl Default for Config {
@@ -44,6 +53,9 @@ impl Default for Config {
             map_cache: 16384,
             grow_min: 1 << 20,
             disabled: false,
+            atomic: false,
+            atomic_write: false,
+            atomic_log: 16 << 20,
         }
     }
 }
@@ -115,6 +127,11 @@ impl Config {
             c.grow_min = v.max(64 << 10).next_power_of_two();
         }
         c.disabled = get("FLEX_DISABLE").is_some_and(|v| v == "1");
+        c.atomic = get("FLEX_MODE").is_some_and(|v| v == "atomic");
+        c.atomic_write = get("FLEX_ATOMIC").is_some_and(|v| v == "write");
+        if let Some(v) = get("FLEX_ATOMIC_LOG").as_deref().and_then(parse_size) {
+            c.atomic_log = v.max(64 << 10);
+        }
         c
     }
 

@@ -219,9 +219,26 @@ impl Inode {
         Ok(k)
     }
 
+    /// A cached inode is reused by a new open, or the application looked at the size:
+    /// take the kernel's size, read under the size lock. (A size read before the lock may
+    /// be stale: writers of this process extend the file under the lock, and a stale size
+    /// adopted afterwards shrinks the logical size below bytes already written; a write
+    /// then "extends" the file into trailer mode and the next trim cuts off those bytes.)
+    pub fn adopt_kernel_size(&self, fd: RawFd) -> Res<u64> {
+        let _s = self.lock_size();
+        let k = sys::fstat(fd)?.st_size as u64;
+        self.adopt_size_locked(k);
+        Ok(k)
+    }
+
     /// Called at adoption when the cached inode is reused, or fresh: take the kernel's size.
     pub fn adopt_size(&self, ksize: u64) {
         let _s = self.lock_size();
+        self.adopt_size_locked(ksize);
+    }
+
+    /// Caller holds the size lock.
+    fn adopt_size_locked(&self, ksize: u64) {
         let mut m = self.map_w();
         if m.trailer && m.ksize == ksize {
             return;

@@ -26,5 +26,5 @@ pub mod stats;
 pub mod sys;
 pub mod trailer;
 
-pub use config::O_FLEX;
+pub use config::{O_FLEX, O_FLEX_ATOMIC};
 pub use persist::Granularity;

@@ -208,7 +208,8 @@ fn open_managed(
             }
         }
     } else {
-        inode.adopt_size(size);
+        // `size` was read before this process's writers were excluded: read it again.
+        let _ = inode.adopt_kernel_size(fd);
     }
     let d = Arc::new(Desc::new(
         inode,
@@ -1135,7 +1136,9 @@ pub fn fstat_fix(fd: Fd, dev: u64, ino: u64, size: &mut i64) {
     if d.inode.in_trailer_mode() {
         *size = d.inode.lsize() as i64;
     } else {
-        d.inode.adopt_size(*size as u64);
+        // Not the size just read: a writer of this process may have extended the file
+        // since (see Inode::adopt_kernel_size).
+        let _ = d.inode.adopt_kernel_size(fd);
     }
 }
 

@@ -39,6 +39,7 @@ pub struct OpenOptions {
     create: bool,
     create_new: bool,
     mode: u32,
+    atomic: bool,
 }
 
 impl Default for OpenOptions {
@@ -57,6 +58,7 @@ impl OpenOptions {
             create: false,
             create_new: false,
             mode: 0o666,
+            atomic: false,
         }
     }
     pub fn read(&mut self, v: bool) -> &mut Self {
@@ -85,6 +87,12 @@ impl OpenOptions {
     }
     pub fn mode(&mut self, mode: u32) -> &mut Self {
         self.mode = mode;
+        self
+    }
+    /// Failure-atomic mode (`O_FLEX_ATOMIC`): after a crash the file is as it was at its
+    /// last `sync_all`/`sync_data` or close.
+    pub fn atomic(&mut self, v: bool) -> &mut Self {
+        self.atomic = v;
         self
     }
 
@@ -117,7 +125,8 @@ impl OpenOptions {
         let flags = self.flags()?;
         let p = CString::new(path.as_ref().as_os_str().as_bytes())
             .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        let r = posix::open(libc::AT_FDCWD, &p, flags | flex::O_FLEX, self.mode)
+        let extra = if self.atomic { flex::O_FLEX_ATOMIC } else { 0 };
+        let r = posix::open(libc::AT_FDCWD, &p, flags | flex::O_FLEX | extra, self.mode)
             .unwrap_or_else(|| flex::sys::openat(libc::AT_FDCWD, &p, flags, self.mode));
         r.map(|fd| File { fd }).map_err(err)
     }
@@ -296,10 +305,31 @@ impl std::os::unix::fs::FileExt for File {
 
 /// Trim a file left over-allocated by a crashed writer to its exact logical size.
 /// Flex also does this at the next open. Idempotent.
+/// Failure-atomic files (`FLEX_MODE=atomic`) are first rolled forward to their last
+/// committed state from their log (see [`recover_atomic`]).
 pub fn recover<P: AsRef<Path>>(path: P) -> io::Result<Recovery> {
+    recover_atomic(path.as_ref())?;
     let p = CString::new(path.as_ref().as_os_str().as_bytes())
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     flex::trailer::recover_path(&p).map_err(err)
+}
+
+/// Replay the failure-atomic log of `path` (`.<name>.flexlog` beside it), if any: the
+/// file becomes exactly its last committed state and the log is removed. Idempotent.
+/// `Ok(None)`: no log. EBUSY: a live process has the file open in atomic mode.
+pub fn recover_atomic<P: AsRef<Path>>(path: P) -> io::Result<Option<flex::atomic::core::Replayed>> {
+    let p = CString::new(path.as_ref().as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let fd = flex::sys::openat(
+        libc::AT_FDCWD,
+        &p,
+        libc::O_RDWR | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        0,
+    )
+    .map_err(err)?;
+    let r = flex::atomic::recover_fd(libc::AT_FDCWD, &p, fd);
+    let _ = flex::sys::close(fd);
+    r.map_err(err)
 }
 
 /// Where `libflex.so` is: `FLEX_LIB`, or beside the running executable (cargo builds

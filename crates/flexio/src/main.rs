@@ -171,6 +171,21 @@ fn main() -> anyhow::Result<()> {
         Cmd::Recover { paths } => {
             let mut failed = false;
             for p in paths {
+                match flexio::recover_atomic(&p) {
+                    Ok(Some(r)) => println!(
+                        "{}: atomic log replayed: {} committed transactions, {} uncommitted records discarded, size {}",
+                        p.display(),
+                        r.txns,
+                        r.discarded,
+                        r.size
+                    ),
+                    Ok(None) => {}
+                    Err(e) => {
+                        eprintln!("{}: atomic recovery: {e}", p.display());
+                        failed = true;
+                        continue;
+                    }
+                }
                 match flexio::recover(&p) {
                     Ok(flexio::Recovery::Clean) => println!("{}: clean", p.display()),
                     Ok(flexio::Recovery::Trimmed { from, to }) => {

@@ -11,3 +11,625 @@ pub mod log;
 
 #[cfg(test)]
 mod tests;
+
+use self::core::{Core, DataDev, Replayed};
+use self::log::Media;
+use crate::engine::engine;
+use crate::fault;
+use crate::inode::Inode;
+use crate::persist::{self, Granularity};
+use crate::sys::{self, Errno, Res};
+use rustix::fd::RawFd;
+use rustix::mm::{MapFlags, ProtFlags};
+use std::ffi::{CStr, CString};
+use std::sync::atomic::{AtomicBool, Ordering::*};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Virtual address space reserved for one log mapping (costs nothing until used).
+const LOG_VIRT: usize = 1 << 30;
+
+/// The log file, mapped: stores are memory copies; on DAX (MAP_SYNC) non-temporal stores
+/// or flushes plus a fence make them durable, elsewhere `fdatasync` of the log.
+pub struct MapLog {
+    fd: RawFd,
+    base: *mut u8,
+    len: u64,
+    gran: Granularity,
+}
+
+// SAFETY: the mapping is owned by this struct and only touched under the file's mutex.
+unsafe impl Send for MapLog {}
+
+impl MapLog {
+    fn new(fd: RawFd) -> Res<MapLog> {
+        let len = sys::fstat(fd)?.st_size as u64;
+        let prot = ProtFlags::READ | ProtFlags::WRITE;
+        // SAFETY: a fresh shared mapping of our own log descriptor at an address of the
+        // kernel's choice; pages beyond the file's end are never touched (ensure grows it).
+        let (p, gran) = match unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                LOG_VIRT,
+                prot,
+                MapFlags::SHARED_VALIDATE | MapFlags::SYNC,
+                sys::bfd(fd),
+                0,
+            )
+        } {
+            Ok(p) => (p, Granularity::CacheLine),
+            // SAFETY: as above, without MAP_SYNC.
+            Err(_) => (
+                unsafe {
+                    rustix::mm::mmap(
+                        std::ptr::null_mut(),
+                        LOG_VIRT,
+                        prot,
+                        MapFlags::SHARED,
+                        sys::bfd(fd),
+                        0,
+                    )
+                }?,
+                Granularity::Page,
+            ),
+        };
+        Ok(MapLog {
+            fd,
+            base: p.cast(),
+            len,
+            gran,
+        })
+    }
+}
+
+impl Drop for MapLog {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping; nobody uses it any more.
+        let _ = unsafe { rustix::mm::munmap(self.base.cast(), LOG_VIRT) };
+        let _ = sys::close(self.fd);
+    }
+}
+
+impl Media for MapLog {
+    fn len(&self) -> u64 {
+        self.len
+    }
+    fn ensure(&mut self, len: u64) -> Res<()> {
+        if len <= self.len {
+            return Ok(());
+        }
+        if len > LOG_VIRT as u64 {
+            return Err(Errno::FBIG);
+        }
+        match rustix::fs::fallocate(
+            sys::bfd(self.fd),
+            rustix::fs::FallocateFlags::empty(),
+            self.len,
+            len - self.len,
+        ) {
+            Ok(()) | Err(Errno::OPNOTSUPP) => {}
+            Err(e) => return Err(e),
+        }
+        if sys::fstat(self.fd)?.st_size < len as i64 {
+            sys::ftruncate(self.fd, len)?;
+        }
+        if self.gran == Granularity::CacheLine {
+            // The new size is metadata: durable before the log relies on it.
+            sys::fsync(self.fd)?;
+        }
+        self.len = len;
+        Ok(())
+    }
+    fn read(&self, off: u64, buf: &mut [u8]) {
+        let n = (self.len.saturating_sub(off) as usize).min(buf.len());
+        // SAFETY: [off, off+n) lies inside the log file and its mapping.
+        unsafe { fault::copy(buf.as_mut_ptr(), self.base.add(off as usize), n) };
+    }
+    fn store(&mut self, off: u64, data: &[u8]) {
+        // SAFETY: callers store inside the log (Log::room ensured it).
+        unsafe { fault::copy(self.base.add(off as usize), data.as_ptr(), data.len()) };
+    }
+    unsafe fn store_raw(&mut self, off: u64, src: *const u8, len: usize) -> usize {
+        // SAFETY: destination inside the log; the source is the application's buffer, and
+        // a fault on it is reported as a remainder by the guarded copy.
+        unsafe {
+            match self.gran {
+                Granularity::CacheLine => fault::copy_nt(self.base.add(off as usize), src, len),
+                Granularity::Page => fault::copy(self.base.add(off as usize), src, len),
+            }
+        }
+    }
+    unsafe fn load_raw(&self, off: u64, dst: *mut u8, len: usize) -> usize {
+        // SAFETY: source inside the log; the destination is the application's buffer.
+        unsafe { fault::copy(dst, self.base.add(off as usize), len) }
+    }
+    fn ptr(&self, off: u64, len: u64) -> Option<*const u8> {
+        // SAFETY: in bounds of the mapping when the check passes.
+        (off.checked_add(len)? <= self.len)
+            .then(|| unsafe { self.base.add(off as usize) as *const u8 })
+    }
+    fn flush(&mut self, off: u64, len: u64) {
+        if self.gran == Granularity::CacheLine && len > 0 {
+            // SAFETY: inside the log mapping.
+            unsafe { fault::flush(self.base.add(off as usize), len as usize) };
+        }
+    }
+    fn barrier(&mut self) -> Res<()> {
+        match self.gran {
+            Granularity::CacheLine => {
+                persist::fence();
+                Ok(())
+            }
+            Granularity::Page => sys::fdatasync(self.fd),
+        }
+    }
+}
+
+/// The data file seen through the engine's inode (mapping or kernel path).
+pub struct InodeData<'a> {
+    pub inode: &'a Inode,
+    pub fd: RawFd,
+}
+
+impl DataDev for InodeData<'_> {
+    fn size(&self) -> Res<u64> {
+        Ok(self.inode.lsize())
+    }
+    unsafe fn read_raw(&self, off: u64, dst: *mut u8, len: usize) -> Res<usize> {
+        // SAFETY: forwarded contract.
+        unsafe { self.inode.read_at(self.fd, dst, len, off) }
+    }
+    unsafe fn write_raw(&mut self, off: u64, src: *const u8, len: usize) -> Res<()> {
+        let end = off + len as u64;
+        let bufs = [(src, len)];
+        // SAFETY: forwarded contract.
+        let (n, _) = unsafe {
+            if self.inode.is_mapped(true) && !self.inode.kernel_extends(end, false) {
+                self.inode.write_at(self.fd, &bufs, off, false)
+            } else {
+                self.inode.kernel_write(self.fd, &bufs, off, false)
+            }
+        }?;
+        if n != len {
+            return Err(Errno::NOSPC);
+        }
+        Ok(())
+    }
+    fn set_len(&mut self, len: u64) -> Res<()> {
+        let fd = self.fd;
+        self.inode
+            .set_len(Some(fd), len, || sys::ftruncate(fd, len))
+    }
+    fn sync(&mut self) -> Res<()> {
+        self.inode.sync(self.fd, true)
+    }
+}
+
+/// The data file through plain system calls (recovery without an inode: `flexio recover`).
+pub struct FdData(pub RawFd);
+
+impl DataDev for FdData {
+    fn size(&self) -> Res<u64> {
+        Ok(sys::fstat(self.0)?.st_size as u64)
+    }
+    unsafe fn read_raw(&self, off: u64, dst: *mut u8, len: usize) -> Res<usize> {
+        // SAFETY: forwarded contract.
+        unsafe { sys::pread(self.0, dst, len, off) }
+    }
+    unsafe fn write_raw(&mut self, off: u64, src: *const u8, len: usize) -> Res<()> {
+        let mut done = 0;
+        while done < len {
+            // SAFETY: forwarded contract, within the buffer.
+            let n = unsafe { sys::pwrite(self.0, src.add(done), len - done, off + done as u64) }?;
+            if n == 0 {
+                return Err(Errno::NOSPC);
+            }
+            done += n;
+        }
+        Ok(())
+    }
+    fn set_len(&mut self, len: u64) -> Res<()> {
+        sys::ftruncate(self.0, len)
+    }
+    fn sync(&mut self) -> Res<()> {
+        sys::fdatasync(self.0)
+    }
+}
+
+/// One failure-atomic file of this process.
+pub struct AtomicFile {
+    core: Mutex<Core<MapLog>>,
+    /// Absolute path of the log (unlinked when the last description closes).
+    log_path: CString,
+    log_ino: u64,
+    /// `FLEX_ATOMIC=write`: every write is its own transaction, durable when it returns.
+    per_write: bool,
+}
+
+/// The per-inode attachment point (a field of [`Inode`]): empty for ordinary files.
+#[derive(Default)]
+pub struct Slot {
+    on: AtomicBool,
+    f: Mutex<Option<Arc<AtomicFile>>>,
+}
+
+impl Slot {
+    fn lock(&self) -> MutexGuard<'_, Option<Arc<AtomicFile>>> {
+        self.f.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    /// The atomic state, if this file is in atomic mode (one relaxed load otherwise).
+    #[inline]
+    pub fn get(&self) -> Option<Arc<AtomicFile>> {
+        if !self.on.load(Acquire) {
+            return None;
+        }
+        self.lock().clone()
+    }
+    fn take(&self) -> Option<Arc<AtomicFile>> {
+        let mut g = self.lock();
+        self.on.store(false, Release);
+        g.take()
+    }
+}
+
+/// The log's path for a data file opened as `path`: `<dir>/.<name>.flexlog`.
+pub fn log_path(path: &[u8]) -> Option<CString> {
+    let (dir, name) = match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&path[..=i], &path[i + 1..]),
+        None => (&b""[..], path),
+    };
+    if name.is_empty() {
+        return None;
+    }
+    let mut v = dir.to_vec();
+    v.push(b'.');
+    v.extend_from_slice(name);
+    v.extend_from_slice(b".flexlog");
+    CString::new(v).ok()
+}
+
+fn fresh_gen() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    (t ^ (std::process::id() as u64) << 40) >> 1
+}
+
+/// Open (or create) the log of the data file `fd` and lock it. None: no log and `create`
+/// is false. EBUSY: another live process holds it.
+fn open_log(dirfd: RawFd, lpath: &CStr, data_mode: u32, create: bool) -> Res<Option<(RawFd, u64)>> {
+    for _ in 0..4 {
+        let flags = libc::O_RDWR | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        let fd = match sys::openat(dirfd, lpath, flags, 0) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) if create => {
+                match sys::openat(dirfd, lpath, flags | libc::O_CREAT | libc::O_EXCL, 0o600) {
+                    Ok(fd) => fd,
+                    Err(Errno::EXIST) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(Errno::NOENT) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let st = match sys::fstat(fd) {
+            Ok(st) => st,
+            Err(e) => {
+                let _ = sys::close(fd);
+                return Err(e);
+            }
+        };
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            let _ = sys::close(fd);
+            return Err(Errno::PERM);
+        }
+        // Never more readable than the data file.
+        let mode = data_mode & 0o666;
+        if st.st_mode & 0o7777 != mode {
+            let _ = rustix::fs::fchmod(sys::bfd(fd), rustix::fs::Mode::from_raw_mode(mode));
+        }
+        if sys::ofd_lock(fd, 0, true, true).is_err() {
+            let _ = sys::close(fd);
+            return Err(Errno::BUSY);
+        }
+        // The previous owner may have unlinked it between our open and our lock.
+        match sys::fstatat(dirfd, lpath, libc::AT_SYMLINK_NOFOLLOW) {
+            Ok(s2) if s2.st_ino == st.st_ino && s2.st_dev == st.st_dev => {
+                return Ok(Some((fd, st.st_ino)))
+            }
+            _ => {
+                let _ = sys::close(fd);
+            }
+        }
+    }
+    Err(Errno::BUSY)
+}
+
+fn unlink_log(path: &CStr, ino: u64) {
+    if sys::fstatat(libc::AT_FDCWD, path, libc::AT_SYMLINK_NOFOLLOW).is_ok_and(|s| s.st_ino == ino)
+    {
+        // SAFETY: a raw system call with a valid path string.
+        unsafe { libc::syscall(libc::SYS_unlinkat, libc::AT_FDCWD, path.as_ptr(), 0) };
+    }
+}
+
+/// Recover through a plain descriptor (read-only opens, `flexio recover`): replay the
+/// committed transactions of the log, if any, then remove the log. Ok(None): no log.
+pub fn recover_fd(dirfd: RawFd, path: &CStr, fd: RawFd) -> Res<Option<Replayed>> {
+    let Some(lpath) = log_path(path.to_bytes()) else {
+        return Ok(None);
+    };
+    let st = sys::fstat(fd)?;
+    let Some((lfd, _)) = open_log(dirfd, &lpath, st.st_mode, false)? else {
+        return Ok(None);
+    };
+    let r = (|| {
+        let m = FileLog {
+            fd: lfd,
+            len: sys::fstat(lfd)?.st_size as u64,
+        };
+        let (_log, r) = core::recover(m, st.st_ino, &mut FdData(fd), fresh_gen())?;
+        Ok(r)
+    })();
+    if r.is_ok() {
+        // SAFETY: a raw system call with a valid path string.
+        unsafe { libc::syscall(libc::SYS_unlinkat, dirfd, lpath.as_ptr(), 0) };
+    }
+    let _ = sys::close(lfd);
+    r.map(Some)
+}
+
+/// The log through plain system calls (recovery only).
+struct FileLog {
+    fd: RawFd,
+    len: u64,
+}
+
+impl Media for FileLog {
+    fn len(&self) -> u64 {
+        self.len
+    }
+    fn ensure(&mut self, len: u64) -> Res<()> {
+        if len > self.len {
+            sys::ftruncate(self.fd, len)?;
+            self.len = len;
+        }
+        Ok(())
+    }
+    fn read(&self, off: u64, buf: &mut [u8]) {
+        let mut done = 0;
+        while done < buf.len() {
+            // SAFETY: our own buffer.
+            match unsafe {
+                sys::pread(
+                    self.fd,
+                    buf[done..].as_mut_ptr(),
+                    buf.len() - done,
+                    off + done as u64,
+                )
+            } {
+                Ok(0) | Err(_) => break,
+                Ok(n) => done += n,
+            }
+        }
+    }
+    fn store(&mut self, off: u64, data: &[u8]) {
+        // SAFETY: our own buffer.
+        let _ = unsafe { sys::pwrite(self.fd, data.as_ptr(), data.len(), off) };
+    }
+    unsafe fn store_raw(&mut self, off: u64, src: *const u8, len: usize) -> usize {
+        // SAFETY: forwarded contract; the kernel checks the buffer.
+        match unsafe { sys::pwrite(self.fd, src, len, off) } {
+            Ok(n) => len - n,
+            Err(_) => len,
+        }
+    }
+    unsafe fn load_raw(&self, off: u64, dst: *mut u8, len: usize) -> usize {
+        // SAFETY: forwarded contract; the kernel checks the buffer.
+        match unsafe { sys::pread(self.fd, dst, len, off) } {
+            Ok(n) => len - n,
+            Err(_) => len,
+        }
+    }
+    fn ptr(&self, _off: u64, _len: u64) -> Option<*const u8> {
+        None
+    }
+    fn flush(&mut self, _off: u64, _len: u64) {}
+    fn barrier(&mut self) -> Res<()> {
+        sys::fdatasync(self.fd)
+    }
+}
+
+/// At open in atomic mode: find or create the file's log, recover what a crash left, and
+/// attach the atomic state to the inode. EBUSY when another process has the file in
+/// atomic mode (see docs/atomic.md).
+pub fn attach(inode: &Inode, fd: RawFd, writable: bool, dirfd: RawFd, path: &CStr) -> Res<()> {
+    let e = engine();
+    let mut slot = inode.atomic.lock();
+    if slot.is_some() {
+        return Ok(());
+    }
+    if !writable {
+        drop(slot);
+        // Readers see the last committed state: replay a crashed writer's log first.
+        return match recover_read_only(dirfd, path, fd) {
+            Ok(Some(r)) => {
+                inode.adopt_size(r.size);
+                e.stats.recoveries.fetch_add(1, Relaxed);
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(Errno::BUSY) => {
+                e.stats
+                    .fallback("atomic: reader while another process writes");
+                Ok(())
+            }
+            Err(err) => Err(err),
+        };
+    }
+    let lpath = log_path(path.to_bytes()).ok_or(Errno::INVAL)?;
+    let st = sys::fstat(fd)?;
+    let Some((lfd, lino)) = open_log(dirfd, &lpath, st.st_mode, true)? else {
+        return Err(Errno::NOENT);
+    };
+    let abs = std::fs::read_link(format!("/proc/self/fd/{lfd}"))
+        .ok()
+        .and_then(|p| CString::new(std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str())).ok())
+        .unwrap_or_else(|| lpath.clone());
+    let m = match MapLog::new(lfd) {
+        Ok(m) => m,
+        Err(err) => {
+            let _ = sys::close(lfd);
+            return Err(err);
+        }
+    };
+    let mut data = InodeData { inode, fd };
+    let (log, r) = core::recover(m, st.st_ino, &mut data, fresh_gen())?;
+    if r.txns > 0 || r.discarded > 0 {
+        e.stats.recoveries.fetch_add(1, Relaxed);
+    }
+    let core = Core::new(log, inode.lsize(), e.config.atomic_log);
+    *slot = Some(Arc::new(AtomicFile {
+        core: Mutex::new(core),
+        log_path: abs,
+        log_ino: lino,
+        per_write: e.config.atomic_write,
+    }));
+    inode.atomic.on.store(true, Release);
+    Ok(())
+}
+
+fn recover_read_only(dirfd: RawFd, path: &CStr, fd: RawFd) -> Res<Option<Replayed>> {
+    let lpath = log_path(path.to_bytes()).ok_or(Errno::INVAL)?;
+    if sys::fstatat(dirfd, &lpath, libc::AT_SYMLINK_NOFOLLOW).is_err() {
+        return Ok(None);
+    }
+    let p = CString::new(format!("/proc/self/fd/{fd}")).map_err(|_| Errno::INVAL)?;
+    let rw = sys::openat(libc::AT_FDCWD, &p, libc::O_RDWR | libc::O_CLOEXEC, 0)?;
+    let r = recover_fd(dirfd, path, rw);
+    let _ = sys::close(rw);
+    r
+}
+
+impl AtomicFile {
+    fn lock(&self) -> MutexGuard<'_, Core<MapLog>> {
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn size(&self) -> u64 {
+        self.lock().size()
+    }
+
+    /// # Safety
+    /// As the engine's read paths: buffers valid or faulting inside guarded copies.
+    pub unsafe fn read(
+        &self,
+        inode: &Inode,
+        fd: RawFd,
+        bufs: &[(*mut u8, usize)],
+        off: u64,
+    ) -> Res<usize> {
+        let c = self.lock();
+        let data = InodeData { inode, fd };
+        let mut done = 0usize;
+        for &(p, l) in bufs {
+            let l = l.min(crate::inode::MAX_RW - done);
+            // SAFETY: forwarded contract.
+            let n = match unsafe { c.read(&data, off + done as u64, p, l) } {
+                Ok(n) => n,
+                Err(err) if done == 0 => return Err(err),
+                Err(_) => break,
+            };
+            done += n;
+            if n < l {
+                break;
+            }
+        }
+        engine().stats.bytes_read.fetch_add(done as u64, Relaxed);
+        Ok(done)
+    }
+
+    /// # Safety
+    /// As the engine's write paths.
+    pub unsafe fn write(
+        &self,
+        inode: &Inode,
+        fd: RawFd,
+        bufs: &[(*const u8, usize)],
+        off: u64,
+        append: bool,
+    ) -> Res<(usize, u64)> {
+        let mut c = self.lock();
+        let mut data = InodeData { inode, fd };
+        let mut done = 0usize;
+        let mut end = off;
+        let mut first = true;
+        for &(p, l) in bufs {
+            let l = l.min(crate::inode::MAX_RW - done);
+            if l == 0 {
+                continue;
+            }
+            // SAFETY: forwarded contract.
+            match unsafe { c.write(&mut data, end, p, l, append && first) } {
+                Ok((n, e)) => {
+                    done += n;
+                    end = e;
+                }
+                Err(err) if done == 0 => return Err(err),
+                Err(_) => break,
+            }
+            first = false;
+        }
+        if self.per_write {
+            c.commit(&mut data)?;
+        }
+        engine().stats.bytes_written.fetch_add(done as u64, Relaxed);
+        Ok((done, end))
+    }
+
+    pub fn commit(&self, inode: &Inode, fd: RawFd) -> Res<()> {
+        self.lock().commit(&mut InodeData { inode, fd })
+    }
+
+    pub fn truncate(&self, inode: &Inode, fd: RawFd, len: u64) -> Res<()> {
+        let mut c = self.lock();
+        let mut data = InodeData { inode, fd };
+        c.truncate(&mut data, len)?;
+        if self.per_write {
+            c.commit(&mut data)?;
+        }
+        Ok(())
+    }
+}
+
+/// The last description of an atomic file closes (or the file goes back to the kernel):
+/// commit, checkpoint, remove the log. The file leaves atomic mode in this process.
+pub fn detach(inode: &Inode, fd: RawFd) -> Res<()> {
+    let Some(a) = inode.atomic.take() else {
+        return Ok(());
+    };
+    let mut c = a.lock();
+    let mut data = InodeData { inode, fd };
+    c.commit(&mut data)?;
+    c.checkpoint(&mut data)?;
+    let st = c.stats;
+    drop(c);
+    unlink_log(&a.log_path, a.log_ino);
+    let e = engine();
+    if st.early_commits > 0 {
+        e.stats.fallback("atomic: early commit (log full)");
+    }
+    Ok(())
+}
+
+/// Commit without leaving atomic mode (fsync hooks use `AtomicFile::commit`; this is for
+/// calls that hand the file to the kernel: mmap, sendfile, fallocate).
+pub fn commit_for_kernel(inode: &Inode, fd: RawFd) {
+    if let Some(a) = inode.atomic.get() {
+        let mut c = a.lock();
+        let mut data = InodeData { inode, fd };
+        if c.commit(&mut data).is_ok() {
+            let _ = c.checkpoint(&mut data);
+        }
+    }
+}

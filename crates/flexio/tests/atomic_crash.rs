@@ -1,0 +1,292 @@
+//! Failure-atomic mode at process level: a writer in atomic mode (random writes, appends,
+//! truncates, an fsync every few operations) is killed with SIGKILL at random moments;
+//! recovery (by `flexio::recover_atomic`, or by the next atomic open) must leave exactly
+//! the state of the last fsync the writer completed (or of the one in progress).
+//!
+//! `FLEX_CRASH_RUNS` sets the number of kills (default 50; the long run is
+//! `FLEX_CRASH_RUNS=1000 cargo test -p flexio --release --test atomic_crash`).
+
+use flexio::OpenOptions;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+enum Op {
+    Write(u64, Vec<u8>),
+    Truncate(u64),
+    Fsync,
+}
+
+/// The writer's operations, reproducible from the seed; `size` is the model's size.
+fn next_op(r: &mut Rng, i: u64, size: u64) -> Op {
+    if i % 8 == 7 {
+        return Op::Fsync;
+    }
+    match r.below(10) {
+        0..=6 => {
+            let off = r.below(size + 4096).min(512 << 10);
+            let len = 1 + r.below(8192);
+            Op::Write(off, (0..len).map(|_| r.next() as u8).collect())
+        }
+        7 | 8 => {
+            let len = 1 + r.below(4096);
+            Op::Write(size, (0..len).map(|_| r.next() as u8).collect())
+        }
+        _ => Op::Truncate(r.below(size + 1000)),
+    }
+}
+
+const COMMITS: u64 = 300;
+
+/// The model: the file's contents after each fsync (index 0: empty, before any).
+fn model(seed: u64) -> Vec<Vec<u8>> {
+    let mut r = Rng(seed | 1);
+    let mut cur: Vec<u8> = Vec::new();
+    let mut states = vec![Vec::new()];
+    let mut i = 0;
+    while (states.len() as u64) <= COMMITS + 1 {
+        match next_op(&mut r, i, cur.len() as u64) {
+            Op::Write(off, b) => {
+                let end = off as usize + b.len();
+                if cur.len() < end {
+                    cur.resize(end, 0);
+                }
+                cur[off as usize..end].copy_from_slice(&b);
+            }
+            Op::Truncate(l) => cur.resize(l as usize, 0),
+            Op::Fsync => states.push(cur.clone()),
+        }
+        i += 1;
+    }
+    states
+}
+
+/// The writer (run in a child process by `kill_9_writers_and_recover`).
+#[test]
+#[ignore = "child process of kill_9_writers_and_recover"]
+fn writer_child() {
+    let Ok(spec) = std::env::var("ATOMIC_CRASH_CHILD") else {
+        return;
+    };
+    let mut it = spec.split(':');
+    let path = it.next().unwrap().to_string();
+    let seed: u64 = it.next().unwrap().parse().unwrap();
+    let flag = it.next() == Some("flag");
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .atomic(flag)
+        .open(&path)
+        .unwrap();
+    let mut r = Rng(seed | 1);
+    let mut size = 0u64;
+    let mut commits = 0;
+    let mut i = 0;
+    while commits < COMMITS {
+        match next_op(&mut r, i, size) {
+            Op::Write(off, b) => {
+                f.write_all_at(&b, off).unwrap();
+                size = size.max(off + b.len() as u64);
+            }
+            Op::Truncate(l) => {
+                f.set_len(l).unwrap();
+                size = l;
+            }
+            Op::Fsync => {
+                f.sync_data().unwrap();
+                commits += 1;
+                println!("C {commits}");
+            }
+        }
+        i += 1;
+    }
+    // Keep the file open (uncommitted writes pending) until killed.
+    f.write_all_at(b"uncommitted", 0).unwrap();
+    std::thread::sleep(Duration::from_secs(30));
+}
+
+fn log_of(p: &Path) -> std::path::PathBuf {
+    p.with_file_name(format!(
+        ".{}.flexlog",
+        p.file_name().unwrap().to_string_lossy()
+    ))
+}
+
+#[test]
+fn kill_9_writers_and_recover() {
+    let runs: u64 = std::env::var("FLEX_CRASH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let mut rng = Rng(0x5eed_1234 ^ runs);
+    let (mut tail_states, mut replayed) = (0, 0);
+    for run in 0..runs {
+        let seed = rng.next() >> 1;
+        let path = dir.path().join(format!("f{run}"));
+        let flag = run % 2 == 0;
+        let mut cmd = Command::new(&exe);
+        cmd.args([
+            "--exact",
+            "writer_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(
+            "ATOMIC_CRASH_CHILD",
+            format!(
+                "{}:{seed}:{}",
+                path.display(),
+                if flag { "flag" } else { "env" }
+            ),
+        )
+        .env("FLEX_ATOMIC_LOG", "256k")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+        if !flag {
+            cmd.env("FLEX_MODE", "atomic");
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let target = 1 + rng.below(COMMITS + 20);
+        let mut last = 0u64;
+        let mut line = String::new();
+        while last < target.min(COMMITS) {
+            line.clear();
+            if out.read_line(&mut line).unwrap() == 0 {
+                break;
+            }
+            if let Some(k) = line.strip_prefix("C ") {
+                last = k.trim().parse().unwrap();
+            }
+        }
+        std::thread::sleep(Duration::from_micros(rng.below(3000)));
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        child.wait().unwrap();
+        let mut rest = String::new();
+        out.read_to_string(&mut rest).unwrap();
+        for l in rest.lines() {
+            if let Some(k) = l.strip_prefix("C ") {
+                last = k.trim().parse().unwrap();
+            }
+        }
+        assert!(last >= 1, "run {run}: the writer never committed");
+        let states = model(seed);
+        // Recover: by flexio::recover_atomic (twice: idempotent), or by an atomic open.
+        let got = if run % 4 < 2 {
+            let r = flexio::recover_atomic(&path).unwrap();
+            if r.is_some_and(|r| r.txns > 0) {
+                replayed += 1;
+            }
+            assert!(
+                flexio::recover_atomic(&path).unwrap().is_none(),
+                "log left after recovery"
+            );
+            std::fs::read(&path).unwrap()
+        } else {
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .atomic(true)
+                .open(&path)
+                .unwrap();
+            let n = f.len().unwrap() as usize;
+            let mut v = vec![0u8; n];
+            f.read_exact_at(&mut v, 0).unwrap();
+            drop(f);
+            assert_eq!(
+                std::fs::read(&path).unwrap(),
+                v,
+                "run {run}: file after close differs from reads"
+            );
+            v
+        };
+        assert!(!log_of(&path).exists(), "run {run}: log not removed");
+        let ok_last = got == states[last as usize];
+        let ok_next = states.get(last as usize + 1).is_some_and(|s| *s == got);
+        assert!(
+            ok_last || ok_next,
+            "run {run} seed {seed}: recovered {} bytes; last reported commit {last} has {} bytes",
+            got.len(),
+            states[last as usize].len()
+        );
+        if !ok_last {
+            tail_states += 1;
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    eprintln!("{runs} kill -9 runs verified ({replayed} replayed a log, {tail_states} ended at the in-flight fsync)");
+}
+
+/// In one process: writes stay in the log (the data file keeps its committed contents)
+/// until fsync; reads, the size and O_TRUNC see them at once; close commits and removes
+/// the log; a second atomic open of a file another description holds shares its state.
+#[test]
+fn writes_reach_the_file_only_at_commit() {
+    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+    let p = dir.path().join("a");
+    std::fs::write(&p, b"0123456789").unwrap();
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .atomic(true)
+        .open(&p)
+        .unwrap();
+    assert!(log_of(&p).exists(), "no log while open");
+    f.write_all_at(b"abc", 8).unwrap();
+    let mut b = vec![0u8; 11];
+    f.read_exact_at(&mut b, 0).unwrap();
+    assert_eq!(&b, b"01234567abc");
+    assert_eq!(f.len().unwrap(), 11);
+    assert_eq!(
+        std::fs::read(&p).unwrap(),
+        b"0123456789",
+        "uncommitted bytes reached the file"
+    );
+    f.sync_data().unwrap();
+    assert_eq!(std::fs::read(&p).unwrap(), b"01234567abc");
+    f.set_len(4).unwrap();
+    f.write_all_at(b"Z", 6).unwrap();
+    assert_eq!(f.len().unwrap(), 7);
+    let mut b = vec![9u8; 7];
+    f.read_exact_at(&mut b, 0).unwrap();
+    assert_eq!(&b, b"0123\0\0Z");
+    assert_eq!(std::fs::read(&p).unwrap(), b"01234567abc");
+    // O_TRUNC in atomic mode is a logged truncation, committed with the rest.
+    let g = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .truncate(true)
+        .atomic(true)
+        .open(&p)
+        .unwrap();
+    assert_eq!(g.len().unwrap(), 0);
+    assert_eq!(f.len().unwrap(), 0);
+    assert_eq!(std::fs::read(&p).unwrap(), b"01234567abc");
+    g.write_all_at(b"new", 0).unwrap();
+    drop(g); // a close commits
+    assert_eq!(std::fs::read(&p).unwrap(), b"new");
+    assert!(log_of(&p).exists());
+    drop(f); // the last close removes the log
+    assert!(!log_of(&p).exists(), "log left after the last close");
+    assert_eq!(std::fs::read(&p).unwrap(), b"new");
+}
