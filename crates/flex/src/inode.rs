@@ -98,6 +98,8 @@ pub struct Inode {
     pub io: AtomicU32,
     /// mmap refused (file system without mmap...): the kernel serves this file.
     nomap: AtomicBool,
+    /// Failure-atomic state (empty unless the file is open in atomic mode).
+    pub atomic: crate::atomic::Slot,
 }
 
 const MAPPED: u32 = 1;
@@ -161,6 +163,7 @@ impl Inode {
             state: AtomicU32::new(0),
             io: AtomicU32::new(0),
             nomap: AtomicBool::new(false),
+            atomic: crate::atomic::Slot::default(),
         }
     }
 

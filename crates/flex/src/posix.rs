@@ -5,7 +5,7 @@
 //! semantics. The preload library turns `Err(errno)` into `-1` + `errno`.
 
 use crate::config::LogLevel;
-use crate::config::{normalize, O_FLEX};
+use crate::config::{normalize, O_FLEX, O_FLEX_ATOMIC};
 use crate::desc::Desc;
 use crate::engine::{engine, engine_if_started, Engine};
 use crate::fault;
@@ -96,7 +96,7 @@ fn desc(fd: Fd) -> Option<Arc<Desc>> {
 
 /// Is this open for flex? Absolute or relative path under FLEX_PATHS, or O_FLEX.
 fn wants(e: &Engine, dirfd: Fd, path: &CStr, flags: i32) -> bool {
-    if flags & O_FLEX != 0 {
+    if flags & (O_FLEX | O_FLEX_ATOMIC) != 0 {
         return true;
     }
     if e.config.paths.is_empty() || e.config.disabled {
@@ -126,12 +126,25 @@ pub fn open(dirfd: Fd, path: &CStr, flags: i32, mode: u32) -> Option<Res<Fd>> {
     if !wants(e, dirfd, path, flags) {
         return None;
     }
-    let explicit = flags & O_FLEX != 0;
-    let kflags = flags & !O_FLEX;
+    let atomic = flags & O_FLEX_ATOMIC != 0 || e.config.atomic;
+    let explicit = flags & (O_FLEX | O_FLEX_ATOMIC) != 0;
+    let kflags = flags & !O_FLEX & !O_FLEX_ATOMIC;
     if e.config.disabled || kflags & (libc::O_PATH | libc::O_DIRECTORY) != 0 {
         return Some(sys::openat(dirfd, path, kflags, mode));
     }
-    Some(open_managed(e, dirfd, path, kflags, mode, explicit))
+    if atomic && kflags & libc::O_TRUNC != 0 && kflags & libc::O_ACCMODE != libc::O_RDONLY {
+        // O_TRUNC becomes a logged truncation: a crash before the next commit keeps the
+        // old contents.
+        let fd = open_managed(e, dirfd, path, kflags & !libc::O_TRUNC, mode, explicit, atomic);
+        if let Ok(fd) = fd {
+            if let Some(Err(err)) = ftruncate(fd, 0) {
+                let _ = close(fd);
+                return Some(Err(err));
+            }
+        }
+        return Some(fd);
+    }
+    Some(open_managed(e, dirfd, path, kflags, mode, explicit, atomic))
 }
 
 fn open_managed(
@@ -141,6 +154,7 @@ fn open_managed(
     kflags: i32,
     mode: u32,
     explicit: bool,
+    atomic: bool,
 ) -> Res<Fd> {
     let acc = kflags & libc::O_ACCMODE;
     // O_APPEND is emulated (the kernel descriptor must not redirect our own writes).
@@ -217,6 +231,14 @@ fn open_managed(
         kflags & !libc::O_ACCMODE & !libc::O_CLOEXEC,
         explicit,
     ));
+    if atomic {
+        if let Err(err) = crate::atomic::attach(&d.inode, fd, d.writable(), dirfd, path) {
+            e.stats.fallback("atomic: open refused (file in atomic use by another process, or log error)");
+            e.release(&d.inode);
+            let _ = sys::close(fd);
+            return Err(err);
+        }
+    }
     e.table.set(fd, d.clone());
     e.stats.served(Call::open);
     flex_log!(
@@ -266,6 +288,13 @@ fn recover_at_open(fd: Fd, size: u64, ino: u64, acc: i32, upgraded: bool) -> Res
 
 /// Forget `fd` (closing or being replaced by dup2): the description closes with its last fd.
 fn drop_fd(e: &Engine, fd: Fd, d: Arc<Desc>) {
+    if let Some(a) = d.inode.atomic.get() {
+        // Atomic mode: a close is a commit point.
+        let _ = a.commit(&d.inode, fd);
+        if d.fds.load(Acquire) == 1 && d.inode.descs.load(Acquire) == 1 {
+            let _ = crate::atomic::detach(&d.inode, fd);
+        }
+    }
     if d.fds.fetch_sub(1, AcqRel) == 1 {
         if !d.is_demoted() {
             // The kernel size is exact once a description closes.
@@ -341,6 +370,11 @@ unsafe fn do_read(
     if total == 0 {
         return Ok(0);
     }
+    if let Some(a) = d.inode.atomic.get() {
+        e.stats.served(call);
+        // SAFETY: forwarded contract.
+        return unsafe { a.read(&d.inode, fd, bufs, off) };
+    }
     if off >= FAST_LIMIT || !mapped(e, d, fd, false) {
         e.stats.passed(call);
         // SAFETY: forwarded contract.
@@ -378,6 +412,11 @@ unsafe fn do_write(
     let total: usize = bufs.iter().fold(0usize, |a, b| a.saturating_add(b.1));
     if total == 0 {
         return Ok((0, off));
+    }
+    if let Some(a) = d.inode.atomic.get() {
+        e.stats.served(call);
+        // SAFETY: forwarded contract.
+        return unsafe { a.write(&d.inode, fd, bufs, off, append) };
     }
     if !mapped(e, d, fd, true) || d.inode.kernel_extends(off.saturating_add(total as u64), append) {
         e.stats.passed(call);
@@ -804,7 +843,10 @@ pub fn lseek(fd: Fd, off: i64, whence: i32) -> Option<Res<i64>> {
     e.stats.served(Call::lseek);
     let mut pos = d.pos();
     let cur = *pos as i128;
-    let size = d.inode.lsize();
+    let size = match d.inode.atomic.get() {
+        Some(a) => a.size(),
+        None => d.inode.lsize(),
+    };
     let target: i128 = match whence {
         libc::SEEK_SET => off as i128,
         libc::SEEK_CUR => cur + off as i128,
@@ -858,6 +900,9 @@ pub fn fsync(fd: Fd, data_only: bool) -> Option<Res<()>> {
     } else {
         Call::fsync
     });
+    if let Some(a) = d.inode.atomic.get() {
+        return Some(a.commit(&d.inode, fd));
+    }
     Some(d.inode.sync(fd, data_only))
 }
 
@@ -893,6 +938,9 @@ pub fn ftruncate(fd: Fd, len: i64) -> Option<Res<()>> {
     }
     if !d.writable() {
         return Some(Err(Errno::INVAL));
+    }
+    if let Some(a) = d.inode.atomic.get() {
+        return Some(a.truncate(&d.inode, fd, len as u64));
     }
     Some(
         d.inode
@@ -1007,6 +1055,11 @@ pub fn dup2_before(old: Fd, new: Fd) {
 pub fn demote(fd: Fd, d: &Desc) {
     if d.demoted.swap(true, AcqRel) {
         return;
+    }
+    if d.inode.atomic.get().is_some() {
+        // Another image will use the file through the kernel: commit, leave atomic mode.
+        engine().stats.fallback("atomic: fork/exec hands the file to the kernel");
+        let _ = crate::atomic::detach(&d.inode, fd);
     }
     if d.is_coherent() {
         // The kernel already holds the offset (stdio and lseek moved it there, our copy is
@@ -1133,6 +1186,10 @@ pub fn fstat_fix(fd: Fd, dev: u64, ino: u64, size: &mut i64) {
         return;
     }
     engine().stats.served(Call::fstat);
+    if let Some(a) = d.inode.atomic.get() {
+        *size = a.size() as i64;
+        return;
+    }
     if d.inode.in_trailer_mode() {
         *size = d.inode.lsize() as i64;
     } else {
@@ -1152,6 +1209,7 @@ pub fn kernel_handoff(fd: Fd, uses_offset: bool, call: Call) -> Option<impl FnOn
     }
     let e = engine();
     e.stats.served(call);
+    crate::atomic::commit_for_kernel(&d.inode, fd);
     let forever = call == Call::mmap;
     let _ = d.inode.make_exact(fd, forever);
     // A coherent description keeps its offset in the kernel already.
@@ -1207,6 +1265,8 @@ pub fn at_exit() {
     e.exiting.store(true, Relaxed);
     for (fd, d) in e.table.entries() {
         if !d.is_demoted() {
+            // Exit closes every descriptor: a commit point for atomic files.
+            let _ = crate::atomic::detach(&d.inode, fd);
             let _ = d.inode.trim(fd);
         }
     }
