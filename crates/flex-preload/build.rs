@@ -3,5 +3,8 @@
 // which libflex.so exports in Rust.
 fn main() {
     println!("cargo:rerun-if-changed=csrc/variadic.c");
-    cc::Build::new().file("csrc/variadic.c").flag_if_supported("-fvisibility=default").compile("flexvariadic");
+    cc::Build::new()
+        .file("csrc/variadic.c")
+        .flag_if_supported("-fvisibility=default")
+        .compile("flexvariadic");
 }

@@ -141,9 +141,16 @@ fd_call! {
 
 /// Fortified read (`_FORTIFY_SOURCE`): the same call with a known buffer size.
 #[no_mangle]
-pub unsafe extern "C" fn __read_chk(fd: c_int, buf: *mut c_void, n: size_t, buflen: size_t) -> ssize_t {
+pub unsafe extern "C" fn __read_chk(
+    fd: c_int,
+    buf: *mut c_void,
+    n: size_t,
+    buflen: size_t,
+) -> ssize_t {
     if n > buflen {
-        if let Some(f) = real!("__read_chk": unsafe extern "C" fn(c_int, *mut c_void, size_t, size_t) -> ssize_t) {
+        if let Some(f) =
+            real!("__read_chk": unsafe extern "C" fn(c_int, *mut c_void, size_t, size_t) -> ssize_t)
+        {
             // SAFETY: libc's own checker, which reports the overflow and aborts.
             return unsafe { f(fd, buf, n, buflen) };
         }
@@ -153,9 +160,16 @@ pub unsafe extern "C" fn __read_chk(fd: c_int, buf: *mut c_void, n: size_t, bufl
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn __pread_chk(fd: c_int, buf: *mut c_void, n: size_t, off: off_t, buflen: size_t) -> ssize_t {
+pub unsafe extern "C" fn __pread_chk(
+    fd: c_int,
+    buf: *mut c_void,
+    n: size_t,
+    off: off_t,
+    buflen: size_t,
+) -> ssize_t {
     if n > buflen {
-        if let Some(f) = real!("__pread_chk": unsafe extern "C" fn(c_int, *mut c_void, size_t, off_t, size_t) -> ssize_t) {
+        if let Some(f) = real!("__pread_chk": unsafe extern "C" fn(c_int, *mut c_void, size_t, off_t, size_t) -> ssize_t)
+        {
             // SAFETY: libc's own checker, which reports the overflow and aborts.
             return unsafe { f(fd, buf, n, off, buflen) };
         }
@@ -165,7 +179,13 @@ pub unsafe extern "C" fn __pread_chk(fd: c_int, buf: *mut c_void, n: size_t, off
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn __pread64_chk(fd: c_int, buf: *mut c_void, n: size_t, off: off_t, buflen: size_t) -> ssize_t {
+pub unsafe extern "C" fn __pread64_chk(
+    fd: c_int,
+    buf: *mut c_void,
+    n: size_t,
+    off: off_t,
+    buflen: size_t,
+) -> ssize_t {
     // SAFETY: same contract.
     unsafe { __pread_chk(fd, buf, n, off, buflen) }
 }
@@ -278,7 +298,11 @@ pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
 pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
     if old == new {
         // dup2(fd, fd) checks fd and returns it.
-        return if raw!(libc::SYS_fcntl, old, libc::F_GETFD) < 0 { -1 } else { old };
+        return if raw!(libc::SYS_fcntl, old, libc::F_GETFD) < 0 {
+            -1
+        } else {
+            old
+        };
     }
     // SAFETY: same contract.
     unsafe { dup3(old, new, 0) }
@@ -320,7 +344,14 @@ pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_long) -> c_int {
 
 /// mmap of a managed file: the kernel size becomes exact (and stays so).
 #[no_mangle]
-pub unsafe extern "C" fn mmap(addr: *mut c_void, len: size_t, prot: c_int, flags: c_int, fd: c_int, off: off_t) -> *mut c_void {
+pub unsafe extern "C" fn mmap(
+    addr: *mut c_void,
+    len: size_t,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    off: off_t,
+) -> *mut c_void {
     if fd >= 0 && any() {
         hook(|| {
             if let Some(after) = posix::kernel_handoff(fd, false, engine::stats::Call::mmap) {
@@ -332,7 +363,14 @@ pub unsafe extern "C" fn mmap(addr: *mut c_void, len: size_t, prot: c_int, flags
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn mmap64(addr: *mut c_void, len: size_t, prot: c_int, flags: c_int, fd: c_int, off: off_t) -> *mut c_void {
+pub unsafe extern "C" fn mmap64(
+    addr: *mut c_void,
+    len: size_t,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    off: off_t,
+) -> *mut c_void {
     // SAFETY: same contract.
     unsafe { mmap(addr, len, prot, flags, fd, off) }
 }
@@ -363,9 +401,11 @@ fn handoff<R>(fds: &[(c_int, bool)], call: engine::stats::Call, f: impl FnOnce()
 
 #[no_mangle]
 pub unsafe extern "C" fn sendfile(out: c_int, inp: c_int, off: *mut off_t, n: size_t) -> ssize_t {
-    handoff(&[(out, true), (inp, off.is_null())], engine::stats::Call::sendfile, || {
-        raw!(libc::SYS_sendfile, out, inp, off, n) as ssize_t
-    })
+    handoff(
+        &[(out, true), (inp, off.is_null())],
+        engine::stats::Call::sendfile,
+        || raw!(libc::SYS_sendfile, out, inp, off, n) as ssize_t,
+    )
 }
 
 #[no_mangle]
@@ -383,9 +423,21 @@ pub unsafe extern "C" fn copy_file_range(
     n: size_t,
     flags: c_uint,
 ) -> ssize_t {
-    handoff(&[(inp, off_in.is_null()), (out, off_out.is_null())], engine::stats::Call::copy_file_range, || {
-        raw!(libc::SYS_copy_file_range, inp, off_in, out, off_out, n, flags) as ssize_t
-    })
+    handoff(
+        &[(inp, off_in.is_null()), (out, off_out.is_null())],
+        engine::stats::Call::copy_file_range,
+        || {
+            raw!(
+                libc::SYS_copy_file_range,
+                inp,
+                off_in,
+                out,
+                off_out,
+                n,
+                flags
+            ) as ssize_t
+        },
+    )
 }
 
 #[no_mangle]
@@ -397,7 +449,9 @@ pub unsafe extern "C" fn splice(
     n: size_t,
     flags: c_uint,
 ) -> ssize_t {
-    handoff(&[(inp, off_in.is_null()), (out, off_out.is_null())], engine::stats::Call::splice, || {
-        raw!(libc::SYS_splice, inp, off_in, out, off_out, n, flags) as ssize_t
-    })
+    handoff(
+        &[(inp, off_in.is_null()), (out, off_out.is_null())],
+        engine::stats::Call::splice,
+        || raw!(libc::SYS_splice, inp, off_in, out, off_out, n, flags) as ssize_t,
+    )
 }

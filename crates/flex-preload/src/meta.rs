@@ -68,7 +68,13 @@ fn at_fix(dirfd: c_int, p: *const c_char, st: *mut libc::stat, flags: c_int) {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn statx(dirfd: c_int, p: *const c_char, flags: c_int, mask: c_uint, stx: *mut libc::statx) -> c_int {
+pub unsafe extern "C" fn statx(
+    dirfd: c_int,
+    p: *const c_char,
+    flags: c_int,
+    mask: c_uint,
+    stx: *mut libc::statx,
+) -> c_int {
     let r = raw!(libc::SYS_statx, dirfd, p, flags, mask, stx) as c_int;
     if r == 0 && !stx.is_null() {
         // SAFETY: the kernel just filled `stx` successfully.
@@ -89,7 +95,12 @@ pub unsafe extern "C" fn statx(dirfd: c_int, p: *const c_char, flags: c_int, mas
 
 /// Run a kernel call that removes or replaces the name `path` refers to, then drop the
 /// cached mapping of the file it named.
-fn identity_call(dirfd: c_int, path: *const c_char, call: Call, f: impl FnOnce() -> c_int) -> c_int {
+fn identity_call(
+    dirfd: c_int,
+    path: *const c_char,
+    call: Call,
+    f: impl FnOnce() -> c_int,
+) -> c_int {
     let mut id = None;
     if !path.is_null() {
         // SAFETY: a non-null path from the application, NUL-terminated by contract.
@@ -110,12 +121,16 @@ fn identity_call(dirfd: c_int, path: *const c_char, call: Call, f: impl FnOnce()
 
 #[no_mangle]
 pub unsafe extern "C" fn unlink(p: *const c_char) -> c_int {
-    identity_call(libc::AT_FDCWD, p, Call::unlink, || raw!(libc::SYS_unlinkat, libc::AT_FDCWD, p, 0) as c_int)
+    identity_call(libc::AT_FDCWD, p, Call::unlink, || {
+        raw!(libc::SYS_unlinkat, libc::AT_FDCWD, p, 0) as c_int
+    })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn unlinkat(d: c_int, p: *const c_char, fl: c_int) -> c_int {
-    identity_call(d, p, Call::unlink, || raw!(libc::SYS_unlinkat, d, p, fl) as c_int)
+    identity_call(d, p, Call::unlink, || {
+        raw!(libc::SYS_unlinkat, d, p, fl) as c_int
+    })
 }
 
 #[no_mangle]
@@ -132,18 +147,40 @@ pub unsafe extern "C" fn remove(p: *const c_char) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn rename(old: *const c_char, new: *const c_char) -> c_int {
     identity_call(libc::AT_FDCWD, new, Call::rename, || {
-        raw!(libc::SYS_renameat2, libc::AT_FDCWD, old, libc::AT_FDCWD, new, 0) as c_int
+        raw!(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            old,
+            libc::AT_FDCWD,
+            new,
+            0
+        ) as c_int
     })
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn renameat(od: c_int, old: *const c_char, nd: c_int, new: *const c_char) -> c_int {
-    identity_call(nd, new, Call::rename, || raw!(libc::SYS_renameat2, od, old, nd, new, 0) as c_int)
+pub unsafe extern "C" fn renameat(
+    od: c_int,
+    old: *const c_char,
+    nd: c_int,
+    new: *const c_char,
+) -> c_int {
+    identity_call(nd, new, Call::rename, || {
+        raw!(libc::SYS_renameat2, od, old, nd, new, 0) as c_int
+    })
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn renameat2(od: c_int, old: *const c_char, nd: c_int, new: *const c_char, fl: c_uint) -> c_int {
-    identity_call(nd, new, Call::rename, || raw!(libc::SYS_renameat2, od, old, nd, new, fl) as c_int)
+pub unsafe extern "C" fn renameat2(
+    od: c_int,
+    old: *const c_char,
+    nd: c_int,
+    new: *const c_char,
+    fl: c_uint,
+) -> c_int {
+    identity_call(nd, new, Call::rename, || {
+        raw!(libc::SYS_renameat2, od, old, nd, new, fl) as c_int
+    })
 }
 
 #[no_mangle]
@@ -185,7 +222,11 @@ pub unsafe extern "C" fn fchdir(fd: c_int) -> c_int {
 /// sigaction: SIGSEGV and SIGBUS are recorded as the application's (our handler forwards
 /// faults that are not ours); every other signal goes to libc.
 #[no_mangle]
-pub unsafe extern "C" fn sigaction(sig: c_int, act: *const libc::sigaction, old: *mut libc::sigaction) -> c_int {
+pub unsafe extern "C" fn sigaction(
+    sig: c_int,
+    act: *const libc::sigaction,
+    old: *mut libc::sigaction,
+) -> c_int {
     // SAFETY: same contract as sigaction; app_sigaction passes other signals to libc.
     unsafe { engine::fault::app_sigaction(sig, act, old) }
 }

@@ -100,7 +100,12 @@ fn cookie_mode(mode: &[u8]) -> &'static CStr {
 
 /// A cookie stream over a managed descriptor.
 fn cookie_stream(fd: c_int, mode: &[u8]) -> *mut FILE {
-    let io = CookieIo { read: Some(c_read), write: Some(c_write), seek: Some(c_seek), close: Some(c_close) };
+    let io = CookieIo {
+        read: Some(c_read),
+        write: Some(c_write),
+        seek: Some(c_seek),
+        close: Some(c_close),
+    };
     // SAFETY: the cookie is the descriptor number (no allocation to leak); the functions
     // have the signatures fopencookie expects.
     let f = unsafe { fopencookie(fd as usize as *mut c_void, cookie_mode(mode).as_ptr(), io) };
@@ -123,7 +128,9 @@ fn open_stream(path: *const c_char, mode: *const c_char, real_fopen: Option<Fope
     }
     // SAFETY: non-null NUL-terminated strings from the application (fopen's contract).
     let (p, m) = unsafe { (CStr::from_ptr(path), CStr::from_ptr(mode).to_bytes()) };
-    let Some((flags, append_only)) = mode_flags(m) else { return fallback() };
+    let Some((flags, append_only)) = mode_flags(m) else {
+        return fallback();
+    };
     let Some(r) = guarded(|| engine::posix::open(libc::AT_FDCWD, p, flags, 0o666)) else {
         return fallback();
     };

@@ -137,7 +137,10 @@ impl Stats {
     }
     /// Did this process use flex at all (served or passed a managed call)?
     pub fn active(&self) -> bool {
-        self.served.iter().chain(self.passed.iter()).any(|c| c.load(Relaxed) > 0)
+        self.served
+            .iter()
+            .chain(self.passed.iter())
+            .any(|c| c.load(Relaxed) > 0)
     }
 
     /// Forget everything (a forked child starts its own account).
@@ -146,8 +149,14 @@ impl Stats {
             c.store(0, Relaxed);
         }
         for c in [
-            &self.bytes_read, &self.bytes_written, &self.maps, &self.unmaps, &self.remaps,
-            &self.grows, &self.adoptions, &self.recoveries,
+            &self.bytes_read,
+            &self.bytes_written,
+            &self.maps,
+            &self.unmaps,
+            &self.remaps,
+            &self.grows,
+            &self.adoptions,
+            &self.recoveries,
         ] {
             c.store(0, Relaxed);
         }
