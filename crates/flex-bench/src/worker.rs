@@ -74,7 +74,7 @@ pub struct WorkerArgs {
     /// Length of the warm-up in seconds (default: a fifth of --seconds, at least 20 ms).
     #[arg(long)]
     pub warmup: Option<f64>,
-    /// For append: fsync every N writes (0: never).
+    /// For append and pwrite: fsync every N writes (0: never).
     #[arg(long, default_value_t = 0)]
     pub fsync_every: u64,
     /// For smallfiles: the number of files.
@@ -165,6 +165,8 @@ fn run_worker(args: &WorkerArgs) -> anyhow::Result<WorkerResult> {
                         nblocks,
                         rng,
                         write,
+                        fsync_every: if write { args.fsync_every } else { 0 },
+                        n: 0,
                     }),
                     (None, None) => unreachable!(),
                 });
@@ -486,6 +488,8 @@ struct RandomOp {
     nblocks: u64,
     rng: XorShift,
     write: bool,
+    fsync_every: u64,
+    n: u64,
 }
 
 impl Op for RandomOp {
@@ -505,6 +509,16 @@ impl Op for RandomOp {
                 if self.write { "pwrite" } else { "pread" },
                 off,
             ));
+        }
+        if self.fsync_every > 0 {
+            self.n += 1;
+            if self.n == self.fsync_every {
+                self.n = 0;
+                // SAFETY: fsync on a descriptor we own.
+                if unsafe { libc::fsync(self.fd.0) } != 0 {
+                    return Err(io::Error::last_os_error()).context("fsync");
+                }
+            }
         }
         Ok(self.bs as u64)
     }

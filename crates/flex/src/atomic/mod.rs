@@ -483,6 +483,10 @@ pub fn attach(inode: &Inode, fd: RawFd, writable: bool, dirfd: RawFd, path: &CSt
             return Err(err);
         }
     };
+    // Committed transactions are applied through the mapping: map now (no adoption delay).
+    if !inode.nomap() && inode.map_for(fd, true).is_err() {
+        inode.set_nomap();
+    }
     let mut data = InodeData { inode, fd };
     let (log, r) = core::recover(m, st.st_ino, &mut data, fresh_gen())?;
     if r.txns > 0 || r.discarded > 0 {
