@@ -70,7 +70,9 @@ impl Engine {
             inodes: Mutex::new(Inodes::default()),
             trailer_files: AtomicI64::new(0),
             exiting: std::sync::atomic::AtomicBool::new(false),
-            pid: std::sync::atomic::AtomicU32::new(rustix::process::getpid().as_raw_nonzero().get() as u32),
+            pid: std::sync::atomic::AtomicU32::new(
+                rustix::process::getpid().as_raw_nonzero().get() as u32,
+            ),
             cwd: Mutex::new(None),
         }
     }
@@ -107,7 +109,9 @@ impl Engine {
         g.idle_since.insert(k, t);
         let mut evicted = Vec::new();
         while g.idle.len() > self.config.map_cache {
-            let Some((_, k)) = g.idle.pop_first() else { break };
+            let Some((_, k)) = g.idle.pop_first() else {
+                break;
+            };
             g.idle_since.remove(&k);
             if let Some(i) = g.map.remove(&k) {
                 evicted.push(i);

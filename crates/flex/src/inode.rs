@@ -174,7 +174,10 @@ impl Inode {
         self.map.read().unwrap_or_else(|p| p.into_inner())
     }
     fn map_w(&self) -> MapWrite<'_> {
-        MapWrite { g: self.map.write().unwrap_or_else(|p| p.into_inner()), state: &self.state }
+        MapWrite {
+            g: self.map.write().unwrap_or_else(|p| p.into_inner()),
+            state: &self.state,
+        }
     }
 
     pub fn lsize(&self) -> u64 {
@@ -305,7 +308,11 @@ impl Inode {
         }
         let base_need = need.max(m.ksize).saturating_mul(2);
         // Small files get small mappings (one mmap); large ones 2 MiB-aligned reservations.
-        let want = if base_need < HUGE { round_up(base_need.max(64 << 10), 4096) } else { round_up(base_need, HUGE) };
+        let want = if base_need < HUGE {
+            round_up(base_need.max(64 << 10), 4096)
+        } else {
+            round_up(base_need, HUGE)
+        };
         if want > isize::MAX as u64 / 2 {
             return Err(Errno::FBIG);
         }
@@ -1011,7 +1018,17 @@ mod tests {
     #[test]
     fn grow_target_is_page_aligned_and_fits_the_trailer() {
         // 5247826 once produced an unaligned size (a step of end/4 is not a power of two).
-        for end in [0, 1, 4032, 4033, 1 << 20, 3_806_912, 5_247_826, 123_456_789, 1 << 40] {
+        for end in [
+            0,
+            1,
+            4032,
+            4033,
+            1 << 20,
+            3_806_912,
+            5_247_826,
+            123_456_789,
+            1 << 40,
+        ] {
             for min in [64 << 10, 1 << 20, 1 << 30] {
                 let t = grow_target(end, min);
                 assert_eq!(t % 4096, 0, "end {end} min {min} -> {t}");

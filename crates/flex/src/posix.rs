@@ -85,7 +85,9 @@ fn verify_area(off: i64, count: usize) -> Res<()> {
 }
 
 fn iov_total<T>(b: &[(T, usize)]) -> usize {
-    b.iter().fold(0usize, |a, x| a.saturating_add(x.1)).min(MAX_RW)
+    b.iter()
+        .fold(0usize, |a, x| a.saturating_add(x.1))
+        .min(MAX_RW)
 }
 
 /// The managed description of `fd`, if any (cheap when nothing is managed).
@@ -135,7 +137,15 @@ pub fn open(dirfd: Fd, path: &CStr, flags: i32, mode: u32) -> Option<Res<Fd>> {
     if atomic && kflags & libc::O_TRUNC != 0 && kflags & libc::O_ACCMODE != libc::O_RDONLY {
         // O_TRUNC becomes a logged truncation: a crash before the next commit keeps the
         // old contents.
-        let fd = open_managed(e, dirfd, path, kflags & !libc::O_TRUNC, mode, explicit, atomic);
+        let fd = open_managed(
+            e,
+            dirfd,
+            path,
+            kflags & !libc::O_TRUNC,
+            mode,
+            explicit,
+            atomic,
+        );
         if let Ok(fd) = fd {
             if let Some(Err(err)) = ftruncate(fd, 0) {
                 let _ = close(fd);
@@ -233,7 +243,9 @@ fn open_managed(
     ));
     if atomic {
         if let Err(err) = crate::atomic::attach(&d.inode, fd, d.writable(), dirfd, path) {
-            e.stats.fallback("atomic: open refused (file in atomic use by another process, or log error)");
+            e.stats.fallback(
+                "atomic: open refused (file in atomic use by another process, or log error)",
+            );
             e.release(&d.inode);
             let _ = sys::close(fd);
             return Err(err);
@@ -256,7 +268,13 @@ fn open_managed(
 
 /// A crashed writer may have left this file over-allocated: trim it (the trailer says to
 /// what). Returns the logical size if the file was trimmed.
-fn recover_at_open(fd: Fd, size: u64, ino: u64, acc: i32, upgraded: bool) -> Result<Option<u64>, &'static str> {
+fn recover_at_open(
+    fd: Fd,
+    size: u64,
+    ino: u64,
+    acc: i32,
+    upgraded: bool,
+) -> Result<Option<u64>, &'static str> {
     match trailer::read(fd, size, ino) {
         Ok(Some(_)) => {}
         _ => return Ok(None),
@@ -418,7 +436,10 @@ unsafe fn do_write(
         // SAFETY: forwarded contract.
         return unsafe { a.write(&d.inode, fd, bufs, off, append) };
     }
-    if !mapped(e, d, fd, true) || d.inode.kernel_extends(off.saturating_add(total as u64), append) {
+    if !mapped(e, d, fd, true)
+        || d.inode
+            .kernel_extends(off.saturating_add(total as u64), append)
+    {
         e.stats.passed(call);
         // SAFETY: forwarded contract.
         return unsafe { d.inode.kernel_write(fd, bufs, off, append) };
@@ -484,7 +505,10 @@ fn iovecs(iov: *const libc::iovec, cnt: i32) -> Res<Vec<(*mut u8, usize)>> {
     if v.iter().any(|i| i.iov_len > isize::MAX as usize) {
         return Err(Errno::INVAL);
     }
-    if !v.iter().all(|i| access_ok(i.iov_base as *const u8, i.iov_len)) {
+    if !v
+        .iter()
+        .all(|i| access_ok(i.iov_base as *const u8, i.iov_len))
+    {
         return Err(Errno::FAULT);
     }
     Ok(v.into_iter()
@@ -1058,7 +1082,9 @@ pub fn demote(fd: Fd, d: &Desc) {
     }
     if d.inode.atomic.get().is_some() {
         // Another image will use the file through the kernel: commit, leave atomic mode.
-        engine().stats.fallback("atomic: fork/exec hands the file to the kernel");
+        engine()
+            .stats
+            .fallback("atomic: fork/exec hands the file to the kernel");
         let _ = crate::atomic::detach(&d.inode, fd);
     }
     if d.is_coherent() {
@@ -1092,7 +1118,10 @@ pub fn before_fork() {
 pub fn after_fork_child() {
     if let Some(e) = engine_if_started() {
         e.stats.reset();
-        e.pid.store(rustix::process::getpid().as_raw_nonzero().get() as u32, Relaxed);
+        e.pid.store(
+            rustix::process::getpid().as_raw_nonzero().get() as u32,
+            Relaxed,
+        );
     }
 }
 

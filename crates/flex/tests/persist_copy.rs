@@ -444,12 +444,16 @@ fn fault_partial_source() {
                 let left = unsafe { op.run(r[64 + d..].as_mut_ptr(), m.at(soff), len) };
                 let done = len - left;
                 assert!(left > 0, "{op:?}");
-                // rep movsb (copy of 768 bytes or more) stops exactly at the page; the
-                // short copy commits pieces of at most 64 bytes, the NT kernels pieces of
-                // at most 256 bytes after a partial head line.
-                let exact = matches!(op, Op::Copy) && len >= 768;
+                // rep movsb stops exactly at the page (copies of 768 bytes or more, or of
+                // 32 KiB or more where the AVX2 kernel is used); the short copy commits
+                // pieces of at most 64 bytes, the AVX2 copy 256-byte chunks, the NT
+                // kernels pieces of at most 256 bytes after a partial head line.
+                let avx2 = flex::persist::nt_kind() >= flex::persist::NtKind::Avx2;
+                let rep_from = if avx2 { 32 << 10 } else { 768 };
+                let exact = matches!(op, Op::Copy) && len >= rep_from;
                 let slack = match op {
                     _ if exact => 0,
+                    Op::Copy if avx2 && len >= 256 => 256,
                     Op::Copy => 64,
                     _ => 256 + 63,
                 };
