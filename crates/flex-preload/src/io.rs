@@ -221,7 +221,13 @@ pub unsafe extern "C" fn posix_fallocate64(fd: c_int, off: off_t, len: off_t) ->
 /// The flags of an open: the mode argument is read only with O_CREAT or O_TMPFILE, as libc does.
 fn open_engine(dirfd: c_int, path: *const c_char, flags: c_int, mode: mode_t) -> c_int {
     if path.is_null() {
-        return raw!(libc::SYS_openat, dirfd, path, flags & !engine::O_FLEX, mode) as c_int;
+        return raw!(
+            libc::SYS_openat,
+            dirfd,
+            path,
+            flags & !(engine::O_FLEX | engine::config::O_FLEX_ATOMIC),
+            mode
+        ) as c_int;
     }
     let needs_mode = flags & libc::O_CREAT != 0 || flags & libc::O_TMPFILE == libc::O_TMPFILE;
     let mode = if needs_mode { mode } else { 0 };
@@ -230,7 +236,13 @@ fn open_engine(dirfd: c_int, path: *const c_char, flags: c_int, mode: mode_t) ->
     if let Some(r) = guarded(|| posix::open(dirfd, p, flags, mode)) {
         return r.c();
     }
-    raw!(libc::SYS_openat, dirfd, path, flags & !engine::O_FLEX, mode) as c_int
+    raw!(
+        libc::SYS_openat,
+        dirfd,
+        path,
+        flags & !(engine::O_FLEX | engine::config::O_FLEX_ATOMIC),
+        mode
+    ) as c_int
 }
 
 /// One exported open-like call; `mode` is the first variadic argument (x86_64 passes it in
