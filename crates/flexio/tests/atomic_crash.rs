@@ -237,6 +237,24 @@ fn kill_9_writers_and_recover() {
     eprintln!("{runs} kill -9 runs verified ({replayed} replayed a log, {tail_states} ended at the in-flight fsync)");
 }
 
+/// Committed transactions reach the data file in the background (the applier thread):
+/// another reader (here the kernel path) sees them once applied. Waits for that, up to a
+/// generous deadline (a correctness check, not a timing one).
+fn applied_eventually(p: &std::path::Path, want: &[u8]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let got = std::fs::read(p).unwrap();
+        if got == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "committed bytes never reached the data file: {got:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 /// In one process: writes stay in the log (the data file keeps its committed contents)
 /// until fsync; reads, the size and O_TRUNC see them at once; close commits and removes
 /// the log; a second atomic open of a file another description holds shares its state.
@@ -263,7 +281,7 @@ fn writes_reach_the_file_only_at_commit() {
         "uncommitted bytes reached the file"
     );
     f.sync_data().unwrap();
-    assert_eq!(std::fs::read(&p).unwrap(), b"01234567abc");
+    applied_eventually(&p, b"01234567abc");
     f.set_len(4).unwrap();
     f.write_all_at(b"Z", 6).unwrap();
     assert_eq!(f.len().unwrap(), 7);
@@ -284,7 +302,7 @@ fn writes_reach_the_file_only_at_commit() {
     assert_eq!(std::fs::read(&p).unwrap(), b"01234567abc");
     g.write_all_at(b"new", 0).unwrap();
     drop(g); // a close commits
-    assert_eq!(std::fs::read(&p).unwrap(), b"new");
+    applied_eventually(&p, b"new");
     assert!(log_of(&p).exists());
     drop(f); // the last close removes the log
     assert!(!log_of(&p).exists(), "log left after the last close");

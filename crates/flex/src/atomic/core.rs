@@ -111,18 +111,87 @@ pub struct CoreStats {
     pub logged_bytes: u64,
 }
 
-/// One failure-atomic file: the log writer, the uncommitted operations and their index.
+/// One operation of a [`Batch`], its payload resolved to a pointer into the log.
+#[derive(Clone, Copy, Debug)]
+pub enum BatchOp {
+    Write { off: u64, len: u64, src: *const u8 },
+    Truncate { len: u64 },
+}
+
+/// Committed operations taken by the background applier: applied to the data file outside
+/// the file's lock (their log bytes stay unchanged until the next checkpoint, which waits
+/// for the batch), then handed back with [`Core::finish_batch`].
+#[derive(Debug)]
+pub struct Batch {
+    pub ops: Vec<BatchOp>,
+    /// Logical size after the last transaction of the batch.
+    pub size: u64,
+}
+
+// SAFETY: the pointers address log bytes that stay valid and unchanged until the batch is
+// finished (the log is reset only when no batch is in flight; its mapping never moves).
+unsafe impl Send for Batch {}
+
+impl Batch {
+    /// Apply step `i` of the batch (`i == ops.len()`: set the final size). The simulator
+    /// tests interleave these steps with foreground operations.
+    ///
+    /// # Safety
+    /// The batch comes from [`Core::take_batch`] and was not finished yet.
+    pub unsafe fn step<D: DataDev>(&self, data: &mut D, i: usize) -> Res<()> {
+        match self.ops.get(i) {
+            // SAFETY: per the contract, `src` addresses `len` unchanged log bytes.
+            Some(&BatchOp::Write { off, len, src }) => unsafe {
+                data.write_raw(off, src, len as usize)
+            },
+            Some(&BatchOp::Truncate { len }) => data.set_len(len),
+            None => {
+                if data.size()? != self.size {
+                    data.set_len(self.size)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Apply the whole batch.
+    ///
+    /// # Safety
+    /// As [`Batch::step`].
+    pub unsafe fn apply<D: DataDev>(&self, data: &mut D) -> Res<()> {
+        for i in 0..=self.ops.len() {
+            // SAFETY: forwarded contract.
+            unsafe { self.step(data, i) }?;
+        }
+        Ok(())
+    }
+}
+
+/// One failure-atomic file: the log writer, the operations not yet in the data file
+/// (committed but not applied, then uncommitted) and their index.
 pub struct Core<M: Media> {
     pub log: Log<M>,
     /// Logical size as this process sees it (uncommitted operations included).
     size: u64,
     /// Bytes of the data file at or above this read as zero unless an extent covers them
-    /// (the smallest truncation since the last commit).
+    /// (the smallest truncation among the operations not yet applied).
     base_limit: u64,
-    /// Uncommitted ranges: start -> (end, log offset of the byte at start).
+    /// Ranges not yet in the data file (committed-unapplied and uncommitted, the newest
+    /// wins): start -> (end, log offset of the byte at start).
     ext: BTreeMap<u64, (u64, u64)>,
     /// Uncommitted operations in order.
     ops: Vec<Op>,
+    /// Committed operations not yet applied to the data file, in order.
+    committed: Vec<Op>,
+    /// Logical size after the last commit.
+    committed_size: u64,
+    /// Operations at the front of `committed` being applied by a batch (0: none).
+    inflight: usize,
+    /// Batches finished (a background checkpoint checks none finished during its sync).
+    pub applied: u64,
+    /// Commit only logs; applying and checkpointing are left to [`Core::take_batch`] and
+    /// [`Core::checkpoint`] (the background applier). False: commit applies inline.
+    pub background: bool,
     /// Checkpoint when the log passes this many bytes.
     pub bound: u64,
     pub stats: CoreStats,
@@ -139,6 +208,11 @@ impl<M: Media> Core<M> {
             base_limit: u64::MAX,
             ext: BTreeMap::new(),
             ops: Vec::new(),
+            committed: Vec::new(),
+            committed_size: size,
+            inflight: 0,
+            applied: 0,
+            background: false,
             bound,
             stats: CoreStats::default(),
             broken: false,
@@ -149,8 +223,112 @@ impl<M: Media> Core<M> {
         self.size
     }
 
+    /// Uncommitted operations exist.
     pub fn dirty(&self) -> bool {
         !self.ops.is_empty()
+    }
+
+    /// Committed operations are not yet applied to the data file.
+    pub fn unapplied(&self) -> bool {
+        !self.committed.is_empty()
+    }
+
+    /// A batch is being applied outside the lock.
+    pub fn inflight(&self) -> bool {
+        self.inflight > 0
+    }
+
+    /// Logging `payload` bytes would make room (early commit and checkpoint), which needs
+    /// the in-flight batch finished.
+    pub fn needs_room(&self, payload: u64) -> bool {
+        self.log.tail + log::rec_len(payload) + log::rec_len(0) * 2 > self.bound
+            && self.log.tail != log::HEADER
+    }
+
+    /// The log passed half its bound: checkpoint at this commit (the foreground does it,
+    /// after the in-flight batch finished, so the log stays bounded).
+    pub fn wants_checkpoint(&self) -> bool {
+        self.log.tail >= self.bound / 2
+    }
+
+    /// A background checkpoint is worth it: nothing pending, the log passed a quarter.
+    pub fn idle_checkpoint(&self) -> bool {
+        self.ops.is_empty()
+            && self.committed.is_empty()
+            && self.inflight == 0
+            && self.log.tail > log::HEADER
+            && self.log.tail >= self.bound / 4
+    }
+
+    /// Take the committed operations not yet applied as a batch (None: nothing to do or a
+    /// batch already in flight).
+    pub fn take_batch(&mut self) -> Option<Batch> {
+        if self.inflight > 0 || self.committed.is_empty() || self.broken {
+            return None;
+        }
+        let mut ops = Vec::with_capacity(self.committed.len());
+        for op in &self.committed {
+            ops.push(match *op {
+                Op::Write { off, len, at } => BatchOp::Write {
+                    off,
+                    len,
+                    src: self.log.m.ptr(at, len)?,
+                },
+                Op::Truncate { len } => BatchOp::Truncate { len },
+            });
+        }
+        self.inflight = self.committed.len();
+        Some(Batch {
+            ops,
+            size: self.committed_size,
+        })
+    }
+
+    /// A batch was applied (or failed: the file refuses IO until recovery repairs it).
+    pub fn finish_batch(&mut self, b: Batch, r: Res<()>) {
+        let n = self.inflight.min(b.ops.len()).min(self.committed.len());
+        self.inflight = 0;
+        if r.is_err() {
+            self.broken = true;
+            return;
+        }
+        self.committed.drain(..n);
+        self.applied += 1;
+        self.reindex();
+    }
+
+    /// Rebuild the index from the operations not yet applied.
+    fn reindex(&mut self) {
+        self.ext.clear();
+        self.base_limit = u64::MAX;
+        let ops: Vec<Op> = self.committed.iter().chain(&self.ops).copied().collect();
+        for op in ops {
+            match op {
+                Op::Write { off, len, at } => self.index(off, off + len, Some(at)),
+                Op::Truncate { len } => {
+                    self.index(len, u64::MAX, None);
+                    self.base_limit = self.base_limit.min(len);
+                }
+            }
+        }
+    }
+
+    /// Background checkpoint, second half: the data file was synced while `applied` was
+    /// `epoch`; start a new generation if still nothing is pending and no batch finished
+    /// since (everything committed was then in the synced data file).
+    pub fn reset_after_sync(&mut self, epoch: u64) -> Res<bool> {
+        self.check()?;
+        if self.applied != epoch
+            || !self.ops.is_empty()
+            || !self.committed.is_empty()
+            || self.inflight > 0
+            || self.log.tail == log::HEADER
+        {
+            return Ok(false);
+        }
+        self.log.reset()?;
+        self.stats.checkpoints += 1;
+        Ok(true)
     }
 
     fn check(&self) -> Res<()> {
@@ -165,16 +343,16 @@ impl<M: Media> Core<M> {
     /// pending (an early commit: atomicity is kept, the commit point moves earlier) and
     /// checkpoint, so the log restarts empty.
     fn make_room<D: DataDev>(&mut self, data: &mut D, payload: u64) -> Res<()> {
-        if self.log.tail + log::rec_len(payload) + log::rec_len(0) * 2 <= self.bound
-            || self.log.tail == log::HEADER
-        {
+        // With a batch in flight the caller waits for it first; if it did not, the log
+        // grows past its bound rather than reset under the batch.
+        if !self.needs_room(payload) || self.inflight > 0 {
             return Ok(());
         }
         if self.dirty() {
             self.stats.early_commits += 1;
             self.commit(data)?;
         }
-        if self.log.tail > log::HEADER {
+        if self.log.tail > log::HEADER && self.inflight == 0 {
             self.checkpoint(data)?;
         }
         Ok(())
@@ -303,8 +481,10 @@ impl<M: Media> Core<M> {
         Ok(n)
     }
 
-    /// fsync: make everything logged durable as one transaction, then apply it to the data
-    /// file (not synced: the log holds it until the next checkpoint).
+    /// fsync: make everything logged durable as one transaction. Inline mode then applies
+    /// it to the data file (not synced: the log holds it until the next checkpoint) and
+    /// checkpoints past half the bound; background mode leaves both to the applier and
+    /// the caller ([`Core::wants_checkpoint`]).
     pub fn commit<D: DataDev>(&mut self, data: &mut D) -> Res<()> {
         self.check()?;
         if self.ops.is_empty() {
@@ -313,47 +493,44 @@ impl<M: Media> Core<M> {
         self.log.commit(self.size)?;
         self.stats.commits += 1;
         let ops = core::mem::take(&mut self.ops);
-        let r = self.apply(data, &ops);
-        self.ext.clear();
-        self.base_limit = u64::MAX;
-        if let Err(e) = r {
-            self.broken = true;
-            return Err(e);
+        self.committed.extend(ops);
+        self.committed_size = self.size;
+        if self.background {
+            return Ok(());
         }
-        if self.log.tail >= self.bound / 2 {
+        self.apply_all(data)?;
+        if self.wants_checkpoint() {
             self.checkpoint(data)?;
         }
         Ok(())
     }
 
-    fn apply<D: DataDev>(&mut self, data: &mut D, ops: &[Op]) -> Res<()> {
-        for op in ops {
-            match *op {
-                Op::Write { off, len, at } => {
-                    let Some(p) = self.log.m.ptr(at, len) else {
-                        return Err(Errno::IO);
-                    };
-                    // SAFETY: the medium's pointer to `len` logged bytes.
-                    unsafe { data.write_raw(off, p, len as usize) }?;
-                }
-                Op::Truncate { len } => data.set_len(len)?,
-            }
+    /// Apply every committed operation now, on this thread (no batch may be in flight).
+    pub fn apply_all<D: DataDev>(&mut self, data: &mut D) -> Res<()> {
+        self.check()?;
+        if self.inflight > 0 {
+            return Err(Errno::BUSY);
         }
-        if data.size()? != self.size {
-            data.set_len(self.size)?;
-        }
-        Ok(())
+        let Some(b) = self.take_batch() else {
+            return Ok(());
+        };
+        // SAFETY: a batch just taken, finished right after.
+        let r = unsafe { b.apply(data) };
+        self.finish_batch(b, r);
+        r
     }
 
-    /// Sync the data file, then start a new log generation. Only with nothing pending.
+    /// Apply what is committed, sync the data file, then start a new log generation. Only
+    /// with nothing uncommitted and no batch in flight.
     pub fn checkpoint<D: DataDev>(&mut self, data: &mut D) -> Res<()> {
         self.check()?;
-        if self.dirty() {
+        if self.dirty() || self.inflight > 0 {
             return Err(Errno::BUSY);
         }
         if self.log.tail == log::HEADER {
             return Ok(());
         }
+        self.apply_all(data)?;
         data.sync()?;
         self.log.reset()?;
         self.stats.checkpoints += 1;

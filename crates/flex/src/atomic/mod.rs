@@ -21,9 +21,10 @@ use crate::persist::{self, Granularity};
 use crate::sys::{self, Errno, Res};
 use rustix::fd::RawFd;
 use rustix::mm::{MapFlags, ProtFlags};
+use std::collections::VecDeque;
 use std::ffi::{CStr, CString};
-use std::sync::atomic::{AtomicBool, Ordering::*};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering::*};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 
 /// Virtual address space reserved for one log mapping (costs nothing until used).
 const LOG_VIRT: usize = 1 << 30;
@@ -238,6 +239,16 @@ impl DataDev for FdData {
 /// One failure-atomic file of this process.
 pub struct AtomicFile {
     core: Mutex<Core<MapLog>>,
+    /// Signalled when a batch finishes (the foreground waits for it before checkpoints).
+    idle: Condvar,
+    /// The inode, for the background applier.
+    inode: Weak<Inode>,
+    /// A private duplicate of the data descriptor (the application may close its own).
+    dfd: RawFd,
+    /// Queued for the background applier (set by commits, cleared when it starts).
+    queued: AtomicBool,
+    /// Detached: the applier leaves it alone.
+    gone: AtomicBool,
     /// Absolute path of the log (unlinked when the last description closes).
     log_path: CString,
     log_ino: u64,
@@ -443,7 +454,7 @@ impl Media for FileLog {
 /// At open in atomic mode: find or create the file's log, recover what a crash left, and
 /// attach the atomic state to the inode. EBUSY when another process has the file in
 /// atomic mode (see docs/atomic.md).
-pub fn attach(inode: &Inode, fd: RawFd, writable: bool, dirfd: RawFd, path: &CStr) -> Res<()> {
+pub fn attach(inode: &Arc<Inode>, fd: RawFd, writable: bool, dirfd: RawFd, path: &CStr) -> Res<()> {
     let e = engine();
     let mut slot = inode.atomic.lock();
     if slot.is_some() {
@@ -492,9 +503,18 @@ pub fn attach(inode: &Inode, fd: RawFd, writable: bool, dirfd: RawFd, path: &CSt
     if r.txns > 0 || r.discarded > 0 {
         e.stats.recoveries.fetch_add(1, Relaxed);
     }
-    let core = Core::new(log, inode.lsize(), e.config.atomic_log);
+    let mut core = Core::new(log, inode.lsize(), e.config.atomic_log);
+    // Background applying needs a private descriptor and the applier thread; without
+    // them commits apply inline.
+    let dfd = sys::fcntl_int(fd, libc::F_DUPFD_CLOEXEC, 0).unwrap_or(-1);
+    core.background = dfd >= 0 && worker().is_some();
     *slot = Some(Arc::new(AtomicFile {
         core: Mutex::new(core),
+        idle: Condvar::new(),
+        inode: Arc::downgrade(inode),
+        dfd,
+        queued: AtomicBool::new(false),
+        gone: AtomicBool::new(false),
         log_path: abs,
         log_ino: lino,
         per_write: e.config.atomic_write,
@@ -556,7 +576,7 @@ impl AtomicFile {
     /// # Safety
     /// As the engine's write paths.
     pub unsafe fn write(
-        &self,
+        self: &Arc<Self>,
         inode: &Inode,
         fd: RawFd,
         bufs: &[(*const u8, usize)],
@@ -565,6 +585,10 @@ impl AtomicFile {
     ) -> Res<(usize, u64)> {
         let mut c = self.lock();
         let mut data = InodeData { inode, fd };
+        let total = bufs.iter().fold(0u64, |a, b| a.saturating_add(b.1 as u64));
+        if c.inflight() && c.needs_room(total) {
+            c = self.quiet(c);
+        }
         let mut done = 0usize;
         let mut end = off;
         let mut first = true;
@@ -584,25 +608,199 @@ impl AtomicFile {
             }
             first = false;
         }
-        if self.per_write {
-            c.commit(&mut data)?;
-        }
         engine().stats.bytes_written.fetch_add(done as u64, Relaxed);
+        if self.per_write {
+            self.commit_locked(c, &mut data)?;
+        }
         Ok((done, end))
     }
 
-    pub fn commit(&self, inode: &Inode, fd: RawFd) -> Res<()> {
-        self.lock().commit(&mut InodeData { inode, fd })
+    /// fsync/fdatasync/close: commit; the applier applies it in the background. Past half
+    /// the log's bound the foreground checkpoints (after the batch in flight), so the log
+    /// and the fsync latency stay bounded.
+    pub fn commit(self: &Arc<Self>, inode: &Inode, fd: RawFd) -> Res<()> {
+        let c = self.lock();
+        self.commit_locked(c, &mut InodeData { inode, fd })
     }
 
-    pub fn truncate(&self, inode: &Inode, fd: RawFd, len: u64) -> Res<()> {
+    fn commit_locked(
+        self: &Arc<Self>,
+        mut c: MutexGuard<'_, Core<MapLog>>,
+        data: &mut InodeData<'_>,
+    ) -> Res<()> {
+        c.commit(data)?;
+        if !c.background || !c.unapplied() {
+            return Ok(());
+        }
+        if c.wants_checkpoint() {
+            let mut c = self.quiet(c);
+            return c.checkpoint(data);
+        }
+        drop(c);
+        self.kick();
+        Ok(())
+    }
+
+    /// Wait until no batch is in flight (the applier finishes it and signals).
+    fn quiet<'a>(&'a self, mut c: MutexGuard<'a, Core<MapLog>>) -> MutexGuard<'a, Core<MapLog>> {
+        while c.inflight() {
+            c = self.idle.wait(c).unwrap_or_else(|p| p.into_inner());
+        }
+        c
+    }
+
+    /// Hand the file to the background applier.
+    fn kick(self: &Arc<Self>) {
+        if self.queued.swap(true, AcqRel) {
+            return;
+        }
+        match worker() {
+            Some(w) => w.push(self.clone()),
+            None => {
+                // No applier (thread creation failed): apply here.
+                self.queued.store(false, Release);
+                if let Some(inode) = self.inode.upgrade() {
+                    let mut c = self.lock();
+                    let _ = c.apply_all(&mut InodeData {
+                        inode: &inode,
+                        fd: self.dfd,
+                    });
+                }
+            }
+        }
+    }
+
+    /// The applier's work on this file: apply batches outside the lock until none is
+    /// left, then checkpoint if the file is idle and its log passed a quarter.
+    fn background(&self) {
+        self.queued.store(false, Release);
+        let Some(inode) = self.inode.upgrade() else {
+            return;
+        };
+        let mut data = InodeData {
+            inode: &inode,
+            fd: self.dfd,
+        };
+        loop {
+            let b = {
+                let mut c = self.lock();
+                if self.gone.load(Acquire) {
+                    return;
+                }
+                match c.take_batch() {
+                    Some(b) => b,
+                    None => break,
+                }
+            };
+            // SAFETY: a batch just taken, finished right below.
+            let r = unsafe { b.apply(&mut data) };
+            self.lock().finish_batch(b, r);
+            self.idle.notify_all();
+            if r.is_err() {
+                return;
+            }
+        }
+        let epoch = {
+            let c = self.lock();
+            if self.gone.load(Acquire) || !c.idle_checkpoint() {
+                return;
+            }
+            c.applied
+        };
+        // Sync outside the lock; reset only if nothing was applied meanwhile.
+        if data.sync().is_ok() {
+            let _ = self.lock().reset_after_sync(epoch);
+        }
+    }
+
+    pub fn truncate(self: &Arc<Self>, inode: &Inode, fd: RawFd, len: u64) -> Res<()> {
         let mut c = self.lock();
         let mut data = InodeData { inode, fd };
+        if c.inflight() && c.needs_room(0) {
+            c = self.quiet(c);
+        }
         c.truncate(&mut data, len)?;
         if self.per_write {
-            c.commit(&mut data)?;
+            return self.commit_locked(c, &mut data);
         }
         Ok(())
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if self.dfd >= 0 {
+            let _ = sys::close(self.dfd);
+        }
+    }
+}
+
+/// The per-process background applier: one thread, created at the first background
+/// commit, sleeping on a condvar while no file has committed work (an idle process costs
+/// nothing). A forked child gets its own at its first commit (threads do not survive
+/// fork; the parent's queue, possibly locked at the fork, is abandoned).
+struct Worker {
+    pid: u32,
+    q: Mutex<VecDeque<Arc<AtomicFile>>>,
+    cv: Condvar,
+}
+
+static WORKER: AtomicPtr<Worker> = AtomicPtr::new(std::ptr::null_mut());
+static WORKER_INIT: Mutex<()> = Mutex::new(());
+
+fn worker() -> Option<&'static Worker> {
+    let pid = std::process::id();
+    let p = WORKER.load(Acquire);
+    // SAFETY: a published worker is leaked, never freed.
+    if let Some(w) = unsafe { p.as_ref() } {
+        if w.pid == pid {
+            return Some(w);
+        }
+    }
+    let _g = WORKER_INIT.lock().unwrap_or_else(|p| p.into_inner());
+    let p = WORKER.load(Acquire);
+    // SAFETY: as above.
+    if let Some(w) = unsafe { p.as_ref() } {
+        if w.pid == pid {
+            return Some(w);
+        }
+    }
+    let w: &'static Worker = Box::leak(Box::new(Worker {
+        pid,
+        q: Mutex::new(VecDeque::new()),
+        cv: Condvar::new(),
+    }));
+    std::thread::Builder::new()
+        .name("flex-atomic".into())
+        .stack_size(256 << 10)
+        .spawn(move || w.run())
+        .ok()?;
+    WORKER.store(w as *const Worker as *mut Worker, Release);
+    Some(w)
+}
+
+impl Worker {
+    fn push(&self, f: Arc<AtomicFile>) {
+        self.q
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(f);
+        self.cv.notify_one();
+    }
+
+    fn run(&self) {
+        loop {
+            let f = {
+                let mut q = self.q.lock().unwrap_or_else(|p| p.into_inner());
+                loop {
+                    if let Some(f) = q.pop_front() {
+                        break f;
+                    }
+                    q = self.cv.wait(q).unwrap_or_else(|p| p.into_inner());
+                }
+            };
+            f.background();
+        }
     }
 }
 
@@ -612,7 +810,9 @@ pub fn detach(inode: &Inode, fd: RawFd) -> Res<()> {
     let Some(a) = inode.atomic.take() else {
         return Ok(());
     };
-    let mut c = a.lock();
+    let c = a.lock();
+    let mut c = a.quiet(c);
+    a.gone.store(true, Release);
     let mut data = InodeData { inode, fd };
     c.commit(&mut data)?;
     c.checkpoint(&mut data)?;
@@ -630,7 +830,8 @@ pub fn detach(inode: &Inode, fd: RawFd) -> Res<()> {
 /// calls that hand the file to the kernel: mmap, sendfile, fallocate).
 pub fn commit_for_kernel(inode: &Inode, fd: RawFd) {
     if let Some(a) = inode.atomic.get() {
-        let mut c = a.lock();
+        let c = a.lock();
+        let mut c = a.quiet(c);
         let mut data = InodeData { inode, fd };
         if c.commit(&mut data).is_ok() {
             let _ = c.checkpoint(&mut data);

@@ -3,7 +3,7 @@
 //! lines still in flight; recovery on the durable image; the result must be exactly the
 //! last committed state of a model (or, for a crash inside a commit, the state it commits).
 
-use super::core::{recover, Core};
+use super::core::{recover, Batch, Core};
 use super::log::Log;
 use crate::persist::sim::{SimDev, World};
 
@@ -34,8 +34,99 @@ struct Run {
     checkpoints: u64,
 }
 
+/// The background applier, simulated: a batch taken from the core and the next step to
+/// apply, interleaved with the foreground operations at random.
+struct Bg {
+    batch: Option<(Batch, usize)>,
+    /// A background checkpoint synced the data file at this epoch; its reset is pending.
+    synced: Option<u64>,
+    batches: u64,
+    resets: u64,
+}
+
+impl Bg {
+    /// Finish the batch in flight (the foreground waits for it).
+    fn drain<D: super::core::DataDev>(&mut self, core: &mut Core<SimDev<Tag>>, data: &mut D) {
+        if let Some((b, i)) = self.batch.take() {
+            for k in i..=b.ops.len() {
+                // SAFETY: a batch taken and not finished.
+                unsafe { b.step(data, k) }.expect("apply step");
+            }
+            core.finish_batch(b, Ok(()));
+            self.batches += 1;
+        }
+    }
+
+    /// One random move of the applier.
+    fn act<D: super::core::DataDev>(
+        &mut self,
+        r: &mut Rng,
+        core: &mut Core<SimDev<Tag>>,
+        data: &mut D,
+    ) {
+        match r.below(5) {
+            0 => {
+                if self.batch.is_none() {
+                    self.batch = core.take_batch().map(|b| (b, 0));
+                }
+            }
+            1 | 2 => {
+                let done = match &mut self.batch {
+                    Some((b, i)) => {
+                        let end = (*i + 1 + r.below(3) as usize).min(b.ops.len() + 1);
+                        for k in *i..end {
+                            // SAFETY: a batch taken and not finished.
+                            unsafe { b.step(data, k) }.expect("apply step");
+                        }
+                        *i = end;
+                        end > b.ops.len()
+                    }
+                    None => false,
+                };
+                if done {
+                    if let Some((b, _)) = self.batch.take() {
+                        core.finish_batch(b, Ok(()));
+                        self.batches += 1;
+                    }
+                }
+            }
+            3 => {
+                if self.batch.is_none() && self.synced.is_none() && core.idle_checkpoint() {
+                    data.sync().expect("sync");
+                    self.synced = Some(core.applied);
+                    if r.below(2) == 0 {
+                        // The reset right after the sync (else after later foreground ops).
+                        self.act_reset(core);
+                    }
+                }
+            }
+            _ => {
+                // Often late: foreground operations (commits, applied batches) come
+                // between the sync and the reset, which must then refuse.
+                if r.below(4) == 0 {
+                    self.act_reset(core);
+                }
+            }
+        }
+    }
+
+    fn act_reset(&mut self, core: &mut Core<SimDev<Tag>>) {
+        if let Some(epoch) = self.synced.take() {
+            if core.reset_after_sync(epoch).expect("reset") {
+                self.resets += 1;
+            }
+        }
+    }
+}
+
 /// Run one random workload on the simulator, recording a crash point at every fence.
 fn workload(seed: u64, page: bool, ops: usize, bound: u64) -> Run {
+    workload_mode(seed, page, ops, bound, false).0
+}
+
+/// `bg`: commits only log; a simulated background applier applies batches step by step
+/// and checkpoints idle files, interleaved at random with the foreground.
+fn workload_mode(seed: u64, page: bool, ops: usize, bound: u64, bg: bool) -> (Run, u64, u64) {
     let mut r = Rng(seed | 1);
     let init: Vec<u8> = (0..(r.below(9000) as usize))
         .map(|_| r.next() as u8)
@@ -59,6 +150,13 @@ fn workload(seed: u64, page: bool, ops: usize, bound: u64) -> Run {
     )
     .expect("create");
     let mut core = Core::new(log, init.len() as u64, bound);
+    core.background = bg;
+    let mut app = Bg {
+        batch: None,
+        synced: None,
+        batches: 0,
+        resets: 0,
+    };
     let mut states = vec![init.clone()];
     let mut cur = init;
     let mut committed = 0usize;
@@ -74,6 +172,9 @@ fn workload(seed: u64, page: bool, ops: usize, bound: u64) -> Run {
                 let big = r.below(4) == 0;
                 let len = 1 + r.below(if big { 9000 } else { 700 }) as usize;
                 let buf: Vec<u8> = (0..len).map(|_| r.next() as u8 | 1).collect();
+                if core.inflight() && core.needs_room(len as u64) {
+                    app.drain(&mut core, &mut data);
+                }
                 // SAFETY: our own buffer.
                 let (n, end) =
                     unsafe { core.write(&mut data, off as u64, buf.as_ptr(), len, false) }
@@ -87,6 +188,9 @@ fn workload(seed: u64, page: bool, ops: usize, bound: u64) -> Run {
             4 | 5 => {
                 let len = 1 + r.below(1500) as usize;
                 let buf: Vec<u8> = (0..len).map(|_| r.next() as u8 | 1).collect();
+                if core.inflight() && core.needs_room(len as u64) {
+                    app.drain(&mut core, &mut data);
+                }
                 // SAFETY: our own buffer.
                 let (_, end) =
                     unsafe { core.write(&mut data, 0, buf.as_ptr(), len, true) }.expect("append");
@@ -95,10 +199,25 @@ fn workload(seed: u64, page: bool, ops: usize, bound: u64) -> Run {
             }
             6 => {
                 let len = r.below(cur.len() as u64 + 2000) as usize;
+                if core.inflight() && core.needs_room(0) {
+                    app.drain(&mut core, &mut data);
+                }
                 core.truncate(&mut data, len as u64).expect("truncate");
                 cur.resize(len, 0);
             }
-            _ => core.commit(&mut data).expect("commit"),
+            _ => {
+                core.commit(&mut data).expect("commit");
+                if bg && core.wants_checkpoint() {
+                    // The foreground checkpoints past half the bound, after the batch.
+                    app.drain(&mut core, &mut data);
+                    core.checkpoint(&mut data).expect("checkpoint");
+                }
+            }
+        }
+        if bg {
+            for _ in 0..r.below(5) {
+                app.act(&mut r, &mut core, &mut data);
+            }
         }
         if core.stats.commits != before {
             committed = pending;
@@ -126,17 +245,37 @@ fn workload(seed: u64, page: bool, ops: usize, bound: u64) -> Run {
     let last = states.len() - 1;
     w.borrow_mut().tag = vec![committed, last];
     core.commit(&mut data).expect("final commit");
+    if bg {
+        // Close: the foreground waits for the batch, applies the rest and checkpoints.
+        app.drain(&mut core, &mut data);
+        w.borrow_mut().tag = vec![last];
+        core.checkpoint(&mut data).expect("close checkpoint");
+        let mut got = vec![0u8; cur.len() + 1];
+        // SAFETY: our own buffer.
+        let n = unsafe { core.read(&data, 0, got.as_mut_ptr(), got.len()) }.expect("read");
+        assert_eq!(
+            &got[..n],
+            &cur[..],
+            "read after close checkpoint (seed {seed})"
+        );
+        assert_eq!(
+            w.borrow().contents(ddev),
+            cur,
+            "data file at close (seed {seed})"
+        );
+    }
     let mut g = w.borrow_mut();
     g.tag = vec![last];
     g.fence();
-    Run {
+    let run = Run {
         states,
         points: core::mem::take(&mut g.points),
         fences: g.fences,
         commits: core.stats.commits,
         early: core.stats.early_commits,
         checkpoints: core.stats.checkpoints,
-    }
+    };
+    (run, app.batches, app.resets)
 }
 
 /// Recover a crash image; returns the data file's contents and the recovery's own crash
@@ -179,7 +318,18 @@ fn check_run(
     bound: u64,
     subsets: usize,
 ) -> (usize, usize, usize) {
-    let run = workload(seed, page, ops, bound);
+    check_run_mode(seed, page, ops, bound, subsets, false)
+}
+
+fn check_run_mode(
+    seed: u64,
+    page: bool,
+    ops: usize,
+    bound: u64,
+    subsets: usize,
+    bg: bool,
+) -> (usize, usize, usize) {
+    let (run, _, _) = workload_mode(seed, page, ops, bound, bg);
     assert!(run.commits > 0);
     let mut r = Rng(seed.wrapping_mul(31) | 1);
     let (mut images, mut nested) = (0usize, 0usize);
@@ -275,6 +425,45 @@ fn crash_at_every_fence_page() {
         tot.0, tot.1, tot.2
     );
     assert!(tot.0 > 100);
+}
+
+#[test]
+fn background_apply_crash_at_every_fence() {
+    // Commits only log; batches are applied step by step (and idle files checkpointed)
+    // interleaved with writes, reads, truncates and commits; a crash at every fence,
+    // including those of the background checkpoint's sync and reset.
+    let mut tot = (0, 0, 0);
+    for seed in 1..=10u64 {
+        for page in [false, true] {
+            let (a, b, c) = check_run_mode(seed * 6151, page, 80, 24 << 10, 3, true);
+            tot = (tot.0 + a, tot.1 + b, tot.2 + c);
+        }
+    }
+    eprintln!(
+        "background: {} fences crashed, {} images recovered, {} crashes inside recovery",
+        tot.0, tot.1, tot.2
+    );
+    assert!(tot.0 > 200);
+}
+
+#[test]
+fn background_paths_happen() {
+    // The interleavings above include batches applied in the background, foreground
+    // checkpoints with a batch in flight, early commits and background checkpoints.
+    let (mut batches, mut resets, mut early, mut ckpt) = (0, 0, 0, 0);
+    for seed in 1..=10u64 {
+        for page in [false, true] {
+            let (run, b, r) = workload_mode(seed * 6151, page, 80, 24 << 10, true);
+            batches += b;
+            resets += r;
+            early += run.early;
+            ckpt += run.checkpoints;
+        }
+    }
+    assert!(batches > 20, "batches {batches}");
+    assert!(resets > 0, "no background checkpoint");
+    assert!(early > 0, "no early commit");
+    assert!(ckpt > resets, "no foreground checkpoint");
 }
 
 #[test]
