@@ -40,6 +40,9 @@ pub struct Config {
     pub atomic_write: bool,
     /// `FLEX_ATOMIC_LOG`: checkpoint a file's log when it passes this size.
     pub atomic_log: u64,
+    /// `FLEX_ATOMIC_APPLY=inline`: apply committed transactions on the committing thread
+    /// (default: a background thread per process).
+    pub atomic_apply_inline: bool,
 }
 
 impl Default for Config {
@@ -56,6 +59,7 @@ impl Default for Config {
             atomic: false,
             atomic_write: false,
             atomic_log: 16 << 20,
+            atomic_apply_inline: false,
         }
     }
 }
@@ -129,6 +133,7 @@ impl Config {
         c.disabled = get("FLEX_DISABLE").is_some_and(|v| v == "1");
         c.atomic = get("FLEX_MODE").is_some_and(|v| v == "atomic");
         c.atomic_write = get("FLEX_ATOMIC").is_some_and(|v| v == "write");
+        c.atomic_apply_inline = get("FLEX_ATOMIC_APPLY").is_some_and(|v| v == "inline");
         if let Some(v) = get("FLEX_ATOMIC_LOG").as_deref().and_then(parse_size) {
             c.atomic_log = v.max(64 << 10);
         }

@@ -294,7 +294,12 @@ impl<M: Media> Core<M> {
         }
         self.committed.drain(..n);
         self.applied += 1;
-        self.reindex();
+        if self.committed.is_empty() && self.ops.is_empty() {
+            self.ext.clear();
+            self.base_limit = u64::MAX;
+        } else {
+            self.reindex();
+        }
     }
 
     /// Rebuild the index from the operations not yet applied.

@@ -506,7 +506,11 @@ pub fn attach(inode: &Arc<Inode>, fd: RawFd, writable: bool, dirfd: RawFd, path:
     let mut core = Core::new(log, inode.lsize(), e.config.atomic_log);
     // Background applying needs a private descriptor and the applier thread; without
     // them commits apply inline.
-    let dfd = sys::fcntl_int(fd, libc::F_DUPFD_CLOEXEC, 0).unwrap_or(-1);
+    let dfd = if e.config.atomic_apply_inline {
+        -1
+    } else {
+        sys::fcntl_int(fd, libc::F_DUPFD_CLOEXEC, 0).unwrap_or(-1)
+    };
     core.background = dfd >= 0 && worker().is_some();
     *slot = Some(Arc::new(AtomicFile {
         core: Mutex::new(core),
@@ -743,6 +747,8 @@ struct Worker {
     pid: u32,
     q: Mutex<VecDeque<Arc<AtomicFile>>>,
     cv: Condvar,
+    /// The thread waits on `cv` (else a push needs no wake-up system call).
+    sleeping: AtomicBool,
 }
 
 static WORKER: AtomicPtr<Worker> = AtomicPtr::new(std::ptr::null_mut());
@@ -769,6 +775,7 @@ fn worker() -> Option<&'static Worker> {
         pid,
         q: Mutex::new(VecDeque::new()),
         cv: Condvar::new(),
+        sleeping: AtomicBool::new(false),
     }));
     std::thread::Builder::new()
         .name("flex-atomic".into())
@@ -796,7 +803,9 @@ impl Worker {
                     if let Some(f) = q.pop_front() {
                         break f;
                     }
+                    self.sleeping.store(true, Relaxed);
                     q = self.cv.wait(q).unwrap_or_else(|p| p.into_inner());
+                    self.sleeping.store(false, Relaxed);
                 }
             };
             f.background();
