@@ -192,6 +192,8 @@ pub struct Core<M: Media> {
     /// Commit only logs; applying and checkpointing are left to [`Core::take_batch`] and
     /// [`Core::checkpoint`] (the background applier). False: commit applies inline.
     pub background: bool,
+    /// Idle files checkpoint in the background once the log holds this many bytes.
+    pub idle_min: u64,
     /// Checkpoint when the log passes this many bytes.
     pub bound: u64,
     pub stats: CoreStats,
@@ -213,6 +215,7 @@ impl<M: Media> Core<M> {
             inflight: 0,
             applied: 0,
             background: false,
+            idle_min: bound / 4,
             bound,
             stats: CoreStats::default(),
             broken: false,
@@ -251,13 +254,13 @@ impl<M: Media> Core<M> {
         self.log.tail >= self.bound / 2
     }
 
-    /// A background checkpoint is worth it: nothing pending, the log passed a quarter.
+    /// A background checkpoint is worth it: nothing pending, the log passed `idle_min`.
     pub fn idle_checkpoint(&self) -> bool {
         self.ops.is_empty()
             && self.committed.is_empty()
             && self.inflight == 0
             && self.log.tail > log::HEADER
-            && self.log.tail >= self.bound / 4
+            && self.log.tail >= self.idle_min
     }
 
     /// Take the committed operations not yet applied as a batch (None: nothing to do or a
