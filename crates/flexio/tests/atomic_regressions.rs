@@ -1,0 +1,406 @@
+//! Failure-atomic mode against the bugs observed in Libnvmmio (ATC '20; see the "Libnvmmio"
+//! section of /work/shared/README.md): one workload each, asserting the correct behaviour.
+//! In-process through `flexio::File` (atomic open), or through libflex.so under
+//! `flexio run` with `FLEX_MODE=atomic` (python3 scripts). Each test first checks that the
+//! file really is in atomic mode (its log exists while it is open).
+//!
+//! Build the workspace first (`cargo build --workspace`: libflex.so beside flexio).
+
+#[path = "common/run.rs"]
+mod run;
+
+use flexio::OpenOptions;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn log_of(p: &Path) -> PathBuf {
+    p.with_file_name(format!(
+        ".{}.flexlog",
+        p.file_name().unwrap().to_string_lossy()
+    ))
+}
+
+fn atomic_rw(p: &Path) -> flexio::File {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .atomic(true)
+        .open(p)
+        .unwrap();
+    assert!(log_of(p).exists(), "not in atomic mode: no log");
+    f
+}
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Run a python script under `flexio run --paths dir` with FLEX_MODE=atomic; the script
+/// asserts its own expectations (exit status 0) and gets the directory as argv[1].
+fn py_atomic(dir: &Path, script: &str) -> std::process::Output {
+    run::require("python3", "python3");
+    let out = Command::new(run::flexio())
+        .args(["run", "--paths"])
+        .arg(dir)
+        .args(["--", "python3", "-c", script])
+        .arg(dir)
+        .env("FLEX_MODE", "atomic")
+        .current_dir(dir)
+        .output()
+        .expect("spawn flexio run");
+    assert!(
+        out.status.success(),
+        "script failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Python prelude: the directory, a log check, helpers.
+const PY: &str = r#"
+import os, sys
+d = sys.argv[1]
+def log(name):
+    return os.path.join(d, "." + name + ".flexlog")
+def atomic(name):
+    assert os.path.exists(log(name)), "not in atomic mode: no log for " + name
+def content(name):
+    with open(os.path.join(d, name), "rb") as f:
+        return f.read()
+"#;
+
+/// Libnvmmio ignored O_APPEND: every write must go to the end, whatever the offset.
+#[test]
+fn o_append_is_honoured() {
+    let t = run::TestDir::new("atomic-append");
+    std::fs::write(t.path.join("a"), b"0123").unwrap();
+    py_atomic(
+        &t.path,
+        &format!(
+            "{PY}{}",
+            r#"
+p = os.path.join(d, "a")
+fd = os.open(p, os.O_RDWR | os.O_APPEND)
+atomic("a")
+os.lseek(fd, 0, os.SEEK_SET)
+assert os.write(fd, b"xy") == 2
+os.lseek(fd, 1, os.SEEK_SET)
+assert os.write(fd, b"z") == 1
+assert os.fstat(fd).st_size == 7, os.fstat(fd).st_size
+assert os.pread(fd, 16, 0) == b"0123xyz"
+os.fsync(fd)
+os.close(fd)
+assert content("a") == b"0123xyz", content("a")
+"#
+        ),
+    );
+    assert_eq!(std::fs::read(t.path.join("a")).unwrap(), b"0123xyz");
+    assert!(!log_of(&t.path.join("a")).exists());
+}
+
+/// Libnvmmio: a write spanning its log blocks returned the wrong count and grew the file.
+#[test]
+fn write_spanning_blocks_returns_its_count_and_exact_size() {
+    let t = run::TestDir::new("atomic-span");
+    let p = t.path.join("s");
+    let f = atomic_rw(&p);
+    let mut model = pattern(1, 4096);
+    assert_eq!(f.write_at(&model, 0).unwrap(), 4096);
+    // 6000 bytes at 3000: crosses the 4 KiB block the first write established.
+    let b = pattern(2, 6000);
+    assert_eq!(f.write_at(&b, 3000).unwrap(), 6000);
+    model.resize(9000, 0);
+    model[3000..9000].copy_from_slice(&b);
+    assert_eq!(f.len().unwrap(), 9000);
+    // One write across the 2 MiB boundary.
+    let c = pattern(3, 10_000);
+    let at = (2 << 20) - 5000;
+    assert_eq!(f.write_at(&c, at as u64).unwrap(), 10_000);
+    model.resize(at + 10_000, 0);
+    model[at..].copy_from_slice(&c);
+    assert_eq!(f.len().unwrap(), model.len() as u64);
+    f.sync_data().unwrap();
+    assert_eq!(f.len().unwrap(), model.len() as u64);
+    drop(f);
+    assert_eq!(std::fs::read(&p).unwrap(), model);
+}
+
+/// Libnvmmio undid an ftruncate at close.
+#[test]
+fn ftruncate_survives_close() {
+    let t = run::TestDir::new("atomic-trunc");
+    let p = t.path.join("t");
+    let f = atomic_rw(&p);
+    f.write_all_at(&pattern(4, 10_000), 0).unwrap();
+    f.sync_data().unwrap();
+    f.set_len(100).unwrap();
+    assert_eq!(f.len().unwrap(), 100);
+    drop(f); // close commits the truncation
+    assert_eq!(std::fs::read(&p).unwrap(), pattern(4, 10_000)[..100]);
+    // Committed by fsync, then close.
+    let f = atomic_rw(&p);
+    f.set_len(10).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    assert_eq!(std::fs::metadata(&p).unwrap().len(), 10);
+    // Extension by ftruncate reads as zeros and stays.
+    let f = atomic_rw(&p);
+    f.set_len(5000).unwrap();
+    drop(f);
+    let got = std::fs::read(&p).unwrap();
+    assert_eq!(got.len(), 5000);
+    assert_eq!(&got[..10], &pattern(4, 10)[..]);
+    assert!(got[10..].iter().all(|&b| b == 0));
+}
+
+/// Libnvmmio exited the process on a seek past the end of file.
+#[test]
+fn seek_past_eof_then_write_leaves_a_hole() {
+    let t = run::TestDir::new("atomic-seek");
+    let p = t.path.join("k");
+    let mut f = atomic_rw(&p);
+    (&f).write_all(b"head").unwrap();
+    assert_eq!(f.seek(SeekFrom::Start(3 << 20)).unwrap(), 3 << 20);
+    assert_eq!(f.seek(SeekFrom::End(100)).unwrap(), 104);
+    assert_eq!(f.seek(SeekFrom::Current(1 << 20)).unwrap(), 104 + (1 << 20));
+    (&f).write_all(b"tail").unwrap();
+    let size = 104 + (1 << 20) + 4;
+    assert_eq!(f.len().unwrap(), size);
+    f.seek(SeekFrom::Start(0)).unwrap();
+    let mut all = Vec::new();
+    (&f).read_to_end(&mut all).unwrap();
+    assert_eq!(all.len() as u64, size);
+    assert_eq!(&all[..4], b"head");
+    assert!(all[4..all.len() - 4].iter().all(|&b| b == 0));
+    drop(f);
+    let got = std::fs::read(&p).unwrap();
+    assert_eq!(got, all);
+}
+
+/// Libnvmmio exited the process on any failed open; none may leave a log behind.
+#[test]
+fn failed_opens_return_errors_and_leave_no_log() {
+    let t = run::TestDir::new("atomic-failopen");
+    std::fs::write(t.path.join("exists"), b"x").unwrap();
+    std::fs::create_dir(t.path.join("sub")).unwrap();
+    py_atomic(
+        &t.path,
+        &format!(
+            "{PY}{}",
+            r#"
+import errno
+def fails(path, flags, err):
+    try:
+        os.close(os.open(os.path.join(d, path), flags, 0o644))
+    except OSError as e:
+        assert e.errno == err, (path, e)
+        return
+    raise AssertionError("open of " + path + " succeeded")
+fails("missing", os.O_RDWR, errno.ENOENT)
+fails("exists", os.O_RDWR | os.O_CREAT | os.O_EXCL, errno.EEXIST)
+fails("sub", os.O_RDWR, errno.EISDIR)
+fails("nodir/x", os.O_RDWR | os.O_CREAT, errno.ENOENT)
+assert not os.path.exists(log("missing"))
+assert not os.path.exists(log("exists"))
+assert not os.path.exists(log("sub"))
+# The process goes on and atomic mode still works.
+fd = os.open(os.path.join(d, "exists"), os.O_RDWR)
+atomic("exists")
+os.pwrite(fd, b"yz", 1)
+os.close(fd)
+assert content("exists") == b"xyz"
+print("alive")
+"#
+        ),
+    );
+    let names: Vec<String> = std::fs::read_dir(&t.path)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.ends_with(".flexlog")),
+        "log left: {names:?}"
+    );
+    assert_eq!(std::fs::read(t.path.join("exists")).unwrap(), b"xyz");
+}
+
+/// Libnvmmio failed O_WRONLY opens (mmap EACCES) and left a 1 MiB junk file.
+#[test]
+fn write_only_opens_work_and_leave_exact_files() {
+    let t = run::TestDir::new("atomic-wronly");
+    std::fs::write(t.path.join("old"), b"abcdef").unwrap();
+    py_atomic(
+        &t.path,
+        &format!(
+            "{PY}{}",
+            r#"
+fd = os.open(os.path.join(d, "new"), os.O_WRONLY | os.O_CREAT, 0o644)
+atomic("new")
+assert os.write(fd, b"hello") == 5
+assert os.fstat(fd).st_size == 5
+os.fsync(fd)
+assert os.write(fd, b" world") == 6
+os.close(fd)
+fd = os.open(os.path.join(d, "old"), os.O_WRONLY)
+atomic("old")
+assert os.pwrite(fd, b"XY", 2) == 2
+os.close(fd)
+fd = os.open(os.path.join(d, "trunc"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+atomic("trunc")
+os.write(fd, b"t" * 3000)
+os.close(fd)
+"#
+        ),
+    );
+    assert_eq!(std::fs::read(t.path.join("new")).unwrap(), b"hello world");
+    assert_eq!(std::fs::read(t.path.join("old")).unwrap(), b"abXYef");
+    assert_eq!(
+        std::fs::read(t.path.join("trunc")).unwrap(),
+        vec![b't'; 3000]
+    );
+    for n in ["new", "old", "trunc"] {
+        assert!(!log_of(&t.path.join(n)).exists(), "log of {n} left");
+    }
+}
+
+/// Libnvmmio left the preallocated size when a process exited without closing. Exit is a
+/// commit point here: the file holds every write, at its exact size, and no log remains.
+#[test]
+fn exit_without_close_commits_at_the_exact_size() {
+    let t = run::TestDir::new("atomic-exit");
+    for (name, exit) in [("e1", "sys.exit(0)"), ("e2", "os._exit(0)")] {
+        py_atomic(
+            &t.path,
+            &format!(
+                "{PY}
+fd = os.open(os.path.join(d, '{name}'), os.O_RDWR | os.O_CREAT, 0o644)
+atomic('{name}')
+os.pwrite(fd, b'a' * 5000, 0)
+os.fsync(fd)
+os.pwrite(fd, b'b' * 1000, 4500)
+{exit}
+"
+            ),
+        );
+        let mut want = vec![b'a'; 4500];
+        want.extend(vec![b'b'; 1000]);
+        assert_eq!(std::fs::read(t.path.join(name)).unwrap(), want, "{exit}");
+        assert!(
+            !log_of(&t.path.join(name)).exists(),
+            "log left after {exit}"
+        );
+    }
+}
+
+/// Libnvmmio's redo mode returned blocks swapped: every block reads back at its own offset
+/// (uncommitted, committed-not-yet-applied, applied, and after reopening).
+#[test]
+fn blocks_read_back_in_place() {
+    let t = run::TestDir::new("atomic-swap");
+    let p = t.path.join("b");
+    let f = atomic_rw(&p);
+    let blocks = 24usize;
+    let mut model = vec![0u8; blocks * 4096];
+    let check = |f: &flexio::File, model: &[u8], when: &str| {
+        for i in 0..blocks {
+            let mut b = vec![0u8; 4096];
+            f.read_exact_at(&mut b, (i * 4096) as u64).unwrap();
+            assert!(
+                b == model[i * 4096..(i + 1) * 4096],
+                "block {i} wrong {when}"
+            );
+        }
+    };
+    for round in 0..6u64 {
+        // Blocks in a scrambled order, some twice per transaction.
+        for k in 0..blocks + 6 {
+            let i = (k * 7 + round as usize * 5) % blocks;
+            let b = pattern(round * 1000 + k as u64 + 1, 4096);
+            f.write_all_at(&b, (i * 4096) as u64).unwrap();
+            model[i * 4096..(i + 1) * 4096].copy_from_slice(&b);
+        }
+        check(&f, &model, "before fsync");
+        f.sync_data().unwrap();
+        check(&f, &model, "after fsync");
+    }
+    drop(f);
+    assert!(std::fs::read(&p).unwrap() == model, "file after close");
+    let f = atomic_rw(&p);
+    check(&f, &model, "after reopen");
+}
+
+/// Libnvmmio's redo mode lost the writes after the last fsync: close commits them.
+#[test]
+fn writes_after_the_last_fsync_are_kept_at_close() {
+    let t = run::TestDir::new("atomic-lost");
+    let p = t.path.join("l");
+    let f = atomic_rw(&p);
+    f.write_all_at(&pattern(5, 8192), 0).unwrap();
+    f.sync_data().unwrap();
+    f.write_all_at(b"after", 100).unwrap();
+    f.write_all_at(b"grow", 9000).unwrap();
+    let mut b = [0u8; 5];
+    f.read_exact_at(&mut b, 100).unwrap();
+    assert_eq!(&b, b"after");
+    drop(f);
+    let mut want = pattern(5, 8192);
+    want[100..105].copy_from_slice(b"after");
+    want.resize(9000, 0);
+    want.extend_from_slice(b"grow");
+    assert!(std::fs::read(&p).unwrap() == want);
+}
+
+/// Libnvmmio aliased blocks past 2 MiB (its leaf tables): blocks 2 MiB, 4 MiB and 1 GiB
+/// apart are distinct.
+#[test]
+fn no_aliasing_past_2_mib() {
+    let t = run::TestDir::new("atomic-alias");
+    let p = t.path.join("x");
+    let f = atomic_rw(&p);
+    let offs = [
+        0u64,
+        4096,
+        2 << 20,
+        (2 << 20) + 4096,
+        4 << 20,
+        (1 << 30) + 4096,
+    ];
+    for (k, &o) in offs.iter().enumerate() {
+        f.write_all_at(&pattern(k as u64 + 10, 4096), o).unwrap();
+    }
+    let check = |f: &flexio::File, when: &str| {
+        for (k, &o) in offs.iter().enumerate() {
+            let mut b = vec![0u8; 4096];
+            f.read_exact_at(&mut b, o).unwrap();
+            assert!(b == pattern(k as u64 + 10, 4096), "block at {o} {when}");
+        }
+        let mut b = vec![1u8; 4096];
+        f.read_exact_at(&mut b, 8192).unwrap();
+        assert!(b.iter().all(|&x| x == 0), "hole at 8192 {when}");
+    };
+    check(&f, "uncommitted");
+    f.sync_data().unwrap();
+    check(&f, "committed");
+    drop(f);
+    let f = std::fs::File::open(&p).unwrap();
+    for (k, &o) in offs.iter().enumerate() {
+        let mut b = vec![0u8; 4096];
+        f.read_exact_at(&mut b, o).unwrap();
+        assert!(
+            b == pattern(k as u64 + 10, 4096),
+            "block at {o} in the file"
+        );
+    }
+}
