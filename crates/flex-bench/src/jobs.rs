@@ -102,6 +102,8 @@ pub(crate) struct Job {
     pub cells: Vec<CellDef>,
     pub kernel_only: bool,
     pub kind: JobKind,
+    /// Extra environment of the flex side only (e.g. `FLEX_MODE=atomic`).
+    pub flex_env: Vec<(String, String)>,
 }
 
 /// One measurement of one cell in one sample.
@@ -203,6 +205,7 @@ fn worker_job(name: String, cells: Vec<CellDef>, kernel_only: bool, args: Vec<St
         cells,
         kernel_only,
         kind: JobKind::Worker(args),
+        flex_env: Vec::new(),
     }
 }
 
@@ -319,6 +322,46 @@ pub(crate) fn builtin_jobs(m: &Matrix) -> Vec<Job> {
             args,
         ));
     }
+    if m.fsync_every > 0 {
+        // 4 KiB random pwrite + fsync every N, one thread: flex against the kernel, and
+        // flex's failure-atomic mode (FLEX_MODE=atomic) against the kernel's plain calls.
+        let f = m.fsync_every;
+        for atomic in [false, true] {
+            let name = if atomic {
+                format!("atomic-pwrite-4k-fsync{f}")
+            } else {
+                format!("pwrite-4k-fsync{f}")
+            };
+            let mut args = common("pwrite", &m.data_file, 4096, 1);
+            args.extend([
+                "--size".into(),
+                size.clone(),
+                "--fsync-every".into(),
+                f.to_string(),
+            ]);
+            let what = if atomic {
+                format!("random 4 KiB pwrite + fsync every {f}, failure-atomic (kernel: plain)")
+            } else {
+                format!("random 4 KiB pwrite + fsync every {f}, 1 thread")
+            };
+            let mut job = worker_job(
+                name.clone(),
+                cell(
+                    &name,
+                    CellKind::Builtin,
+                    Unit::NsPerOp,
+                    served(&["pwrite"]),
+                    &what,
+                ),
+                false,
+                args,
+            );
+            if atomic {
+                job.flex_env = vec![("FLEX_MODE".into(), "atomic".into())];
+            }
+            jobs.push(job);
+        }
+    }
     for (wl, what) in [
         ("pipe", "write or read of 1 byte on a pipe (passthrough)"),
         (
@@ -431,6 +474,7 @@ pub(crate) fn client_jobs(
                     cells: vec![client(&name, served(&[call]), &what)],
                     kernel_only: false,
                     kind: JobKind::Fio(args),
+                    flex_env: Vec::new(),
                 });
             }
         }
@@ -445,6 +489,7 @@ pub(crate) fn client_jobs(
                 )],
                 kernel_only: false,
                 kind: JobKind::Fio(base("mmap", rw)),
+                flex_env: Vec::new(),
             });
         }
     } else {
@@ -483,6 +528,7 @@ pub(crate) fn client_jobs(
                 ],
                 kernel_only: false,
                 kind: JobKind::DbBench { exe, args, db },
+                flex_env: Vec::new(),
             });
         }
         None => skipped.push((
@@ -512,6 +558,7 @@ pub(crate) fn client_jobs(
                     selects: sz.sqlite_selects,
                     db: work.join(format!("flexbench-{mode}.db")),
                 },
+                flex_env: Vec::new(),
             });
         }
     } else {
@@ -533,6 +580,7 @@ pub(crate) fn client_jobs(
                 requests: sz.redis_requests,
                 dir: work.join("flexbench-redis"),
             },
+            flex_env: Vec::new(),
         }),
         _ => skipped.push((
             "redis".into(),
@@ -653,6 +701,9 @@ pub(crate) fn run_sample(
             // Errors as one message, without a backtrace.
             cmd.env("RUST_LIB_BACKTRACE", "0");
             set_side(&mut cmd, side, l, stats);
+            if side == Side::Flex {
+                cmd.envs(job.flex_env.iter().map(|(k, v)| (k, v)));
+            }
             let (out, _, wall) = run_child(cmd, timeout)?;
             let line = out
                 .lines()
