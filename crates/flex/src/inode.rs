@@ -230,11 +230,24 @@ impl Inode {
     /// be stale: writers of this process extend the file under the lock, and a stale size
     /// adopted afterwards shrinks the logical size below bytes already written; a write
     /// then "extends" the file into trailer mode and the next trim cuts off those bytes.)
+    /// The size to report for a kernel `stat` answer `raw`: the logical size in trailer
+    /// mode, decided under the size lock so a growth in progress is never seen half-done.
+    pub fn settled_size(&self, raw: u64) -> u64 {
+        let _s = self.lock_size();
+        if self.in_trailer_mode() {
+            self.lsize()
+        } else {
+            raw
+        }
+    }
+
+    /// Returns the logical size after adoption (in trailer mode the kernel's size is the
+    /// over-allocated one: never report that).
     pub fn adopt_kernel_size(&self, fd: RawFd) -> Res<u64> {
         let _s = self.lock_size();
         let k = sys::fstat(fd)?.st_size as u64;
         self.adopt_size_locked(k);
-        Ok(k)
+        Ok(self.lsize())
     }
 
     /// Called at adoption when the cached inode is reused, or fresh: take the kernel's size.

@@ -1200,8 +1200,9 @@ pub fn fix_stat(dev: u64, ino: u64, size: &mut i64) {
         return;
     }
     if let Some(i) = e.lookup(dev, ino) {
-        if i.in_trailer_mode() {
-            *size = i.lsize() as i64;
+        let settled = i.settled_size(*size as u64) as i64;
+        if settled != *size {
+            *size = settled;
             e.stats.served(Call::stat);
         }
     }
@@ -1222,9 +1223,11 @@ pub fn fstat_fix(fd: Fd, dev: u64, ino: u64, size: &mut i64) {
     if d.inode.in_trailer_mode() {
         *size = d.inode.lsize() as i64;
     } else {
-        // Not the size just read: a writer of this process may have extended the file
-        // since (see Inode::adopt_kernel_size).
-        let _ = d.inode.adopt_kernel_size(fd);
+        // Not the size just read: a writer of this process may have extended (or, on DAX,
+        // over-allocated) the file since; report the size adopted under the size lock.
+        if let Ok(l) = d.inode.adopt_kernel_size(fd) {
+            *size = l as i64;
+        }
     }
 }
 
