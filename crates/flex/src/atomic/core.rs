@@ -111,6 +111,9 @@ pub struct CoreStats {
     pub logged_bytes: u64,
 }
 
+/// The largest log a commit leaves without a checkpoint (see [`Core::ckpt_at`]).
+pub const CKPT_MAX: u64 = 1 << 20;
+
 /// One operation of a [`Batch`], its payload resolved to a pointer into the log.
 #[derive(Clone, Copy, Debug)]
 pub enum BatchOp {
@@ -126,6 +129,8 @@ pub struct Batch {
     pub ops: Vec<BatchOp>,
     /// Logical size after the last transaction of the batch.
     pub size: u64,
+    /// Log offset where the batch's records end: index entries below it are its own.
+    pub log_end: u64,
 }
 
 // SAFETY: the pointers address log bytes that stay valid and unchanged until the batch is
@@ -215,7 +220,7 @@ impl<M: Media> Core<M> {
             inflight: 0,
             applied: 0,
             background: false,
-            idle_min: bound / 4,
+            idle_min: (bound / 2).min(CKPT_MAX) / 2,
             bound,
             stats: CoreStats::default(),
             broken: false,
@@ -251,7 +256,14 @@ impl<M: Media> Core<M> {
     /// The log passed half its bound: checkpoint at this commit (the foreground does it,
     /// after the in-flight batch finished, so the log stays bounded).
     pub fn wants_checkpoint(&self) -> bool {
-        self.log.tail >= self.bound / 2
+        self.log.tail >= self.ckpt_at()
+    }
+
+    /// Checkpoint at a commit once the log holds this much: half the bound, at most
+    /// [`CKPT_MAX`] (a small log stays in the CPU caches; transactions may still use the
+    /// whole bound before an early commit).
+    pub fn ckpt_at(&self) -> u64 {
+        (self.bound / 2).min(CKPT_MAX)
     }
 
     /// A background checkpoint is worth it: nothing pending, the log passed `idle_min`.
@@ -284,6 +296,7 @@ impl<M: Media> Core<M> {
         Some(Batch {
             ops,
             size: self.committed_size,
+            log_end: self.log.committed,
         })
     }
 
@@ -300,25 +313,23 @@ impl<M: Media> Core<M> {
         if self.committed.is_empty() && self.ops.is_empty() {
             self.ext.clear();
             self.base_limit = u64::MAX;
-        } else {
-            self.reindex();
+            return;
         }
-    }
-
-    /// Rebuild the index from the operations not yet applied.
-    fn reindex(&mut self) {
-        self.ext.clear();
-        self.base_limit = u64::MAX;
-        let ops: Vec<Op> = self.committed.iter().chain(&self.ops).copied().collect();
-        for op in ops {
-            match op {
-                Op::Write { off, len, at } => self.index(off, off + len, Some(at)),
-                Op::Truncate { len } => {
-                    self.index(len, u64::MAX, None);
-                    self.base_limit = self.base_limit.min(len);
-                }
-            }
-        }
+        // Entries pointing at the batch's records are in the data file now; every later
+        // operation's entries point past them (the log only grows within a generation,
+        // and no checkpoint happens while a batch is in flight).
+        let end = b.log_end;
+        self.ext.retain(|_, v| v.1 >= end);
+        self.base_limit = self
+            .committed
+            .iter()
+            .chain(&self.ops)
+            .filter_map(|op| match *op {
+                Op::Truncate { len } => Some(len),
+                Op::Write { .. } => None,
+            })
+            .min()
+            .unwrap_or(u64::MAX);
     }
 
     /// Background checkpoint, second half: the data file was synced while `applied` was

@@ -632,6 +632,9 @@ impl AtomicFile {
         mut c: MutexGuard<'_, Core<MapLog>>,
         data: &mut InodeData<'_>,
     ) -> Res<()> {
+        // The applier has not taken the previous commit yet (its core is busy elsewhere):
+        // apply here rather than queue behind it.
+        let lagging = c.background && c.unapplied() && !c.inflight();
         c.commit(data)?;
         if !c.background || !c.unapplied() {
             return Ok(());
@@ -639,6 +642,9 @@ impl AtomicFile {
         if c.wants_checkpoint() {
             let mut c = self.quiet(c);
             return c.checkpoint(data);
+        }
+        if lagging {
+            return c.apply_all(data);
         }
         drop(c);
         self.kick();
