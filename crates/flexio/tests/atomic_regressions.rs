@@ -404,3 +404,79 @@ fn no_aliasing_past_2_mib() {
         );
     }
 }
+
+/// The background applier is per process: a forked child (threads do not survive fork)
+/// gets its own at its first commit. The test reads the child's file through the kernel
+/// while the child keeps it open after an fsync, without a further commit: only the
+/// child's applier can put the bytes there. (The child must not fork itself: a fork hands
+/// its atomic files to the kernel, which applies them.)
+#[test]
+fn forked_child_gets_its_own_applier() {
+    use std::io::{BufRead, BufReader};
+    run::require("python3", "python3");
+    let t = run::TestDir::new("atomic-fork");
+    let script = format!(
+        "{PY}{}",
+        r#"
+a = os.path.join(d, "a")
+fa = os.open(a, os.O_RDWR | os.O_CREAT, 0o644)
+atomic("a")
+os.pwrite(fa, b"parent", 0)
+os.fsync(fa)  # the parent's applier exists now
+pid = os.fork()
+if pid == 0:
+    code = 3
+    try:
+        fb = os.open(os.path.join(d, "b"), os.O_RDWR | os.O_CREAT, 0o644)
+        atomic("b")
+        want = bytes(range(256)) * 256
+        os.pwrite(fb, want, 0)
+        os.fsync(fb)
+        print("ready", flush=True)
+        sys.stdin.readline()
+        assert os.pread(fb, len(want) + 1, 0) == want
+        os.close(fb)
+        code = 0
+    finally:
+        os._exit(code)
+_, st = os.waitpid(pid, 0)
+assert os.waitstatus_to_exitcode(st) == 0, st
+os.pwrite(fa, b"PARENT", 0)
+os.close(fa)
+assert content("a") == b"PARENT"
+"#
+    );
+    let mut child = Command::new(run::flexio())
+        .args(["run", "--paths"])
+        .arg(&t.path)
+        .args(["--", "python3", "-c", &script])
+        .arg(&t.path)
+        .env("FLEX_MODE", "atomic")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn flexio run");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready", "child did not get ready");
+    let b = t.path.join("b");
+    let want: Vec<u8> = (0..256 * 256).map(|i| i as u8).collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::fs::read(&b).unwrap() != want {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the child's committed bytes never reached the file (no applier in the child?)"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"go\n").unwrap();
+    drop(stdin);
+    assert!(child.wait().unwrap().success(), "script failed");
+    assert_eq!(std::fs::read(t.path.join("a")).unwrap(), b"PARENT");
+    assert!(std::fs::read(&b).unwrap() == want);
+    for n in ["a", "b"] {
+        assert!(!log_of(&t.path.join(n)).exists(), "log of {n} left");
+    }
+}
