@@ -20,60 +20,78 @@ use std::sync::Arc;
 
 type Fd = i32;
 const IOV_MAX: i32 = 1024;
-/// RWF_* flags the engine honours (RWF_NOWAIT: served from memory, never blocks).
-const KNOWN_RWF: i32 = libc::RWF_HIPRI
-    | libc::RWF_DSYNC
-    | libc::RWF_SYNC
-    | libc::RWF_NOWAIT
-    | libc::RWF_APPEND
-    | libc::RWF_NOAPPEND;
-/// Flags the kernel knows but refuses on mapped buffered IO (RWF_ATOMIC needs O_DIRECT,
-/// RWF_DONTCACHE a page cache): EOPNOTSUPP, as the kernel on tmpfs and DAX.
-const REFUSED_RWF: i32 = libc::RWF_ATOMIC | 0x80;
+/// RWF_* flags the engine serves itself; any other flag (RWF_NOWAIT, RWF_NOAPPEND,
+/// RWF_ATOMIC, RWF_DONTCACHE, unknown bits) sends the whole call to the kernel, whose
+/// answer depends on its version and the file system (see [`kernel_rw2`]).
+const SERVED_RWF: i32 = libc::RWF_HIPRI | libc::RWF_DSYNC | libc::RWF_SYNC | libc::RWF_APPEND;
 
-/// preadv2/pwritev2 flags, checked where the kernel checks them: after the descriptor, the
-/// iovecs and a zero total (which returns 0 whatever the flags).
-fn check_rwf(fd: Fd, flags: i32, off: i64, total: usize) -> Res<()> {
+fn check_rwf(off: i64, total: usize) -> Res<()> {
     if off >= 0 {
         verify_area(off, total)?;
-    }
-    if flags & !(KNOWN_RWF | REFUSED_RWF) != 0 {
-        return Err(Errno::OPNOTSUPP);
-    }
-    if flags & libc::RWF_APPEND != 0 && flags & libc::RWF_NOAPPEND != 0 {
-        return Err(Errno::INVAL);
-    }
-    if flags & libc::RWF_NOWAIT != 0 && !nowait_ok(fd) {
-        return Err(Errno::OPNOTSUPP);
-    }
-    if flags & REFUSED_RWF != 0 {
-        return Err(Errno::OPNOTSUPP);
     }
     Ok(())
 }
 
-/// Does the file system take RWF_NOWAIT (tmpfs does not)? Ask the kernel with a one-byte
-/// positional read into our own buffer (the file offset does not move).
-fn nowait_ok(fd: Fd) -> bool {
-    let mut b = 0u8;
-    let iov = libc::iovec {
-        iov_base: (&mut b as *mut u8).cast(),
-        iov_len: 1,
+/// preadv2/pwritev2 with flags flex does not serve: the kernel does the call at flex's
+/// offset on the exact-size file (O_APPEND travels as RWF_APPEND, since the kernel
+/// descriptor does not carry it); then flex takes the offset and size back.
+///
+/// # Safety
+/// As the public entry points.
+unsafe fn kernel_rw2(
+    d: &Desc,
+    fd: Fd,
+    bufs: &[(*mut u8, usize)],
+    off: i64,
+    flags: i32,
+    write: bool,
+) -> Res<usize> {
+    let e = engine();
+    e.stats
+        .passed(if write { Call::pwritev } else { Call::preadv });
+    e.stats
+        .fallback("preadv2/pwritev2 flag served by the kernel");
+    d.inode.trim(fd)?;
+    let mut pos = d.pos();
+    let at = if off == -1 { *pos as i64 } else { off };
+    let mut kflags = flags;
+    if write && d.append() && flags & libc::RWF_NOAPPEND == 0 {
+        kflags |= libc::RWF_APPEND;
+    }
+    let iov: Vec<libc::iovec> = bufs
+        .iter()
+        .map(|&(p, l)| libc::iovec {
+            iov_base: p.cast(),
+            iov_len: l,
+        })
+        .collect();
+    let nr = if write {
+        libc::SYS_pwritev2
+    } else {
+        libc::SYS_preadv2
     };
-    // SAFETY: a raw system call on one iovec of our own one-byte buffer.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_preadv2,
-            fd,
-            &iov as *const libc::iovec,
-            1,
-            0i64,
-            0i64,
-            libc::RWF_NOWAIT,
-        )
-    };
-    // SAFETY: this thread's errno.
-    r >= 0 || unsafe { *libc::__errno_location() } != libc::EOPNOTSUPP
+    // SAFETY: a raw system call on an iovec array we own; the kernel checks the buffers.
+    let r = unsafe { libc::syscall(nr, fd, iov.as_ptr(), iov.len() as i32, at, 0i64, kflags) };
+    if r < 0 {
+        // SAFETY: this thread's errno.
+        return Err(Errno::from_raw_os_error(unsafe {
+            *libc::__errno_location()
+        }));
+    }
+    let n = r as usize;
+    if write {
+        let size = d.inode.refresh(fd)?;
+        if off == -1 {
+            *pos = if kflags & libc::RWF_APPEND != 0 {
+                size
+            } else {
+                at as u64 + n as u64
+            };
+        }
+    } else if off == -1 {
+        *pos = at as u64 + n as u64;
+    }
+    Ok(n)
 }
 
 /// The kernel's rw_verify_area: offset + count must not pass the largest offset (EINVAL).
@@ -779,8 +797,12 @@ pub unsafe fn preadv2(
     if total == 0 {
         return Some(Ok(0));
     }
-    if let Err(e) = check_rwf(fd, flags, off, total) {
+    if let Err(e) = check_rwf(off, total) {
         return Some(Err(e));
+    }
+    if flags & !SERVED_RWF != 0 {
+        // SAFETY: forwarded contract.
+        return Some(unsafe { kernel_rw2(&d, fd, &b, off, flags, false) });
     }
     if off == -1 {
         // SAFETY: forwarded contract.
@@ -822,16 +844,15 @@ pub unsafe fn pwritev2(
     if total == 0 {
         return Some(Ok(0));
     }
-    if let Err(e) = check_rwf(fd, flags, off, total) {
+    if let Err(e) = check_rwf(off, total) {
         return Some(Err(e));
     }
-    let append = if flags & libc::RWF_APPEND != 0 {
-        Some(true)
-    } else if flags & libc::RWF_NOAPPEND != 0 {
-        Some(false)
-    } else {
-        None
-    };
+    if flags & !SERVED_RWF != 0 {
+        let bm: Vec<(*mut u8, usize)> = b.iter().map(|&(p, l)| (p as *mut u8, l)).collect();
+        // SAFETY: forwarded contract (the kernel only reads these buffers).
+        return Some(unsafe { kernel_rw2(&d, fd, &bm, off, flags, true) });
+    }
+    let append = (flags & libc::RWF_APPEND != 0).then_some(true);
     let r = if off == -1 {
         // SAFETY: forwarded contract.
         unsafe { write_pos(fd, Ok(b), Call::pwritev, append) }?
