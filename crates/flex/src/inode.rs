@@ -582,7 +582,8 @@ impl Inode {
         }
         let rem = self.copy_in(&m, bufs, off, total);
         let reached = off + (total - rem) as u64;
-        if reached > self.lsize() {
+        // A write that copied nothing (a bad buffer) must not extend the file.
+        if rem < total && reached > self.lsize() {
             self.publish_size(&m, reached);
         }
         drop(m);

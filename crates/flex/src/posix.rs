@@ -94,6 +94,36 @@ unsafe fn kernel_rw2(
     Ok(n)
 }
 
+/// Does this kernel check a vectored call's iovec array (EINVAL, EFAULT) before the
+/// descriptor's access mode (EBADF)? Linux 6.1 does, later kernels do not. Asked once, on
+/// a pipe end opened the wrong way round.
+fn iov_before_access(write: bool) -> bool {
+    use std::sync::atomic::AtomicU8;
+    static ORDER: [AtomicU8; 2] = [AtomicU8::new(0), AtomicU8::new(0)];
+    let slot = &ORDER[write as usize];
+    match slot.load(Relaxed) {
+        1 => return true,
+        2 => return false,
+        _ => {}
+    }
+    let Ok((r, w)) = rustix::pipe::pipe() else {
+        return false;
+    };
+    use rustix::fd::AsRawFd;
+    let (fd, nr) = if write {
+        (r.as_raw_fd(), libc::SYS_writev)
+    } else {
+        (w.as_raw_fd(), libc::SYS_readv)
+    };
+    // SAFETY: a raw system call with an invalid count: the kernel rejects it before
+    // touching any memory.
+    let rc = unsafe { libc::syscall(nr, fd, core::ptr::null::<libc::iovec>(), -1i32) };
+    // SAFETY: this thread's errno.
+    let first = rc < 0 && unsafe { *libc::__errno_location() } == libc::EINVAL;
+    slot.store(if first { 1 } else { 2 }, Relaxed);
+    first
+}
+
 /// The kernel's rw_verify_area: offset + count must not pass the largest offset (EINVAL).
 fn verify_area(off: i64, count: usize) -> Res<()> {
     if (off as u64).saturating_add(count as u64) > i64::MAX as u64 {
@@ -573,6 +603,11 @@ fn check_write(d: &Desc) -> Res<()> {
 unsafe fn read_pos(fd: Fd, bufs: Res<Vec<(*mut u8, usize)>>, call: Call) -> Option<Res<usize>> {
     let d = desc(fd)?;
     if let Err(e) = check_read(&d) {
+        if let Err(ie) = &bufs {
+            if iov_before_access(false) {
+                return Some(Err(*ie));
+            }
+        }
         return Some(Err(e));
     }
     if d.is_demoted() {
@@ -615,6 +650,11 @@ unsafe fn write_pos(
 ) -> Option<Res<usize>> {
     let d = desc(fd)?;
     if let Err(e) = check_write(&d) {
+        if let Err(ie) = &bufs {
+            if iov_before_access(true) {
+                return Some(Err(*ie));
+            }
+        }
         return Some(Err(e));
     }
     if d.is_demoted() {
@@ -784,6 +824,11 @@ pub unsafe fn preadv2(
         return Some(Err(Errno::INVAL));
     }
     if let Err(e) = check_read(&d) {
+        if iov_before_access(false) {
+            if let Err(ie) = iovecs(iov, cnt) {
+                return Some(Err(ie));
+            }
+        }
         return Some(Err(e));
     }
     if d.is_demoted() {
@@ -831,6 +876,11 @@ pub unsafe fn pwritev2(
         return Some(Err(Errno::INVAL));
     }
     if let Err(e) = check_write(&d) {
+        if iov_before_access(true) {
+            if let Err(ie) = iovecs(iov, cnt) {
+                return Some(Err(ie));
+            }
+        }
         return Some(Err(e));
     }
     if d.is_demoted() {
