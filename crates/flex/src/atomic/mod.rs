@@ -5,6 +5,8 @@
 //!   or the persistence simulator of [`crate::persist::sim`]).
 //! - [`core`]: the protocol (log, index of uncommitted ranges, commit, apply, checkpoint,
 //!   recovery), generic over the log medium and the data file.
+//! - Here: the log mapping, the engine hooks, and the per-process background applier
+//!   (`Worker`) that applies committed batches off the application's threads.
 
 pub mod core;
 pub mod log;
@@ -453,7 +455,7 @@ impl Media for FileLog {
 
 /// At open in atomic mode: find or create the file's log, recover what a crash left, and
 /// attach the atomic state to the inode. EBUSY when another process has the file in
-/// atomic mode (see docs/atomic.md).
+/// atomic mode (README, "Failure-atomic mode").
 pub fn attach(inode: &Arc<Inode>, fd: RawFd, writable: bool, dirfd: RawFd, path: &CStr) -> Res<()> {
     let e = engine();
     let mut slot = inode.atomic.lock();
@@ -702,8 +704,12 @@ impl AtomicFile {
                     None => break,
                 }
             };
-            // SAFETY: a batch just taken, finished right below.
-            let r = unsafe { b.apply(&mut data) };
+            // A panic must not leave the batch in flight (close and exit wait for it).
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                // SAFETY: a batch just taken, finished right below.
+                unsafe { b.apply(&mut data) }
+            }))
+            .unwrap_or(Err(Errno::IO));
             self.lock().finish_batch(b, r);
             self.idle.notify_all();
             if r.is_err() {
