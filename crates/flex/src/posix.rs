@@ -604,7 +604,7 @@ unsafe fn read_pos(fd: Fd, bufs: Res<Vec<(*mut u8, usize)>>, call: Call) -> Opti
     let d = desc(fd)?;
     if let Err(e) = check_read(&d) {
         if let Err(ie) = &bufs {
-            if iov_before_access(false) {
+            if call != Call::read && iov_before_access(false) {
                 return Some(Err(*ie));
             }
         }
@@ -651,7 +651,7 @@ unsafe fn write_pos(
     let d = desc(fd)?;
     if let Err(e) = check_write(&d) {
         if let Err(ie) = &bufs {
-            if iov_before_access(true) {
+            if call != Call::write && iov_before_access(true) {
                 return Some(Err(*ie));
             }
         }
