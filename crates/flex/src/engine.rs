@@ -44,6 +44,17 @@ impl Inodes {
     }
 }
 
+/// What [`Engine::inode`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Found {
+    /// First open of this file in the process (crash recovery may be due).
+    Fresh,
+    /// Cached, no description open: its size was adopted from the open's fstat.
+    Idle,
+    /// Other descriptions are open: re-read the size under the size lock.
+    Busy,
+}
+
 static ENGINE: OnceLock<Engine> = OnceLock::new();
 
 /// The engine, created from the environment on first use.
@@ -78,19 +89,26 @@ impl Engine {
     }
 
     /// Find or create the inode for (dev, ino). Returns it and whether it is new.
-    pub fn inode(&self, dev: u64, ino: u64, size: u64, path: &[u8]) -> (Arc<Inode>, bool) {
+    ///
+    /// `size` is the kernel's size read at open. An inode that was idle (no description
+    /// open in this process) adopts it here, under the cache lock: no writer of this
+    /// process can have changed the size since, and a concurrent opener finds the inode
+    /// busy and re-reads the size under the size lock. `Found::Busy` asks the caller to.
+    pub fn inode(&self, dev: u64, ino: u64, size: u64, path: &[u8]) -> (Arc<Inode>, Found) {
         let mut g = self.inodes.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(i) = g.map.get(&(dev, ino)) {
             let i = i.clone();
             if i.descs.fetch_add(1, std::sync::atomic::Ordering::AcqRel) == 0 {
                 g.unidle((dev, ino));
+                i.adopt_size(size);
+                return (i, Found::Idle);
             }
-            return (i, false);
+            return (i, Found::Busy);
         }
         let i = Arc::new(Inode::new(dev, ino, size, path.to_vec()));
         i.descs.store(1, std::sync::atomic::Ordering::Release);
         g.map.insert((dev, ino), i.clone());
-        (i, true)
+        (i, Found::Fresh)
     }
 
     /// A description of this inode closed: keep it cached, evicting the oldest idle ones.

@@ -266,7 +266,8 @@ fn open_managed(
     }
     let size = st.st_size as u64;
     let pathb = path.to_bytes();
-    let (inode, fresh) = e.inode(st.st_dev, st.st_ino, size, pathb);
+    let (inode, found) = e.inode(st.st_dev, st.st_ino, size, pathb);
+    let fresh = found == crate::engine::Found::Fresh;
     if fresh {
         // Over-allocated files are at least one growth step (64 KiB) and page multiples.
         if size >= 64 << 10 && size.is_multiple_of(4096) {
@@ -279,7 +280,7 @@ fn open_managed(
                 }
             }
         }
-    } else {
+    } else if found == crate::engine::Found::Busy {
         // `size` was read before this process's writers were excluded: read it again.
         let _ = inode.adopt_kernel_size(fd);
     }
