@@ -134,7 +134,7 @@ impl Config {
         c.disabled = get("FLEX_DISABLE").is_some_and(|v| v == "1");
         c.atomic = get("FLEX_MODE").is_some_and(|v| v == "atomic");
         c.atomic_write = get("FLEX_ATOMIC").is_some_and(|v| v == "write");
-        c.atomic_apply_inline = !get("FLEX_ATOMIC_APPLY").is_some_and(|v| v == "background");
+        c.atomic_apply_inline = get("FLEX_ATOMIC_APPLY").is_none_or(|v| v != "background");
         if let Some(v) = get("FLEX_ATOMIC_LOG").as_deref().and_then(parse_size) {
             c.atomic_log = v.max(64 << 10);
         }
