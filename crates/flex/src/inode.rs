@@ -661,7 +661,7 @@ impl Inode {
     ) -> Res<(usize, u64)> {
         self.trim_locked(fd)?;
         // SAFETY: the buffers come from write_at/kernel_write, whose contract they carry.
-        let n = unsafe { kernel_pwritev(fd, bufs, off) }?;
+        let n = unsafe { sys::pwritev(fd, bufs, off) }?;
         let end = off + n as u64;
         if end > self.lsize() {
             self.lsize.store(end, Release);
@@ -932,41 +932,6 @@ fn skip(bufs: &[(*const u8, usize)], mut n: usize) -> Vec<(*const u8, usize)> {
         n = 0;
     }
     out
-}
-
-/// # Safety
-/// Each buffer must be valid for its length or invalid (the kernel answers EFAULT).
-unsafe fn kernel_pwritev(fd: RawFd, bufs: &[(*const u8, usize)], off: u64) -> Res<usize> {
-    if bufs.len() == 1 {
-        // SAFETY: forwarded contract.
-        return unsafe { sys::pwrite(fd, bufs[0].0, bufs[0].1, off) };
-    }
-    let iov: Vec<libc::iovec> = bufs
-        .iter()
-        .map(|&(p, l)| libc::iovec {
-            iov_base: p as *mut _,
-            iov_len: l,
-        })
-        .collect();
-    // SAFETY: a raw system call; iov is a valid array we own, the buffers are checked by the kernel.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_pwritev,
-            fd,
-            iov.as_ptr(),
-            iov.len() as libc::c_int,
-            off as i64,
-            (off >> 32) as i64,
-        )
-    };
-    if r < 0 {
-        // SAFETY: errno of this thread.
-        Err(Errno::from_raw_os_error(unsafe {
-            *libc::__errno_location()
-        }))
-    } else {
-        Ok(r as usize)
-    }
 }
 
 /// Map `len` bytes of the file, 2 MiB aligned. Tries MAP_SYNC first: accepted only on DAX.

@@ -445,7 +445,7 @@ unsafe fn do_read(
     if off >= FAST_LIMIT || !mapped(e, d, fd, false) {
         e.stats.passed(call);
         // SAFETY: forwarded contract.
-        return unsafe { kernel_preadv(fd, bufs, off) };
+        return unsafe { sys::preadv(fd, bufs, off) };
     }
     e.stats.served(call);
     let mut done = 0usize;
@@ -496,41 +496,6 @@ unsafe fn do_write(
     e.stats.served(call);
     // SAFETY: forwarded contract.
     unsafe { d.inode.write_at(fd, bufs, off, append) }
-}
-
-/// # Safety
-/// As the public entry points.
-unsafe fn kernel_preadv(fd: Fd, bufs: &[(*mut u8, usize)], off: u64) -> Res<usize> {
-    if bufs.len() == 1 {
-        // SAFETY: forwarded contract.
-        return unsafe { sys::pread(fd, bufs[0].0, bufs[0].1, off) };
-    }
-    let iov: Vec<libc::iovec> = bufs
-        .iter()
-        .map(|&(p, l)| libc::iovec {
-            iov_base: p.cast(),
-            iov_len: l,
-        })
-        .collect();
-    // SAFETY: a raw system call on an iovec array we own; the kernel checks the buffers.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_preadv,
-            fd,
-            iov.as_ptr(),
-            iov.len() as i32,
-            off as i64,
-            (off >> 32) as i64,
-        )
-    };
-    if r < 0 {
-        // SAFETY: this thread's errno.
-        Err(Errno::from_raw_os_error(unsafe {
-            *libc::__errno_location()
-        }))
-    } else {
-        Ok(r as usize)
-    }
 }
 
 /// Copy an application iovec array into our memory; EFAULT/EINVAL as the kernel.

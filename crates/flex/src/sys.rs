@@ -68,6 +68,67 @@ pub unsafe fn read(fd: RawFd, buf: *mut u8, len: usize) -> Res<usize> {
     ret(unsafe { libc::syscall(libc::SYS_read, fd, buf, len) })
 }
 
+/// preadv(2) into application buffers (one buffer: pread).
+///
+/// # Safety
+/// As [`pread`], for every buffer.
+pub unsafe fn preadv(fd: RawFd, bufs: &[(*mut u8, usize)], off: u64) -> Res<usize> {
+    if let [(p, l)] = bufs {
+        // SAFETY: forwarded contract.
+        return unsafe { pread(fd, *p, *l, off) };
+    }
+    // SAFETY: forwarded contract.
+    unsafe {
+        vector_io(
+            libc::SYS_preadv,
+            fd,
+            bufs.iter().map(|&(p, l)| (p as *const u8, l)),
+            off,
+        )
+    }
+}
+
+/// pwritev(2) from application buffers (one buffer: pwrite).
+///
+/// # Safety
+/// As [`pwrite`], for every buffer.
+pub unsafe fn pwritev(fd: RawFd, bufs: &[(*const u8, usize)], off: u64) -> Res<usize> {
+    if let [(p, l)] = bufs {
+        // SAFETY: forwarded contract.
+        return unsafe { pwrite(fd, *p, *l, off) };
+    }
+    // SAFETY: forwarded contract.
+    unsafe { vector_io(libc::SYS_pwritev, fd, bufs.iter().copied(), off) }
+}
+
+/// # Safety
+/// Every buffer valid for its length, or invalid (the kernel answers EFAULT).
+unsafe fn vector_io(
+    nr: libc::c_long,
+    fd: RawFd,
+    bufs: impl Iterator<Item = (*const u8, usize)>,
+    off: u64,
+) -> Res<usize> {
+    let iov: Vec<libc::iovec> = bufs
+        .map(|(p, l)| libc::iovec {
+            iov_base: p as *mut _,
+            iov_len: l,
+        })
+        .collect();
+    // SAFETY: a raw system call on an iovec array we own; the kernel checks the buffers.
+    // On x86_64 the low offset word carries all 64 bits; the high word is ignored.
+    ret(unsafe {
+        libc::syscall(
+            nr,
+            fd,
+            iov.as_ptr(),
+            iov.len() as libc::c_int,
+            off as i64,
+            (off >> 32) as i64,
+        )
+    })
+}
+
 pub fn lseek(fd: RawFd, off: i64, whence: i32) -> Res<u64> {
     // SAFETY: a raw system call with scalar arguments.
     ret(unsafe { libc::syscall(libc::SYS_lseek, fd, off, whence) }).map(|v| v as u64)
