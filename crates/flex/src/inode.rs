@@ -512,6 +512,11 @@ impl Inode {
     /// Write the buffers at `off` (or at the end if `append`). Returns the count and the
     /// offset just past the written bytes, as pwritev(2) plus O_APPEND.
     ///
+    /// `stream`: on page granularity, store with non-temporal stores and no fence (the
+    /// caller fences once, [`crate::persist::fence`], before anyone may look). For bulk
+    /// copies of bytes nobody reads soon (the atomic mode's apply): no read-for-ownership
+    /// of the destination lines, about 2.5x less memory traffic on cold pages.
+    ///
     /// # Safety
     /// Each buffer must be valid for its length or fault when read (the copy is guarded).
     pub unsafe fn write_at(
@@ -520,6 +525,7 @@ impl Inode {
         bufs: &[(*const u8, usize)],
         off: u64,
         append: bool,
+        stream: bool,
     ) -> Res<(usize, u64)> {
         let e = engine();
         let total: usize = bufs
@@ -535,7 +541,7 @@ impl Inode {
             let end = off.saturating_add(total as u64);
             let m = self.map_r();
             if !m.base.is_null() && m.writable && end <= m.len as u64 && end <= self.lsize() {
-                let rem = self.copy_in(&m, bufs, off, total);
+                let rem = self.copy_in(&m, bufs, off, total, stream);
                 drop(m);
                 if rem == 0 {
                     e.stats.bytes_written.fetch_add(total as u64, Relaxed);
@@ -580,7 +586,7 @@ impl Inode {
             drop(m);
             return self.kernel_write_locked(fd, bufs, off);
         }
-        let rem = self.copy_in(&m, bufs, off, total);
+        let rem = self.copy_in(&m, bufs, off, total, stream);
         let reached = off + (total - rem) as u64;
         // A write that copied nothing (a bad buffer) must not extend the file.
         if rem < total && reached > self.lsize() {
@@ -594,9 +600,54 @@ impl Inode {
         self.fault_fallback(fd, bufs, off, total - rem)
     }
 
+    /// Overwrite many ranges inside the logical size under one hold of the mapping (the
+    /// atomic mode applying a batch): streaming stores on page granularity and a single
+    /// fence at the end, where per-call locking would drain the stores after each copy.
+    /// Returns how many leading ranges were written; the caller writes the rest one by one
+    /// (a range past the size or the mapping, or a fault).
+    ///
+    /// # Safety
+    /// Each source must be valid for its length or fault when read (the copy is guarded).
+    pub unsafe fn overwrite_many(&self, ranges: &[(u64, *const u8, usize)]) -> usize {
+        let m = self.map_r();
+        if m.base.is_null() || !m.writable {
+            return 0;
+        }
+        let size = self.lsize().min(m.len as u64);
+        let mut done = 0;
+        for &(off, src, len) in ranges {
+            if off.checked_add(len as u64).is_none_or(|e| e > size) {
+                break;
+            }
+            // SAFETY: [off, off+len) lies inside the writable mapping and the logical size
+            // (checked above, under the mapping's read lock); a fault on the source is
+            // caught by the guarded copy.
+            let rem = unsafe { fault::copy_nt(m.base.add(off as usize), src, len) };
+            if rem != 0 {
+                break;
+            }
+            done += 1;
+        }
+        persist::fence();
+        drop(m);
+        let bytes: usize = ranges[..done].iter().map(|r| r.2).sum();
+        engine()
+            .stats
+            .bytes_written
+            .fetch_add(bytes as u64, Relaxed);
+        done
+    }
+
     /// Copy the buffers into the mapping at `off`, durably on cache-line granularity.
     /// Returns the number of bytes not copied (a fault stopped the copy).
-    fn copy_in(&self, m: &Mapping, bufs: &[(*const u8, usize)], off: u64, total: usize) -> usize {
+    fn copy_in(
+        &self,
+        m: &Mapping,
+        bufs: &[(*const u8, usize)],
+        off: u64,
+        total: usize,
+        stream: bool,
+    ) -> usize {
         let mut at = off as usize;
         let mut left = total;
         for &(p, l) in bufs {
@@ -610,6 +661,7 @@ impl Inode {
             let rem = unsafe {
                 match m.gran {
                     Granularity::CacheLine => fault::copy_nt(m.base.add(at), p, l),
+                    Granularity::Page if stream => fault::copy_nt(m.base.add(at), p, l),
                     Granularity::Page => fault::copy(m.base.add(at), p, l),
                 }
             };

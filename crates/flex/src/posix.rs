@@ -495,7 +495,7 @@ unsafe fn do_write(
     }
     e.stats.served(call);
     // SAFETY: forwarded contract.
-    unsafe { d.inode.write_at(fd, bufs, off, append) }
+    unsafe { d.inode.write_at(fd, bufs, off, append, false) }
 }
 
 /// Copy an application iovec array into our memory; EFAULT/EINVAL as the kernel.
