@@ -44,6 +44,9 @@ pub struct Config {
     /// `FLEX_ATOMIC_APPLY=background` in a background thread per process (it pays off only
     /// with an idle core; measured slower on this project's 2-core machines).
     pub atomic_apply_inline: bool,
+    /// `FLEX_ATOMIC_POLICY=auto|redo|undo`: how transactions log (auto: from each file's
+    /// measured read/write mix).
+    pub atomic_policy: crate::atomic::core::Policy,
 }
 
 impl Default for Config {
@@ -61,6 +64,7 @@ impl Default for Config {
             atomic_write: false,
             atomic_log: 16 << 20,
             atomic_apply_inline: true,
+            atomic_policy: crate::atomic::core::Policy::Auto,
         }
     }
 }
@@ -135,6 +139,11 @@ impl Config {
         c.atomic = get("FLEX_MODE").is_some_and(|v| v == "atomic");
         c.atomic_write = get("FLEX_ATOMIC").is_some_and(|v| v == "write");
         c.atomic_apply_inline = get("FLEX_ATOMIC_APPLY").is_none_or(|v| v != "background");
+        c.atomic_policy = match get("FLEX_ATOMIC_POLICY") {
+            Some(v) if v == "redo" => crate::atomic::core::Policy::Redo,
+            Some(v) if v == "undo" => crate::atomic::core::Policy::Undo,
+            _ => crate::atomic::core::Policy::Auto,
+        };
         if let Some(v) = get("FLEX_ATOMIC_LOG").as_deref().and_then(parse_size) {
             c.atomic_log = v.max(64 << 10);
         }

@@ -69,6 +69,10 @@ pub struct Stats {
     pub grows: AtomicU64,
     pub adoptions: AtomicU64,
     pub recoveries: AtomicU64,
+    /// Failure-atomic mode: commits of redo and of undo transactions, mode switches.
+    pub atomic_redo: AtomicU64,
+    pub atomic_undo: AtomicU64,
+    pub atomic_switches: AtomicU64,
     fallbacks: Mutex<BTreeMap<&'static str, u64>>,
     files: Mutex<BTreeMap<Vec<u8>, FileStat>>,
 }
@@ -95,6 +99,9 @@ impl Default for Stats {
             grows: Z,
             adoptions: Z,
             recoveries: Z,
+            atomic_redo: Z,
+            atomic_undo: Z,
+            atomic_switches: Z,
             fallbacks: Mutex::new(BTreeMap::new()),
             files: Mutex::new(BTreeMap::new()),
         }
@@ -115,9 +122,18 @@ struct Report<'a> {
     grows: u64,
     adoptions: u64,
     recoveries: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    atomic: Option<AtomicReport>,
     fallbacks: BTreeMap<&'static str, u64>,
     files: BTreeMap<String, FileStat>,
     cpu: Cpu<'a>,
+}
+
+#[derive(Serialize)]
+struct AtomicReport {
+    redo_commits: u64,
+    undo_commits: u64,
+    switches: u64,
 }
 
 #[derive(Serialize)]
@@ -157,6 +173,9 @@ impl Stats {
             &self.grows,
             &self.adoptions,
             &self.recoveries,
+            &self.atomic_redo,
+            &self.atomic_undo,
+            &self.atomic_switches,
         ] {
             c.store(0, Relaxed);
         }
@@ -203,6 +222,14 @@ impl Stats {
             grows: self.grows.load(Relaxed),
             adoptions: self.adoptions.load(Relaxed),
             recoveries: self.recoveries.load(Relaxed),
+            atomic: {
+                let a = AtomicReport {
+                    redo_commits: self.atomic_redo.load(Relaxed),
+                    undo_commits: self.atomic_undo.load(Relaxed),
+                    switches: self.atomic_switches.load(Relaxed),
+                };
+                (a.redo_commits + a.undo_commits > 0).then_some(a)
+            },
             fallbacks: self.fallbacks.lock().map(|m| m.clone()).unwrap_or_default(),
             files: self
                 .files

@@ -94,11 +94,23 @@ fn writer_child() {
         .atomic(flag)
         .open(&path)
         .unwrap();
+    let reads: u64 = std::env::var("ATOMIC_CRASH_READS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let mut r = Rng(seed | 1);
     let mut size = 0u64;
     let mut commits = 0;
     let mut i = 0;
+    let mut buf = [0u8; 512];
     while commits < COMMITS {
+        // A read-mostly phase every other 64 operations (FLEX_ATOMIC_POLICY=auto then
+        // switches between undo and redo).
+        if i % 128 < 64 {
+            for k in 0..reads {
+                let _ = f.read_at(&mut buf, (i * 977 + k * 4099) % (size + 1));
+            }
+        }
         match next_op(&mut r, i, size) {
             Op::Write(off, b) => {
                 f.write_all_at(&b, off).unwrap();
@@ -159,6 +171,12 @@ fn kill_9_writers_and_recover() {
             ),
         )
         .env("FLEX_ATOMIC_LOG", "256k")
+        // Redo, undo, and the measured switch between them, in turn.
+        .env(
+            "FLEX_ATOMIC_POLICY",
+            ["redo", "undo", "auto"][run as usize % 3],
+        )
+        .env("ATOMIC_CRASH_READS", if run % 3 == 2 { "6" } else { "0" })
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
         if !flag {

@@ -480,3 +480,97 @@ assert content("a") == b"PARENT"
         assert!(!log_of(&t.path.join(n)).exists(), "log of {n} left");
     }
 }
+
+/// Every test above again, with undo logging (`FLEX_ATOMIC_POLICY=undo`): this binary
+/// re-run in a child process whose engine reads that policy at start.
+#[test]
+fn every_regression_under_the_undo_policy() {
+    if std::env::var_os("FLEX_ATOMIC_POLICY").is_some() {
+        return;
+    }
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--skip", "every_regression_under", "--test-threads=2"])
+        .env("FLEX_ATOMIC_POLICY", "undo")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "under undo:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let passed: usize = text
+        .split("test result: ok. ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(passed >= 12, "{text}");
+}
+
+/// The policies through libflex.so: a read-mostly program gets undo transactions under
+/// `auto`, a write-only one redo; forced policies are obeyed. FLEX_STATS counts the
+/// commits of each kind; the file holds exactly what was written.
+#[test]
+fn policies_are_obeyed_and_auto_follows_the_mix() {
+    run::require("python3", "python3");
+    let script = r#"
+import os, sys
+d, reads = sys.argv[1], int(sys.argv[2])
+fd = os.open(os.path.join(d, "f"), os.O_RDWR | os.O_CREAT, 0o644)
+want = bytearray(64 * 4096)
+os.pwrite(fd, bytes(want), 0)
+os.fsync(fd)
+for i in range(200):
+    for k in range(reads):
+        os.pread(fd, 4096, ((i * 7 + k) % 64) * 4096)
+    b = bytes([i % 251 + 1]) * 4096
+    at = ((i * 13) % 64) * 4096
+    os.pwrite(fd, b, at)
+    want[at:at + 4096] = b
+    if i % 8 == 7:
+        os.fsync(fd)
+os.close(fd)
+with open(os.path.join(d, "f"), "rb") as f:
+    assert f.read() == bytes(want)
+"#;
+    // (policy, reads per write, mostly undo, only one kind)
+    for (policy, reads, undo, only) in [
+        ("auto", 0, false, true),
+        ("auto", 10, true, false),
+        ("undo", 0, true, true),
+        ("redo", 10, false, true),
+    ] {
+        let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+        let stats = dir.path().join("stats.json");
+        let out = Command::new(run::flexio())
+            .args(["run", "--paths"])
+            .arg(dir.path())
+            .args(["--", "python3", "-c", script])
+            .arg(dir.path())
+            .arg(reads.to_string())
+            .env("FLEX_MODE", "atomic")
+            .env("FLEX_ATOMIC_POLICY", policy)
+            .env("FLEX_STATS", &stats)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{policy}/{reads}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let st = std::fs::read_to_string(&stats).unwrap();
+        let v: serde_json::Value = st
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["exe"].as_str().is_some_and(|e| e.contains("python")))
+            .unwrap_or_else(|| panic!("no python stats in {st}"));
+        let n = |k: &str| v["atomic"][k].as_u64().unwrap_or(0);
+        let (u, r) = (n("undo_commits"), n("redo_commits"));
+        assert!(u + r >= 26, "{policy}/{reads}: {st}");
+        assert_eq!(u > r, undo, "{policy}/{reads}: {st}");
+        if only {
+            assert_eq!(u.min(r), 0, "{policy}/{reads}: {st}");
+        }
+    }
+}

@@ -1,7 +1,9 @@
 //! The failure-atomic protocol over a [`Media`] (the log) and a [`DataDev`] (the data
-//! file): redo logging with an in-memory index of uncommitted ranges, commit, apply,
-//! checkpoint and recovery. Generic so that the persistence simulator runs the very code
-//! the engine runs.
+//! file): redo logging (new bytes to the log, an in-memory index of them, applied after
+//! the commit) and undo logging (old bytes to the log, new bytes in place, the log
+//! dropped at the commit), chosen per transaction from the file's measured read/write
+//! mix; commit, apply, checkpoint and recovery. Generic so that the persistence simulator
+//! runs the very code the engine runs.
 
 use super::log::{self, Log, Media, Op, Scan};
 use crate::sys::{Errno, Res};
@@ -21,6 +23,30 @@ pub trait DataDev {
     /// # Safety
     /// `src` must be valid for `len` bytes.
     unsafe fn write_raw(&mut self, off: u64, src: *const u8, len: usize) -> Res<()>;
+    /// A bulk write of bytes nobody reads soon (applying the log): the same as
+    /// [`DataDev::write_raw`], possibly with streaming stores that only become visible and
+    /// ordered at the next [`DataDev::settle`].
+    ///
+    /// # Safety
+    /// As [`DataDev::write_raw`].
+    unsafe fn write_stream(&mut self, off: u64, src: *const u8, len: usize) -> Res<()> {
+        // SAFETY: forwarded contract.
+        unsafe { self.write_raw(off, src, len) }
+    }
+    /// Order the streaming stores of [`DataDev::write_stream`] before what follows.
+    fn settle(&mut self) {}
+    /// Write many ranges as [`DataDev::write_stream`] would, in order (they may overlap:
+    /// the later wins).
+    ///
+    /// # Safety
+    /// Each source valid for its length.
+    unsafe fn write_many(&mut self, ranges: &[(u64, *const u8, usize)]) -> Res<()> {
+        for &(off, src, len) in ranges {
+            // SAFETY: forwarded contract.
+            unsafe { self.write_stream(off, src, len) }?;
+        }
+        Ok(())
+    }
     fn set_len(&mut self, len: u64) -> Res<()>;
     /// Make every byte and the size durable.
     fn sync(&mut self) -> Res<()>;
@@ -31,6 +57,8 @@ pub trait DataDev {
 pub struct Replayed {
     /// Committed transactions re-applied.
     pub txns: usize,
+    /// Undo records of an uncommitted transaction rolled back.
+    pub rolled_back: usize,
     /// Uncommitted records discarded.
     pub discarded: usize,
     /// The data file's size afterwards.
@@ -45,25 +73,44 @@ pub fn replay<D: DataDev>(img: &[u8], s: &Scan, data: &mut D) -> Res<Replayed> {
         discarded: s.tail_records,
         ..Replayed::default()
     };
-    if s.txns.is_empty() {
-        r.size = data.size()?;
-        return Ok(r);
-    }
-    let mut size = 0;
+    let mut size = None;
     for (ops, after) in &s.txns {
         for op in ops {
             match *op {
                 Op::Write { off, len, at } => {
                     let p = &img[at as usize..(at + len) as usize];
                     // SAFETY: `p` is a slice of the image we own.
-                    unsafe { data.write_raw(off, p.as_ptr(), p.len()) }?;
+                    unsafe { data.write_stream(off, p.as_ptr(), p.len()) }?;
                 }
-                Op::Truncate { len } => data.set_len(len)?,
+                Op::Truncate { len } => {
+                    data.settle();
+                    data.set_len(len)?;
+                }
             }
         }
-        size = *after;
+        size = Some(*after);
         r.txns += 1;
     }
+    // An uncommitted undo transaction changed the data file in place: put the old bytes
+    // back, newest record first, then the size it began with.
+    for &(off, len, at) in s.undo.iter().rev() {
+        let p = &img[at as usize..(at + len) as usize];
+        // SAFETY: `p` is a slice of the image we own.
+        unsafe { data.write_stream(off, p.as_ptr(), p.len()) }?;
+        r.rolled_back += 1;
+    }
+    if let Some(z) = s.undo_size {
+        size = Some(z);
+    }
+    let Some(size) = size.or(if r.rolled_back > 0 {
+        Some(data.size()?)
+    } else {
+        None
+    }) else {
+        r.size = data.size()?;
+        return Ok(r);
+    };
+    data.settle();
     if data.size()? != size {
         data.set_len(size)?;
     }
@@ -106,6 +153,12 @@ pub fn recover<M: Media, D: DataDev>(
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CoreStats {
     pub commits: u64,
+    /// Commits of undo transactions (the rest were redo).
+    pub undo_commits: u64,
+    /// Transactions that began in the other mode than the one before.
+    pub switches: u64,
+    /// Undo transactions that went on as redo (a large truncation).
+    pub undo_to_redo: u64,
     pub early_commits: u64,
     pub checkpoints: u64,
     pub logged_bytes: u64,
@@ -113,6 +166,31 @@ pub struct CoreStats {
 
 /// The largest log a commit leaves without a checkpoint (see [`Core::ckpt_at`]).
 pub const CKPT_MAX: u64 = 1 << 20;
+
+/// How a transaction keeps its promise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// New bytes go to the log; reads overlay them; the data file changes after commit.
+    /// One copy more per write, none per read outside the uncommitted ranges; suits
+    /// writes.
+    Redo,
+    /// Old bytes go to the log (durably, before), new bytes in place; reads are plain;
+    /// the commit syncs the data and drops the log. A barrier pair per write that saves
+    /// bytes; suits files mostly read.
+    Undo,
+}
+
+/// Which mode new transactions use (`FLEX_ATOMIC_POLICY`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    /// From the measured mix: undo once reads outnumber writes [`UNDO_READS`] to one.
+    Auto,
+    Redo,
+    Undo,
+}
+
+/// Reads per write from which [`Policy::Auto`] picks undo logging.
+pub const UNDO_READS: u64 = 4;
 
 /// One operation of a [`Batch`], its payload resolved to a pointer into the log.
 #[derive(Clone, Copy, Debug)]
@@ -147,10 +225,14 @@ impl Batch {
         match self.ops.get(i) {
             // SAFETY: per the contract, `src` addresses `len` unchanged log bytes.
             Some(&BatchOp::Write { off, len, src }) => unsafe {
-                data.write_raw(off, src, len as usize)
+                data.write_stream(off, src, len as usize)
             },
-            Some(&BatchOp::Truncate { len }) => data.set_len(len),
+            Some(&BatchOp::Truncate { len }) => {
+                data.settle();
+                data.set_len(len)
+            }
             None => {
+                data.settle();
                 if data.size()? != self.size {
                     data.set_len(self.size)?;
                 }
@@ -164,11 +246,24 @@ impl Batch {
     /// # Safety
     /// As [`Batch::step`].
     pub unsafe fn apply<D: DataDev>(&self, data: &mut D) -> Res<()> {
-        for i in 0..=self.ops.len() {
-            // SAFETY: forwarded contract.
-            unsafe { self.step(data, i) }?;
+        // Runs of writes go to the data file together (one fence per run).
+        let mut run: Vec<(u64, *const u8, usize)> = Vec::with_capacity(self.ops.len());
+        for (i, op) in self.ops.iter().enumerate() {
+            match *op {
+                BatchOp::Write { off, len, src } => run.push((off, src, len as usize)),
+                BatchOp::Truncate { .. } => {
+                    // SAFETY: forwarded contract (log bytes of this batch).
+                    unsafe { data.write_many(&run) }?;
+                    run.clear();
+                    // SAFETY: forwarded contract.
+                    unsafe { self.step(data, i) }?;
+                }
+            }
         }
-        Ok(())
+        // SAFETY: as above.
+        unsafe { data.write_many(&run) }?;
+        // SAFETY: forwarded contract.
+        unsafe { self.step(data, self.ops.len()) }
     }
 }
 
@@ -205,6 +300,20 @@ pub struct Core<M: Media> {
     /// A failed apply left the data file behind the log: refuse further IO (recovery at
     /// the next open repairs it).
     broken: bool,
+    pub policy: Policy,
+    /// The current transaction's mode (or the last one's, between transactions).
+    mode: Mode,
+    /// Undo: the size when the transaction began (its UNDO_SIZE is logged).
+    size0: Option<u64>,
+    /// Undo: ranges below `size0` whose old bytes the log holds (start -> end, disjoint).
+    saved: BTreeMap<u64, u64>,
+    /// Undo: the data file was changed in place.
+    inplace: bool,
+    /// The measured mix: reads and writes (halved now and then, so it follows changes).
+    reads: u64,
+    writes: u64,
+    /// Old bytes on their way to the log.
+    scratch: Vec<u8>,
 }
 
 impl<M: Media> Core<M> {
@@ -224,6 +333,53 @@ impl<M: Media> Core<M> {
             bound,
             stats: CoreStats::default(),
             broken: false,
+            policy: Policy::Auto,
+            mode: Mode::Redo,
+            size0: None,
+            saved: BTreeMap::new(),
+            inplace: false,
+            reads: 0,
+            writes: 0,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// The mode of the current (or last) transaction.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// A read of this file (the mix that picks the mode).
+    pub fn note_read(&mut self) {
+        self.reads += 1;
+    }
+
+    /// The mode the policy wants for the next transaction.
+    pub fn wanted(&self) -> Mode {
+        match self.policy {
+            Policy::Redo => Mode::Redo,
+            Policy::Undo => Mode::Undo,
+            Policy::Auto if self.reads >= UNDO_READS * self.writes.max(1) => Mode::Undo,
+            Policy::Auto => Mode::Redo,
+        }
+    }
+
+    /// A transaction begins (its first write or truncation): undo if wanted and the log
+    /// is empty (undo records live only in a generation's first transaction, so recovery
+    /// never rolls back bytes a committed redo record replays), else redo.
+    fn begin(&mut self) {
+        if self.reads + self.writes > 4096 {
+            self.reads /= 2;
+            self.writes /= 2;
+        }
+        let empty = self.log.tail == log::HEADER && self.committed.is_empty() && self.inflight == 0;
+        let mode = match self.wanted() {
+            Mode::Undo if empty => Mode::Undo,
+            _ => Mode::Redo,
+        };
+        if mode != self.mode {
+            self.stats.switches += 1;
+            self.mode = mode;
         }
     }
 
@@ -233,7 +389,7 @@ impl<M: Media> Core<M> {
 
     /// Uncommitted operations exist.
     pub fn dirty(&self) -> bool {
-        !self.ops.is_empty()
+        !self.ops.is_empty() || self.size0.is_some() || self.inplace
     }
 
     /// Committed operations are not yet applied to the data file.
@@ -257,6 +413,7 @@ impl<M: Media> Core<M> {
     /// after the in-flight batch finished, so the log stays bounded).
     pub fn wants_checkpoint(&self) -> bool {
         self.log.tail >= self.ckpt_at()
+            || (self.wanted() == Mode::Undo && self.log.tail > log::HEADER)
     }
 
     /// Checkpoint at a commit once the log holds this much: half the bound, at most
@@ -268,7 +425,7 @@ impl<M: Media> Core<M> {
 
     /// A background checkpoint is worth it: nothing pending, the log passed `idle_min`.
     pub fn idle_checkpoint(&self) -> bool {
-        self.ops.is_empty()
+        !self.dirty()
             && self.committed.is_empty()
             && self.inflight == 0
             && self.log.tail > log::HEADER
@@ -338,7 +495,7 @@ impl<M: Media> Core<M> {
     pub fn reset_after_sync(&mut self, epoch: u64) -> Res<bool> {
         self.check()?;
         if self.applied != epoch
-            || !self.ops.is_empty()
+            || self.dirty()
             || !self.committed.is_empty()
             || self.inflight > 0
             || self.log.tail == log::HEADER
@@ -395,8 +552,20 @@ impl<M: Media> Core<M> {
             return Ok((0, off));
         }
         self.make_room(data, len as u64)?;
+        if !self.dirty() {
+            self.begin();
+        }
+        self.writes += 1;
         let off = if append { self.size } else { off };
         let end = off.checked_add(len as u64).ok_or(Errno::FBIG)?;
+        if self.mode == Mode::Undo {
+            self.save(data, off, end)?;
+            self.inplace = true;
+            // SAFETY: forwarded contract.
+            unsafe { data.write_raw(off, src, len) }?;
+            self.size = self.size.max(end);
+            return Ok((len, end));
+        }
         // SAFETY: forwarded contract.
         let at = unsafe { self.log.append_write(off, src, len) }?;
         self.index(off, end, Some(at));
@@ -414,6 +583,24 @@ impl<M: Media> Core<M> {
     pub fn truncate<D: DataDev>(&mut self, data: &mut D, len: u64) -> Res<()> {
         self.check()?;
         self.make_room(data, 0)?;
+        if !self.dirty() {
+            self.begin();
+        }
+        self.writes += 1;
+        if self.mode == Mode::Undo {
+            let keep = self.size0.unwrap_or(self.size).min(self.size);
+            if len >= keep || self.unsaved(len, keep) <= self.bound / 4 {
+                self.save(data, len, self.size)?;
+                self.inplace = true;
+                data.set_len(len)?;
+                self.size = len;
+                return Ok(());
+            }
+            // Too much to save: the transaction goes on as redo (its undo records stay
+            // valid: recovery rolls them back if it does not commit).
+            self.mode = Mode::Redo;
+            self.stats.undo_to_redo += 1;
+        }
         self.log.append_truncate(len)?;
         self.index(len, u64::MAX, None);
         self.base_limit = self.base_limit.min(len);
@@ -422,22 +609,118 @@ impl<M: Media> Core<M> {
         Ok(())
     }
 
-    /// Put `[s, e)` in the index (pointing at log offset `at`), or with `None` drop it.
-    fn index(&mut self, s: u64, e: u64, at: Option<u64>) {
-        let mut cut = Vec::new();
-        if let Some((&ps, &(pe, _))) = self.ext.range(..s).next_back() {
-            if pe > s {
-                cut.push(ps);
+    /// Undo: bytes of `[s, e)` below the transaction's first size whose old contents the
+    /// log does not hold yet.
+    fn unsaved(&self, s: u64, e: u64) -> u64 {
+        let e = e.min(self.size0.unwrap_or(self.size));
+        self.gaps(s, e).iter().map(|g| g.1 - g.0).sum()
+    }
+
+    /// The parts of `[s, e)` not in `saved`.
+    fn gaps(&self, s: u64, e: u64) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        let mut at = s;
+        let first = match self.saved.range(..=s).next_back() {
+            Some((&k, _)) => k,
+            None => s,
+        };
+        for (&k, &ke) in self.saved.range(first..e) {
+            if ke <= at {
+                continue;
+            }
+            if k > at {
+                out.push((at, k));
+            }
+            at = at.max(ke);
+            if at >= e {
+                break;
             }
         }
-        cut.extend(self.ext.range(s..e).map(|(&k, _)| k));
-        for k in cut {
-            let Some((ke, kat)) = self.ext.remove(&k) else {
-                continue;
-            };
-            if k < s {
-                self.ext.insert(k, (s, kat));
+        if at < e {
+            out.push((at, e));
+        }
+        out
+    }
+
+    /// Undo: before `[s, e)` changes in place, make the old bytes durable in the log (and,
+    /// first in a transaction, the size it began with). Payloads, barrier, headers,
+    /// barrier: a valid UNDO header always has its whole payload.
+    fn save<D: DataDev>(&mut self, data: &mut D, s: u64, e: u64) -> Res<()> {
+        let fresh = self.size0.is_none();
+        if fresh {
+            self.log.append_undo_size(self.size)?;
+            self.size0 = Some(self.size);
+        }
+        let lim = e.min(self.size0.unwrap_or(0));
+        let gaps = if s < lim {
+            self.gaps(s, lim)
+        } else {
+            Vec::new()
+        };
+        if gaps.is_empty() {
+            if fresh {
+                self.log.m.barrier()?;
             }
+            return Ok(());
+        }
+        let mut staged = Vec::with_capacity(gaps.len());
+        let mut scratch = core::mem::take(&mut self.scratch);
+        let r = (|| {
+            for &(a, b) in &gaps {
+                let n = (b - a) as usize;
+                scratch.clear();
+                scratch.resize(n, 0);
+                // Unsaved bytes below the first size are below the current size (a
+                // shrink saves what it cuts); a short read leaves zeros, as the file
+                // reads there.
+                // SAFETY: our own buffer of n bytes.
+                unsafe { data.read_raw(a, scratch.as_mut_ptr(), n) }?;
+                // SAFETY: as above.
+                staged.push(unsafe { self.log.stage(log::UNDO, a, scratch.as_ptr(), n) }?);
+                self.stats.logged_bytes += n as u64;
+            }
+            self.log.m.barrier()?;
+            for st in &staged {
+                self.log.seal_staged(st);
+            }
+            self.log.m.barrier()
+        })();
+        self.scratch = scratch;
+        r?;
+        self.mark_saved(s, lim);
+        Ok(())
+    }
+
+    fn mark_saved(&mut self, s: u64, e: u64) {
+        let (mut ns, mut ne) = (s, e);
+        if let Some((&ps, &pe)) = self.saved.range(..=s).next_back() {
+            if pe >= s {
+                ns = ps;
+                ne = ne.max(pe);
+            }
+        }
+        while let Some((&k, &ke)) = self.saved.range(ns..=ne).next() {
+            self.saved.remove(&k);
+            ne = ne.max(ke);
+        }
+        self.saved.insert(ns, ne);
+    }
+
+    /// Put `[s, e)` in the index (pointing at log offset `at`), or with `None` drop it.
+    fn index(&mut self, s: u64, e: u64, at: Option<u64>) {
+        // An entry starting before `s` and reaching into it keeps its head (and its tail
+        // past `e`).
+        if let Some((&ps, &(pe, pat))) = self.ext.range(..s).next_back() {
+            if pe > s {
+                self.ext.insert(ps, (s, pat));
+                if pe > e {
+                    self.ext.insert(e, (pe, pat + (e - ps)));
+                }
+            }
+        }
+        // Entries starting inside go, but for their tails past `e`.
+        while let Some((&k, &(ke, kat))) = self.ext.range(s..e).next() {
+            self.ext.remove(&k);
             if ke > e {
                 self.ext.insert(e, (ke, kat + (e - k)));
             }
@@ -506,8 +789,28 @@ impl<M: Media> Core<M> {
     /// the caller ([`Core::wants_checkpoint`]).
     pub fn commit<D: DataDev>(&mut self, data: &mut D) -> Res<()> {
         self.check()?;
-        if self.ops.is_empty() {
+        if !self.dirty() {
             return Ok(());
+        }
+        if self.inplace || self.size0.is_some() {
+            // Undo: the new bytes (and size) in the data file are durable before the
+            // commit point.
+            data.sync()?;
+            if self.ops.is_empty() {
+                // The new generation is the commit: the undo records are gone at once.
+                self.log.reset()?;
+                self.stats.commits += 1;
+                self.stats.undo_commits += 1;
+                self.size0 = None;
+                self.inplace = false;
+                self.saved.clear();
+                self.committed_size = self.size;
+                return Ok(());
+            }
+            // A transaction that went on as redo commits as redo (COMMIT record).
+            self.size0 = None;
+            self.inplace = false;
+            self.saved.clear();
         }
         self.log.commit(self.size)?;
         self.stats.commits += 1;

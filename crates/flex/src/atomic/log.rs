@@ -1,34 +1,47 @@
-//! The on-disk format of a failure-atomic file's redo log, and the [`Media`] seam through
-//! which every byte of it is stored, flushed and fenced.
+//! The on-disk format of a failure-atomic file's log (redo and undo records), and the
+//! [`Media`] seam through which every byte of it is stored, flushed and fenced.
 //!
 //! Layout (little endian). Line 0 is the header:
-//! `magic[8] "FLEXLOG1" | ino u64 | gen u64 | sum u64 (hash of magic+ino)`.
-//! Records start at byte 64, each 64-byte aligned:
-//! `tag u32 | kind u32 | gen u64 | seq u64 | a u64 | b u64 | sum u64 | payload[b]`
-//! - kind 1 WRITE: `a` = file offset, `b` = payload length;
-//! - kind 2 TRUNCATE: `a` = new length;
-//! - kind 3 COMMIT: `a` = logical size after the transaction.
+//! `magic[8] "FLEXLOG2" | ino u64 | gen u64 | sum u64 (hash of magic+ino)`.
+//! Records start at byte 64, each on its own 64-byte line(s): a 48-byte header
+//! `tag u32 | kind u32 | gen u64 | seq u64 | a u64 | b u64 | sum u64`, then from the next
+//! line boundary (byte 64 of the record: aligned for streaming copies) `b` payload bytes.
+//! - kind 1 WRITE (redo): `a` = file offset, `b` = payload length (the new bytes);
+//! - kind 2 TRUNCATE (redo): `a` = new length;
+//! - kind 3 COMMIT: `a` = logical size after the transaction;
+//! - kind 4 UNDO: `a` = file offset, `b` = payload length (the old bytes, saved before the
+//!   data file is changed in place);
+//! - kind 5 UNDO_SIZE: `a` = the file's size when the transaction began.
 //!
 //! `sum` hashes the first 40 header bytes (a torn header fails its check). Payloads are
 //! not hashed: a commit makes the transaction's records durable (barrier) before it stores
-//! the COMMIT record (second barrier), so the records before a durable COMMIT are whole.
-//! `seq` starts at 1 in each generation and increases by
-//! one per record; a scan stops at the first record that fails (tag, gen, seq, sum). The
-//! records before the last valid COMMIT are committed; the rest is an uncommitted tail.
+//! the COMMIT record (second barrier), so the records before a durable COMMIT are whole;
+//! an UNDO payload is made durable (barrier) before its header is stored (second barrier),
+//! and the data file changes only after that, so a valid UNDO header has a whole payload.
+//! `seq` starts at 1 in each generation and increases by one per record; a scan stops at
+//! the first record that fails (tag, gen, seq, sum). The records before the last valid
+//! COMMIT are committed: their redo records are replayed, their undo records are moot.
+//! The rest is the uncommitted tail: its redo records are discarded, its undo records are
+//! rolled back (newest first), then the size goes back to its UNDO_SIZE.
 //! A checkpoint (data synced) starts a new generation by storing `gen + 1` (one aligned
-//! 8-byte store): every older record becomes invisible at once, without rewriting it.
+//! 8-byte store): every older record becomes invisible at once, without rewriting it. An
+//! undo transaction commits that way (its in-place changes synced first).
 
 use crate::sys::{Errno, Res};
 
-pub const MAGIC: [u8; 8] = *b"FLEXLOG1";
+pub const MAGIC: [u8; 8] = *b"FLEXLOG2";
 pub const HEADER: u64 = 64;
 pub const REC_HDR: u64 = 48;
+/// Where a record's payload starts, from the record's start.
+pub const PAYLOAD_AT: u64 = 64;
 pub const TAG: u32 = 0x4C58_4652;
 pub const GEN_AT: u64 = 16;
 
 pub const WRITE: u32 = 1;
 pub const TRUNCATE: u32 = 2;
 pub const COMMIT: u32 = 3;
+pub const UNDO: u32 = 4;
+pub const UNDO_SIZE: u32 = 5;
 
 /// Where the log lives: a mapped or plain file in production, the persistence simulator in
 /// tests. The persistence contract is the one of a DAX mapping: a stored byte is durable
@@ -59,43 +72,17 @@ pub trait Media {
     fn barrier(&mut self) -> Res<()>;
 }
 
-/// A fast 64-bit hash (four independent multiply-rotate lanes), enough to detect torn records.
-pub fn hash(seed: u64, parts: &[&[u8]]) -> u64 {
+/// A 64-bit hash of a few little-endian words (a record header): enough to detect a torn
+/// or stale header, cheap enough for every write (payloads are not hashed, see above).
+pub fn hash(seed: u64, bytes: &[u8]) -> u64 {
     const P1: u64 = 0x9E37_79B1_85EB_CA87;
     const P2: u64 = 0xC2B2_AE3D_27D4_EB4F;
-    let mut h = [
-        seed ^ P1,
-        seed ^ P2,
-        seed.rotate_left(17) ^ P1,
-        seed.rotate_left(41) ^ P2,
-    ];
-    let mut total = 0u64;
-    let round = |a: u64, w: u64| {
-        a.wrapping_add(w.wrapping_mul(P2))
-            .rotate_left(31)
-            .wrapping_mul(P1)
-    };
-    for p in parts {
-        total = total.wrapping_add(p.len() as u64);
-        let mut chunks = p.chunks_exact(32);
-        for c in &mut chunks {
-            for (i, lane) in h.iter_mut().enumerate() {
-                let w = u64::from_le_bytes(c[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
-                *lane = round(*lane, w);
-            }
-        }
-        let rest = chunks.remainder();
-        for (i, w) in rest.chunks(8).enumerate() {
-            let mut b = [0u8; 8];
-            b[..w.len()].copy_from_slice(w);
-            h[i & 3] = round(h[i & 3], u64::from_le_bytes(b) ^ (w.len() as u64) << 59);
-        }
-        // Separate the parts.
-        h[0] = round(h[0], p.len() as u64);
+    let mut x = seed ^ P2 ^ (bytes.len() as u64).wrapping_mul(P1);
+    for w in bytes.chunks(8) {
+        let mut b = [0u8; 8];
+        b[..w.len()].copy_from_slice(w);
+        x = (x ^ u64::from_le_bytes(b)).wrapping_mul(P1).rotate_left(31);
     }
-    let mut x =
-        h[0].rotate_left(1) ^ h[1].rotate_left(7) ^ h[2].rotate_left(12) ^ h[3].rotate_left(18);
-    x ^= total;
     x ^= x >> 33;
     x = x.wrapping_mul(P2);
     x ^= x >> 29;
@@ -104,7 +91,7 @@ pub fn hash(seed: u64, parts: &[&[u8]]) -> u64 {
 }
 
 pub fn rec_len(payload: u64) -> u64 {
-    (REC_HDR + payload).div_ceil(64) * 64
+    PAYLOAD_AT + payload.div_ceil(64) * 64
 }
 
 pub fn header_bytes(ino: u64, gen: u64) -> [u8; 64] {
@@ -112,7 +99,7 @@ pub fn header_bytes(ino: u64, gen: u64) -> [u8; 64] {
     b[0..8].copy_from_slice(&MAGIC);
     b[8..16].copy_from_slice(&ino.to_le_bytes());
     b[16..24].copy_from_slice(&gen.to_le_bytes());
-    let s = hash(0, &[&b[0..16]]);
+    let s = hash(0, &b[0..16]);
     b[24..32].copy_from_slice(&s.to_le_bytes());
     b
 }
@@ -123,7 +110,7 @@ pub fn parse_header(b: &[u8]) -> Option<(u64, u64)> {
         return None;
     }
     let s = u64::from_le_bytes(b[24..32].try_into().ok()?);
-    if s != hash(0, &[&b[0..16]]) {
+    if s != hash(0, &b[0..16]) {
         return None;
     }
     let ino = u64::from_le_bytes(b[8..16].try_into().ok()?);
@@ -142,9 +129,9 @@ pub fn rec_header(kind: u32, gen: u64, seq: u64, a: u64, b: u64) -> [u8; REC_HDR
     h
 }
 
-pub fn seal(h: &mut [u8; REC_HDR as usize], payload: &[u8]) {
+pub fn seal(h: &mut [u8; REC_HDR as usize]) {
     let kind = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
-    let s = hash(kind as u64, &[&h[0..40], payload]);
+    let s = hash(kind as u64, &h[0..40]);
     h[40..48].copy_from_slice(&s.to_le_bytes());
 }
 
@@ -169,8 +156,13 @@ pub struct Scan {
     pub gen: u64,
     /// Committed transactions: their operations and the logical size after each.
     pub txns: Vec<(Vec<Op>, u64)>,
-    /// Records after the last commit (discarded by recovery).
+    /// Records after the last commit (discarded or rolled back by recovery).
     pub tail_records: usize,
+    /// UNDO records of the uncommitted tail, oldest first: (file offset, length, payload's
+    /// log offset).
+    pub undo: Vec<(u64, u64, u64)>,
+    /// The tail's UNDO_SIZE: the size to return to when rolling back.
+    pub undo_size: Option<u64>,
 }
 
 /// Scan a whole log image (header valid for `ino`, else None).
@@ -187,6 +179,7 @@ pub fn scan(img: &[u8], ino: u64) -> Option<Scan> {
     let mut pos = HEADER as usize;
     let mut seq = 1u64;
     let mut ops = Vec::new();
+    let mut tail = 0usize;
     while pos + REC_HDR as usize <= img.len() {
         let h = &img[pos..pos + REC_HDR as usize];
         let u32_at = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
@@ -206,32 +199,55 @@ pub fn scan(img: &[u8], ino: u64) -> Option<Scan> {
         if u32_at(0) != TAG || rgen != gen || rseq != seq {
             break;
         }
-        let plen = if kind == WRITE { b } else { 0 };
+        let plen = if kind == WRITE || kind == UNDO { b } else { 0 };
         let _fits = match (pos as u64)
-            .checked_add(REC_HDR)
+            .checked_add(PAYLOAD_AT)
             .and_then(|v| v.checked_add(plen))
         {
             Some(e) if e <= img.len() as u64 => e as usize,
             _ => break,
         };
-        if hash(kind as u64, &[&h[0..40], &[]]) != sum {
+        if hash(kind as u64, &h[0..40]) != sum {
             break;
         }
         match kind {
             WRITE => ops.push(Op::Write {
                 off: a,
                 len: b,
-                at: pos as u64 + REC_HDR,
+                at: pos as u64 + PAYLOAD_AT,
             }),
             TRUNCATE => ops.push(Op::Truncate { len: a }),
-            COMMIT => s.txns.push((core::mem::take(&mut ops), a)),
+            UNDO => s.undo.push((a, b, pos as u64 + PAYLOAD_AT)),
+            UNDO_SIZE => {
+                s.undo_size.get_or_insert(a);
+            }
+            COMMIT => {
+                s.txns.push((core::mem::take(&mut ops), a));
+                s.undo.clear();
+                s.undo_size = None;
+                tail = 0;
+                seq += 1;
+                pos += rec_len(0) as usize;
+                continue;
+            }
             _ => break,
         }
+        tail += 1;
         seq += 1;
         pos += rec_len(plen) as usize;
     }
-    s.tail_records = ops.len();
+    s.tail_records = tail;
     Some(s)
+}
+
+/// A record whose payload is stored but whose header is not (see [`Log::stage`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Staged {
+    kind: u32,
+    at: u64,
+    seq: u64,
+    off: u64,
+    len: u64,
 }
 
 /// The writer side of a log: appends records, commits, starts generations.
@@ -281,29 +297,58 @@ impl<M: Media> Log<M> {
     /// # Safety
     /// `src` must be valid for `len` bytes or fault inside a guarded copy (EFAULT).
     pub unsafe fn append_write(&mut self, off: u64, src: *const u8, len: usize) -> Res<u64> {
+        // SAFETY: forwarded contract.
+        let st = unsafe { self.stage(WRITE, off, src, len) }?;
+        self.seal_staged(&st);
+        Ok(st.at + PAYLOAD_AT)
+    }
+
+    /// Store a record's payload (and flush it) but not its header: the record stays
+    /// invisible to a scan until [`Log::seal_staged`] (after a barrier, for UNDO).
+    ///
+    /// # Safety
+    /// `src` must be valid for `len` bytes or fault inside a guarded copy (EFAULT).
+    pub unsafe fn stage(&mut self, kind: u32, off: u64, src: *const u8, len: usize) -> Res<Staged> {
         let at = self.room(len as u64)?;
         // SAFETY: forwarded contract.
-        if unsafe { self.m.store_raw(at + REC_HDR, src, len) } != 0 {
+        if unsafe { self.m.store_raw(at + PAYLOAD_AT, src, len) } != 0 {
             return Err(Errno::FAULT);
         }
-        let mut h = rec_header(WRITE, self.gen, self.seq, off, len as u64);
-        seal(&mut h, &[]);
-        self.m.store(at, &h);
-        self.m.flush(at, REC_HDR + len as u64);
+        self.m.flush(at + PAYLOAD_AT, len as u64);
+        let st = Staged {
+            kind,
+            at,
+            seq: self.seq,
+            off,
+            len: len as u64,
+        };
         self.seq += 1;
         self.tail = at + rec_len(len as u64);
-        Ok(at + REC_HDR)
+        Ok(st)
+    }
+
+    /// Store (and flush) the header of a staged record.
+    pub fn seal_staged(&mut self, st: &Staged) {
+        let mut h = rec_header(st.kind, self.gen, st.seq, st.off, st.len);
+        seal(&mut h);
+        self.m.store(st.at, &h);
+        self.m.flush(st.at, REC_HDR);
     }
 
     fn append_small(&mut self, kind: u32, a: u64) -> Res<()> {
         let at = self.room(0)?;
         let mut h = rec_header(kind, self.gen, self.seq, a, 0);
-        seal(&mut h, &[]);
+        seal(&mut h);
         self.m.store(at, &h);
         self.m.flush(at, REC_HDR);
         self.seq += 1;
         self.tail = at + rec_len(0);
         Ok(())
+    }
+
+    /// The size an undo transaction began with (before its first in-place change).
+    pub fn append_undo_size(&mut self, size: u64) -> Res<()> {
+        self.append_small(UNDO_SIZE, size)
     }
 
     pub fn append_truncate(&mut self, len: u64) -> Res<()> {

@@ -21,6 +21,7 @@ use crate::fault;
 use crate::inode::Inode;
 use crate::persist::{self, Granularity};
 use crate::sys::{self, Errno, Res};
+use arc_swap::ArcSwapOption;
 use rustix::fd::RawFd;
 use rustix::mm::{MapFlags, ProtFlags};
 use std::collections::VecDeque;
@@ -182,18 +183,22 @@ impl DataDev for InodeData<'_> {
         unsafe { self.inode.read_at(self.fd, dst, len, off) }
     }
     unsafe fn write_raw(&mut self, off: u64, src: *const u8, len: usize) -> Res<()> {
-        let end = off + len as u64;
-        let bufs = [(src, len)];
         // SAFETY: forwarded contract.
-        let (n, _) = unsafe {
-            if self.inode.is_mapped(true) && !self.inode.kernel_extends(end, false) {
-                self.inode.write_at(self.fd, &bufs, off, false)
-            } else {
-                self.inode.kernel_write(self.fd, &bufs, off, false)
-            }
-        }?;
-        if n != len {
-            return Err(Errno::NOSPC);
+        unsafe { self.write(off, src, len, false) }
+    }
+    unsafe fn write_stream(&mut self, off: u64, src: *const u8, len: usize) -> Res<()> {
+        // SAFETY: forwarded contract.
+        unsafe { self.write(off, src, len, true) }
+    }
+    fn settle(&mut self) {
+        persist::fence();
+    }
+    unsafe fn write_many(&mut self, ranges: &[(u64, *const u8, usize)]) -> Res<()> {
+        // SAFETY: forwarded contract.
+        let done = unsafe { self.inode.overwrite_many(ranges) };
+        for &(off, src, len) in &ranges[done..] {
+            // SAFETY: forwarded contract.
+            unsafe { self.write(off, src, len, true) }?;
         }
         Ok(())
     }
@@ -204,6 +209,27 @@ impl DataDev for InodeData<'_> {
     }
     fn sync(&mut self) -> Res<()> {
         self.inode.sync(self.fd, true)
+    }
+}
+
+impl InodeData<'_> {
+    /// # Safety
+    /// As [`DataDev::write_raw`].
+    unsafe fn write(&mut self, off: u64, src: *const u8, len: usize, stream: bool) -> Res<()> {
+        let end = off + len as u64;
+        let bufs = [(src, len)];
+        // SAFETY: forwarded contract.
+        let (n, _) = unsafe {
+            if self.inode.is_mapped(true) && !self.inode.kernel_extends(end, false) {
+                self.inode.write_at(self.fd, &bufs, off, false, stream)
+            } else {
+                self.inode.kernel_write(self.fd, &bufs, off, false)
+            }
+        }?;
+        if n != len {
+            return Err(Errno::NOSPC);
+        }
+        Ok(())
     }
 }
 
@@ -240,6 +266,8 @@ impl DataDev for FdData {
 
 /// One failure-atomic file of this process.
 pub struct AtomicFile {
+    /// Itself, for handing to the background applier.
+    me: Weak<AtomicFile>,
     core: Mutex<Core<MapLog>>,
     /// Signalled when a batch finishes (the foreground waits for it before checkpoints).
     idle: Condvar,
@@ -256,31 +284,53 @@ pub struct AtomicFile {
     log_ino: u64,
     /// `FLEX_ATOMIC=write`: every write is its own transaction, durable when it returns.
     per_write: bool,
+    /// The core's counters already added to the engine's stats.
+    reported: Mutex<self::core::CoreStats>,
 }
 
 /// The per-inode attachment point (a field of [`Inode`]): empty for ordinary files.
+/// Looked up on every IO of an atomic file: a lock-free load, no reference count taken.
 #[derive(Default)]
 pub struct Slot {
     on: AtomicBool,
-    f: Mutex<Option<Arc<AtomicFile>>>,
+    /// Serialises attach and detach.
+    init: Mutex<()>,
+    f: ArcSwapOption<AtomicFile>,
+}
+
+/// A borrowed atomic state (see [`Slot::get`]).
+pub struct Attached {
+    _g: arc_swap::Guard<Option<Arc<AtomicFile>>>,
+    p: *const AtomicFile,
+}
+
+impl std::ops::Deref for Attached {
+    type Target = AtomicFile;
+    fn deref(&self) -> &AtomicFile {
+        // SAFETY: `p` points into the Arc the guard protects (a debt or a full reference
+        // keeps it alive for the guard's lifetime, which is ours).
+        unsafe { &*self.p }
+    }
 }
 
 impl Slot {
-    fn lock(&self) -> MutexGuard<'_, Option<Arc<AtomicFile>>> {
-        self.f.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, ()> {
+        self.init.lock().unwrap_or_else(|p| p.into_inner())
     }
     /// The atomic state, if this file is in atomic mode (one relaxed load otherwise).
     #[inline]
-    pub fn get(&self) -> Option<Arc<AtomicFile>> {
+    pub fn get(&self) -> Option<Attached> {
         if !self.on.load(Acquire) {
             return None;
         }
-        self.lock().clone()
+        let g = self.f.load();
+        let p = Arc::as_ptr(g.as_ref()?);
+        Some(Attached { _g: g, p })
     }
     fn take(&self) -> Option<Arc<AtomicFile>> {
-        let mut g = self.lock();
+        let _g = self.lock();
         self.on.store(false, Release);
-        g.take()
+        self.f.swap(None)
     }
 }
 
@@ -458,12 +508,12 @@ impl Media for FileLog {
 /// atomic mode (README, "Failure-atomic mode").
 pub fn attach(inode: &Arc<Inode>, fd: RawFd, writable: bool, dirfd: RawFd, path: &CStr) -> Res<()> {
     let e = engine();
-    let mut slot = inode.atomic.lock();
-    if slot.is_some() {
+    let _slot = inode.atomic.lock();
+    if inode.atomic.f.load().is_some() {
         return Ok(());
     }
     if !writable {
-        drop(slot);
+        drop(_slot);
         // Readers see the last committed state: replay a crashed writer's log first.
         return match recover_read_only(dirfd, path, fd) {
             Ok(Some(r)) => {
@@ -506,6 +556,7 @@ pub fn attach(inode: &Arc<Inode>, fd: RawFd, writable: bool, dirfd: RawFd, path:
         e.stats.recoveries.fetch_add(1, Relaxed);
     }
     let mut core = Core::new(log, inode.lsize(), e.config.atomic_log);
+    core.policy = e.config.atomic_policy;
     // Background applying needs a private descriptor and the applier thread; without
     // them commits apply inline.
     let dfd = if e.config.atomic_apply_inline {
@@ -514,7 +565,8 @@ pub fn attach(inode: &Arc<Inode>, fd: RawFd, writable: bool, dirfd: RawFd, path:
         sys::fcntl_int(fd, libc::F_DUPFD_CLOEXEC, 0).unwrap_or(-1)
     };
     core.background = dfd >= 0 && worker().is_some();
-    *slot = Some(Arc::new(AtomicFile {
+    inode.atomic.f.store(Some(Arc::new_cyclic(|me| AtomicFile {
+        me: me.clone(),
         core: Mutex::new(core),
         idle: Condvar::new(),
         inode: Arc::downgrade(inode),
@@ -524,7 +576,8 @@ pub fn attach(inode: &Arc<Inode>, fd: RawFd, writable: bool, dirfd: RawFd, path:
         log_path: abs,
         log_ino: lino,
         per_write: e.config.atomic_write,
-    }));
+        reported: Mutex::new(Default::default()),
+    })));
     inode.atomic.on.store(true, Release);
     Ok(())
 }
@@ -559,7 +612,8 @@ impl AtomicFile {
         bufs: &[(*mut u8, usize)],
         off: u64,
     ) -> Res<usize> {
-        let c = self.lock();
+        let mut c = self.lock();
+        c.note_read();
         let data = InodeData { inode, fd };
         let mut done = 0usize;
         for &(p, l) in bufs {
@@ -582,7 +636,7 @@ impl AtomicFile {
     /// # Safety
     /// As the engine's write paths.
     pub unsafe fn write(
-        self: &Arc<Self>,
+        &self,
         inode: &Inode,
         fd: RawFd,
         bufs: &[(*const u8, usize)],
@@ -624,20 +678,22 @@ impl AtomicFile {
     /// fsync/fdatasync/close: commit; the applier applies it in the background. Past half
     /// the log's bound the foreground checkpoints (after the batch in flight), so the log
     /// and the fsync latency stay bounded.
-    pub fn commit(self: &Arc<Self>, inode: &Inode, fd: RawFd) -> Res<()> {
+    pub fn commit(&self, inode: &Inode, fd: RawFd) -> Res<()> {
         let c = self.lock();
         self.commit_locked(c, &mut InodeData { inode, fd })
     }
 
     fn commit_locked(
-        self: &Arc<Self>,
+        &self,
         mut c: MutexGuard<'_, Core<MapLog>>,
         data: &mut InodeData<'_>,
     ) -> Res<()> {
         // The applier has not taken the previous commit yet (its core is busy elsewhere):
         // apply here rather than queue behind it.
         let lagging = c.background && c.unapplied() && !c.inflight();
-        c.commit(data)?;
+        let r = c.commit(data);
+        self.report(&c.stats);
+        r?;
         if !c.background || !c.unapplied() {
             return Ok(());
         }
@@ -653,6 +709,25 @@ impl AtomicFile {
         Ok(())
     }
 
+    /// Add what the core counted since the last report to the engine's stats.
+    fn report(&self, now: &self::core::CoreStats) {
+        let mut was = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+        let s = &engine().stats;
+        let undo = now.undo_commits - was.undo_commits;
+        let redo = (now.commits - was.commits).saturating_sub(undo);
+        if redo > 0 {
+            s.atomic_redo.fetch_add(redo, Relaxed);
+        }
+        if undo > 0 {
+            s.atomic_undo.fetch_add(undo, Relaxed);
+        }
+        if now.switches > was.switches {
+            s.atomic_switches
+                .fetch_add(now.switches - was.switches, Relaxed);
+        }
+        *was = *now;
+    }
+
     /// Wait until no batch is in flight (the applier finishes it and signals).
     fn quiet<'a>(&'a self, mut c: MutexGuard<'a, Core<MapLog>>) -> MutexGuard<'a, Core<MapLog>> {
         while c.inflight() {
@@ -662,13 +737,13 @@ impl AtomicFile {
     }
 
     /// Hand the file to the background applier.
-    fn kick(self: &Arc<Self>) {
+    fn kick(&self) {
         if self.queued.swap(true, AcqRel) {
             return;
         }
-        match worker() {
-            Some(w) => w.push(self.clone()),
-            None => {
+        match (worker(), self.me.upgrade()) {
+            (Some(w), Some(me)) => w.push(me),
+            _ => {
                 // No applier (thread creation failed): apply here.
                 self.queued.store(false, Release);
                 if let Some(inode) = self.inode.upgrade() {
@@ -729,7 +804,7 @@ impl AtomicFile {
         }
     }
 
-    pub fn truncate(self: &Arc<Self>, inode: &Inode, fd: RawFd, len: u64) -> Res<()> {
+    pub fn truncate(&self, inode: &Inode, fd: RawFd, len: u64) -> Res<()> {
         let mut c = self.lock();
         let mut data = InodeData { inode, fd };
         if c.inflight() && c.needs_room(0) {
@@ -835,7 +910,9 @@ pub fn detach(inode: &Inode, fd: RawFd) -> Res<()> {
     let mut c = a.quiet(c);
     a.gone.store(true, Release);
     let mut data = InodeData { inode, fd };
-    c.commit(&mut data)?;
+    let r = c.commit(&mut data);
+    a.report(&c.stats);
+    r?;
     c.checkpoint(&mut data)?;
     let st = c.stats;
     drop(c);
