@@ -58,6 +58,19 @@ impl Desc {
     pub fn append(&self) -> bool {
         self.flags.load(Relaxed) & libc::O_APPEND != 0
     }
+    /// Opened O_SYNC (Some(false)) or O_DSYNC (Some(true)): every write is durable on
+    /// return (fixed at open: F_SETFL cannot change these on Linux).
+    #[inline]
+    pub fn sync_writes(&self) -> Option<bool> {
+        let f = self.flags.load(Relaxed);
+        if f & libc::O_SYNC == libc::O_SYNC {
+            Some(false)
+        } else if f & libc::O_DSYNC != 0 {
+            Some(true)
+        } else {
+            None
+        }
+    }
     pub fn is_coherent(&self) -> bool {
         self.coherent.load(Acquire)
     }

@@ -16,6 +16,8 @@ pub struct Engine {
     inodes: Mutex<Inodes>,
     /// Inodes of this process currently over-allocated (in trailer mode).
     pub trailer_files: AtomicI64,
+    /// Files in atomic mode in this process (stat by path reports their size).
+    pub atomic_files: AtomicI64,
     /// Set at exit: writes after the exit hook (late stdio flushes) go through the kernel,
     /// so the kernel size stays exact.
     pub exiting: std::sync::atomic::AtomicBool,
@@ -80,6 +82,7 @@ impl Engine {
             table: Table::new(),
             inodes: Mutex::new(Inodes::default()),
             trailer_files: AtomicI64::new(0),
+            atomic_files: AtomicI64::new(0),
             exiting: std::sync::atomic::AtomicBool::new(false),
             pid: std::sync::atomic::AtomicU32::new(
                 rustix::process::getpid().as_raw_nonzero().get() as u32,

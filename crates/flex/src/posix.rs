@@ -483,19 +483,37 @@ unsafe fn do_write(
     if let Some(a) = d.inode.atomic.get() {
         e.stats.served(call);
         // SAFETY: forwarded contract.
-        return unsafe { a.write(&d.inode, fd, bufs, off, append) };
+        let r = unsafe { a.write(&d.inode, fd, bufs, off, append) }?;
+        if d.sync_writes().is_some() {
+            // O_SYNC/O_DSYNC: each write is its own transaction, durable on return.
+            a.commit(&d.inode, fd)?;
+        }
+        return Ok(r);
     }
     if !mapped(e, d, fd, true)
         || d.inode
             .kernel_extends(off.saturating_add(total as u64), append)
     {
         e.stats.passed(call);
-        // SAFETY: forwarded contract.
+        // SAFETY: forwarded contract (the kernel honours O_SYNC/O_DSYNC itself).
         return unsafe { d.inode.kernel_write(fd, bufs, off, append) };
     }
     e.stats.served(call);
     // SAFETY: forwarded contract.
-    unsafe { d.inode.write_at(fd, bufs, off, append, false) }
+    let r = unsafe { d.inode.write_at(fd, bufs, off, append, false) }?;
+    if let Some(data_only) = d.sync_writes() {
+        // O_SYNC/O_DSYNC: durable before the write returns, as the kernel's would be.
+        d.inode.sync(fd, data_only)?;
+    }
+    Ok(r)
+}
+
+/// fsync or fdatasync of a description: a commit in atomic mode.
+fn sync_desc(d: &Desc, fd: Fd, data_only: bool) -> Res<()> {
+    match d.inode.atomic.get() {
+        Some(a) => a.commit(&d.inode, fd),
+        None => d.inode.sync(fd, data_only),
+    }
 }
 
 /// Copy an application iovec array into our memory; EFAULT/EINVAL as the kernel.
@@ -888,7 +906,8 @@ pub unsafe fn pwritev2(
         .map(|r| r.0)
     };
     if r.is_ok() && flags & (libc::RWF_DSYNC | libc::RWF_SYNC) != 0 {
-        if let Err(err) = d.inode.sync(fd, flags & libc::RWF_SYNC == 0) {
+        // Per-write O_DSYNC/O_SYNC: durable on return (in atomic mode: a commit).
+        if let Err(err) = sync_desc(&d, fd, flags & libc::RWF_SYNC == 0) {
             return Some(Err(err));
         }
     }
@@ -961,10 +980,7 @@ pub fn fsync(fd: Fd, data_only: bool) -> Option<Res<()>> {
     } else {
         Call::fsync
     });
-    if let Some(a) = d.inode.atomic.get() {
-        return Some(a.commit(&d.inode, fd));
-    }
-    Some(d.inode.sync(fd, data_only))
+    Some(sync_desc(&d, fd, data_only))
 }
 
 pub fn sync_file_range(fd: Fd, off: i64, n: i64, flags: u32) -> Option<Res<()>> {
@@ -1027,6 +1043,18 @@ pub fn truncate(path: &CStr, len: i64) -> Option<Res<()>> {
     e.stats.served(Call::truncate);
     if len < 0 {
         return Some(Err(Errno::INVAL));
+    }
+    if let (Some(a), Some(fd)) = (inode.atomic.get(), fd) {
+        // A file in atomic mode here: the truncation joins the open transaction (the
+        // kernel's permission check first: the path must be writable by us).
+        // SAFETY: a raw system call with a valid path string.
+        if unsafe { libc::syscall(libc::SYS_access, path.as_ptr(), libc::W_OK) } < 0 {
+            // SAFETY: this thread's errno.
+            return Some(Err(Errno::from_raw_os_error(unsafe {
+                *libc::__errno_location()
+            })));
+        }
+        return Some(a.truncate(&inode, fd, len as u64));
     }
     Some(inode.set_len(fd, len as u64, || {
         // SAFETY: a raw system call with a valid path string.
@@ -1233,10 +1261,16 @@ pub fn fcntl_setfl(fd: Fd, arg: i32) -> Option<Res<i32>> {
 /// After a successful fstat/stat/statx: report the logical size of over-allocated files.
 pub fn fix_stat(dev: u64, ino: u64, size: &mut i64) {
     let Some(e) = engine_if_started() else { return };
-    if e.trailer_files.load(Relaxed) <= 0 {
+    if e.trailer_files.load(Relaxed) <= 0 && e.atomic_files.load(Relaxed) <= 0 {
         return;
     }
     if let Some(i) = e.lookup(dev, ino) {
+        if let Some(a) = i.atomic.get() {
+            // Atomic mode: this process's view, its uncommitted operations included.
+            *size = a.size() as i64;
+            e.stats.served(Call::stat);
+            return;
+        }
         let settled = i.settled_size(*size as u64) as i64;
         if settled != *size {
             *size = settled;

@@ -574,3 +574,52 @@ with open(os.path.join(d, "f"), "rb") as f:
         }
     }
 }
+
+/// truncate(2) by path of a file this process has open in atomic mode is part of the
+/// transaction: killed before the next fsync, the file comes back with its old contents;
+/// after an fsync, truncated. (The kernel's own truncate would have been durable at once,
+/// outside the transaction.)
+#[test]
+fn truncate_by_path_is_transactional() {
+    run::require("python3", "python3");
+    let t = run::TestDir::new("atomic-truncate-path");
+    for (name, sync_after, want_len) in [("t1", false, 20000usize), ("t2", true, 3000)] {
+        let script = format!(
+            "{PY}
+import signal
+p = os.path.join(d, '{name}')
+fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
+atomic('{name}')
+os.pwrite(fd, b'x' * 20000, 0)
+os.fsync(fd)
+os.truncate(p, 3000)
+assert os.stat(p).st_size == 3000
+assert os.fstat(fd).st_size == 3000
+assert len(os.pread(fd, 50000, 0)) == 3000
+if {sync}:
+    os.fsync(fd)
+os.kill(os.getpid(), signal.SIGKILL)
+",
+            sync = if sync_after { "True" } else { "False" }
+        );
+        let out = Command::new(run::flexio())
+            .args(["run", "--paths"])
+            .arg(&t.path)
+            .args(["--", "python3", "-c", &script])
+            .arg(&t.path)
+            .env("FLEX_MODE", "atomic")
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "{name}: the script was to be killed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let p = t.path.join(name);
+        flexio::recover_atomic(&p).unwrap();
+        let got = std::fs::read(&p).unwrap();
+        assert_eq!(got.len(), want_len, "{name}: size after recovery");
+        assert!(got.iter().all(|&b| b == b'x'), "{name}: contents");
+        assert!(!log_of(&p).exists(), "{name}: log left");
+    }
+}

@@ -579,6 +579,7 @@ pub fn attach(inode: &Arc<Inode>, fd: RawFd, writable: bool, dirfd: RawFd, path:
         reported: Mutex::new(Default::default()),
     })));
     inode.atomic.on.store(true, Release);
+    e.atomic_files.fetch_add(1, Relaxed);
     Ok(())
 }
 
@@ -906,6 +907,7 @@ pub fn detach(inode: &Inode, fd: RawFd) -> Res<()> {
     let Some(a) = inode.atomic.take() else {
         return Ok(());
     };
+    engine().atomic_files.fetch_sub(1, Relaxed);
     let c = a.lock();
     let mut c = a.quiet(c);
     a.gone.store(true, Release);
