@@ -324,25 +324,70 @@ pub(crate) fn builtin_jobs(m: &Matrix) -> Vec<Job> {
     }
     if m.fsync_every > 0 {
         // 4 KiB random pwrite + fsync every N, one thread: flex against the kernel, and
-        // flex's failure-atomic mode (FLEX_MODE=atomic) against the kernel's plain calls.
+        // flex's failure-atomic mode (FLEX_MODE=atomic; policy auto, and forced redo and
+        // undo) against the kernel's plain calls. Then a read-mostly mix (9 preads per
+        // pwrite), where the auto policy picks undo logging.
         let f = m.fsync_every;
-        for atomic in [false, true] {
-            let name = if atomic {
-                format!("atomic-pwrite-4k-fsync{f}")
-            } else {
-                format!("pwrite-4k-fsync{f}")
-            };
+        let variants: [(&str, Option<&str>, u64, &str); 7] = [
+            (
+                "pwrite-4k-fsync",
+                None,
+                0,
+                "random 4 KiB pwrite + fsync every {f}, 1 thread",
+            ),
+            (
+                "atomic-pwrite-4k-fsync",
+                Some("auto"),
+                0,
+                "random 4 KiB pwrite + fsync every {f}, failure-atomic (kernel: plain)",
+            ),
+            (
+                "atomic-undo-pwrite-4k-fsync",
+                Some("undo"),
+                0,
+                "as atomic-pwrite, undo logging forced (FLEX_ATOMIC_POLICY=undo)",
+            ),
+            (
+                "rw9-4k-fsync",
+                None,
+                9,
+                "9 random 4 KiB preads per pwrite, fsync every {f} pwrites, 1 thread",
+            ),
+            (
+                "atomic-rw9-4k-fsync",
+                Some("auto"),
+                9,
+                "as rw9, failure-atomic, policy auto (kernel: plain)",
+            ),
+            (
+                "atomic-redo-rw9-4k-fsync",
+                Some("redo"),
+                9,
+                "as rw9, failure-atomic, redo logging forced",
+            ),
+            (
+                "atomic-undo-rw9-4k-fsync",
+                Some("undo"),
+                9,
+                "as rw9, failure-atomic, undo logging forced",
+            ),
+        ];
+        for (stem, policy, reads, what) in variants {
+            let name = format!("{stem}{f}");
             let mut args = common("pwrite", &m.data_file, 4096, 1);
             args.extend([
                 "--size".into(),
                 size.clone(),
                 "--fsync-every".into(),
                 f.to_string(),
+                "--reads-per-write".into(),
+                reads.to_string(),
             ]);
-            let what = if atomic {
-                format!("random 4 KiB pwrite + fsync every {f}, failure-atomic (kernel: plain)")
+            let what = what.replace("{f}", &f.to_string());
+            let calls: &[&str] = if reads > 0 {
+                &["pwrite", "pread"]
             } else {
-                format!("random 4 KiB pwrite + fsync every {f}, 1 thread")
+                &["pwrite"]
             };
             let mut job = worker_job(
                 name.clone(),
@@ -350,14 +395,17 @@ pub(crate) fn builtin_jobs(m: &Matrix) -> Vec<Job> {
                     &name,
                     CellKind::Builtin,
                     Unit::NsPerOp,
-                    served(&["pwrite"]),
+                    served(calls),
                     &what,
                 ),
                 false,
                 args,
             );
-            if atomic {
-                job.flex_env = vec![("FLEX_MODE".into(), "atomic".into())];
+            if let Some(p) = policy {
+                job.flex_env = vec![
+                    ("FLEX_MODE".into(), "atomic".into()),
+                    ("FLEX_ATOMIC_POLICY".into(), p.into()),
+                ];
             }
             jobs.push(job);
         }

@@ -80,6 +80,10 @@ pub struct WorkerArgs {
     /// For smallfiles: the number of files.
     #[arg(long, default_value_t = 0)]
     pub count: usize,
+    /// For pwrite: random `pread`s of `--bs` bytes before each `pwrite` (a read-mostly mix;
+    /// every call counts as an operation, `--fsync-every` counts writes).
+    #[arg(long, default_value_t = 0)]
+    pub reads_per_write: u64,
     /// Seed of the offset sequence (the same for pread, pwrite and memcpy).
     #[arg(long, default_value_t = 0x9E37_79B9_7F4A_7C15)]
     pub seed: u64,
@@ -167,6 +171,8 @@ fn run_worker(args: &WorkerArgs) -> anyhow::Result<WorkerResult> {
                         write,
                         fsync_every: if write { args.fsync_every } else { 0 },
                         n: 0,
+                        reads_per_write: if write { args.reads_per_write } else { 0 },
+                        k: 0,
                     }),
                     (None, None) => unreachable!(),
                 });
@@ -490,13 +496,19 @@ struct RandomOp {
     write: bool,
     fsync_every: u64,
     n: u64,
+    reads_per_write: u64,
+    /// Calls so far (with `reads_per_write`: which one is the write).
+    k: u64,
 }
 
 impl Op for RandomOp {
     #[inline]
     fn op(&mut self) -> anyhow::Result<u64> {
         let off = (self.rng.below(self.nblocks) * self.bs as u64) as libc::off_t;
-        let n = if self.write {
+        let write =
+            self.write && (self.reads_per_write == 0 || self.k % (self.reads_per_write + 1) == 0);
+        self.k += 1;
+        let n = if write {
             // SAFETY: buf holds bs readable bytes.
             unsafe { libc::pwrite(self.fd.0, self.buf.ptr.cast(), self.bs, off) }
         } else {
@@ -504,13 +516,9 @@ impl Op for RandomOp {
             unsafe { libc::pread(self.fd.0, self.buf.ptr.cast(), self.bs, off) }
         };
         if n != self.bs as isize {
-            return Err(short_io(
-                n,
-                if self.write { "pwrite" } else { "pread" },
-                off,
-            ));
+            return Err(short_io(n, if write { "pwrite" } else { "pread" }, off));
         }
-        if self.fsync_every > 0 {
+        if self.fsync_every > 0 && write {
             self.n += 1;
             if self.n == self.fsync_every {
                 self.n = 0;
