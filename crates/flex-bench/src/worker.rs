@@ -505,8 +505,8 @@ impl Op for RandomOp {
     #[inline]
     fn op(&mut self) -> anyhow::Result<u64> {
         let off = (self.rng.below(self.nblocks) * self.bs as u64) as libc::off_t;
-        let write =
-            self.write && (self.reads_per_write == 0 || self.k % (self.reads_per_write + 1) == 0);
+        let write = self.write
+            && (self.reads_per_write == 0 || self.k.is_multiple_of(self.reads_per_write + 1));
         self.k += 1;
         let n = if write {
             // SAFETY: buf holds bs readable bytes.
@@ -703,6 +703,7 @@ mod tests {
             fsync_every: 0,
             count: 8,
             seed: 1,
+            reads_per_write: 0,
         };
         for (w, file, threads, fsync) in [
             (Workload::Pread, &data, 1, 0),
@@ -726,6 +727,15 @@ mod tests {
             assert!(r.seconds > 0.0, "{w:?}");
             assert_eq!(r.threads, threads);
         }
+        // The read-mostly mix: every call counts, one in four writes.
+        let mix = WorkerArgs {
+            workload: Workload::Pwrite,
+            reads_per_write: 3,
+            fsync_every: 2,
+            ..base.clone()
+        };
+        let r = run_worker(&mix).unwrap_or_else(|e| panic!("mix: {e:#}"));
+        assert!(r.ops >= 4, "mix: {} ops", r.ops);
         assert!(!dir.join("log.0").exists(), "append removes its files");
         std::fs::remove_dir_all(&dir).unwrap();
     }
