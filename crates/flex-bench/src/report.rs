@@ -445,6 +445,8 @@ pub(crate) fn targets(cells: &[CellSummary]) -> Vec<Target> {
         ("pwrite-4k-t1", 2.3),
         ("append-4k-t1", 2.0),
         ("smallfiles-4k-t1", 1.0),
+        // Failure-atomic flex against the kernel's plain (non-atomic) pwrite + fsync.
+        ("atomic-pwrite-4k-fsync16", 1.5),
     ] {
         let r = get(cell).and_then(|c| c.ratio);
         push(

@@ -6,7 +6,11 @@
 //! flex-daxcheck verify DIR MODE SEQ SYNCED  after the power cut: FX PASS ... / FX FAIL ...
 //! ```
 //! MODE: `dax` (cache-line, no sync ever), `page` (sync_data every few writes), `create`
-//! (many new files, each written once, no sync ever). Every line for the host starts "FX ".
+//! (many new files, each written once, no sync ever), and failure-atomic files (sync_data =
+//! commit every few writes; after the cut the file must be exactly a committed state):
+//! `atomic` (ext4-DAX, policy auto), `uatomic` (xfs-DAX, undo logging forced), `patomic`
+//! (ext4 on a virtio disk: page granularity, the log synced with fdatasync). Every line
+//! for the host starts "FX ".
 
 mod model;
 mod probe;
@@ -93,7 +97,7 @@ fn granularity(dir: &Path) -> io::Result<bool> {
 }
 
 fn expect_granularity(mode: &str) -> &'static str {
-    if mode == "page" {
+    if mode == "page" || mode == "patomic" {
         "page"
     } else {
         "cache-line"
@@ -147,13 +151,23 @@ fn writer(dir: &Path, mode: &str) -> io::Result<bool> {
         }
         return Ok(true);
     }
-    if !matches!(mode, "dax" | "xdax" | "page") {
+    let atomic = is_atomic(mode);
+    if !matches!(mode, "dax" | "xdax" | "page") && !atomic {
         return Err(io::Error::other(format!("unknown mode {mode}")));
     }
+    if mode == "uatomic" {
+        // Read by the engine at its first use, below.
+        std::env::set_var("FLEX_ATOMIC_POLICY", "undo");
+    }
     let path = dir.join("data");
-    let mut h = ctx(Handle::create(&path), || {
-        format!("create {}", path.display())
-    })?;
+    let mut h = ctx(
+        if atomic {
+            Handle::create_atomic(&path)
+        } else {
+            Handle::create(&path)
+        },
+        || format!("create {}", path.display()),
+    )?;
     println!(
         "FX WRITER {} granularity {} via {}",
         dir.display(),
@@ -172,7 +186,7 @@ fn writer(dir: &Path, mode: &str) -> io::Result<bool> {
         model::fill(seed, k, o.off, &mut buf);
         h.write_all_at(&buf, o.off)?;
         size = size.max(o.end());
-        if mode == "page" && k % model::SYNC_EVERY == 0 {
+        if (mode == "page" || atomic) && k % model::SYNC_EVERY == 0 {
             h.sync_data()?;
             synced = k;
         }
@@ -181,10 +195,17 @@ fn writer(dir: &Path, mode: &str) -> io::Result<bool> {
     Ok(true)
 }
 
+fn is_atomic(mode: &str) -> bool {
+    matches!(mode, "atomic" | "uatomic" | "patomic")
+}
+
 fn verify(dir: &Path, mode: &str, seq: u64, synced: u64) -> io::Result<bool> {
     let seed = seed(dir);
     if mode == "create" {
         return verify_create(dir, seed, seq);
+    }
+    if is_atomic(mode) {
+        return verify_atomic(dir, mode, seed, seq, synced);
     }
     let (base, zero_ok) = if mode == "page" {
         (synced, true)
@@ -248,6 +269,52 @@ fn verify(dir: &Path, mode: &str, seq: u64, synced: u64) -> io::Result<bool> {
             println!("FX FAIL {tag}: {p}");
         }
         println!("FX INFO {tag}: {detail}");
+        Ok(false)
+    }
+}
+
+/// A failure-atomic file after the cut: recovered from its log, it must be exactly the
+/// model's state at the last reported commit, or at the next one (the commit in flight).
+fn verify_atomic(dir: &Path, mode: &str, seed: u64, seq: u64, synced: u64) -> io::Result<bool> {
+    let path = dir.join("data");
+    let tag = format!("verify {mode} {} seq={seq} synced={synced}", dir.display());
+    let log = dir.join(".data.flexlog");
+    let had_log = log.exists();
+    let raw_len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    ctx(store::recover(&path), || {
+        format!("recover {}", path.display())
+    })?;
+    let got = std::fs::read(&path)?;
+    let next = (synced + model::SYNC_EVERY).min(model::MAX_OPS);
+    let mut problems = Vec::new();
+    let which = if got == model::state(seed, synced) {
+        format!("the state at commit {synced} (the last reported)")
+    } else if next <= seq + model::SYNC_EVERY && got == model::state(seed, next) {
+        format!("the state at commit {next} (in flight at the cut)")
+    } else {
+        let sizes = model::sizes(seed, next);
+        problems.push(format!(
+            "{} bytes, not a committed state (size at commit {synced}: {}, at {next}: {})",
+            got.len(),
+            sizes[synced as usize],
+            sizes[next as usize]
+        ));
+        String::new()
+    };
+    if store::BACKEND.starts_with("flexio") && log.exists() {
+        problems.push("log left after recovery".into());
+    }
+    if problems.is_empty() {
+        println!(
+            "FX PASS {tag}: {} bytes = {which}; log {} before recovery; raw size {raw_len}",
+            got.len(),
+            if had_log { "present" } else { "absent" }
+        );
+        Ok(true)
+    } else {
+        for p in &problems {
+            println!("FX FAIL {tag}: {p}");
+        }
         Ok(false)
     }
 }
