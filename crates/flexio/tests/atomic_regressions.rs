@@ -623,3 +623,157 @@ os.kill(os.getpid(), signal.SIGKILL)
         assert!(!log_of(&p).exists(), "{name}: log left");
     }
 }
+
+/// Two processes: the file is in atomic mode in one process at a time. While a writer
+/// process holds it, a second atomic writer gets EBUSY (never a shared log), an atomic
+/// reader opens and sees the committed bytes only (redo; under undo the uncommitted bytes
+/// are in place already), and so does a plain reader; once the writer exits (a commit),
+/// the second writer opens and finds everything.
+#[test]
+fn a_second_process_is_refused_or_reads_committed_data() {
+    run::require("python3", "python3");
+    let t = run::TestDir::new("atomic-two-procs");
+    let p = t.path.join("shared");
+    let script = format!(
+        "{PY}
+import sys
+fd = os.open(os.path.join(d, 'shared'), os.O_RDWR | os.O_CREAT, 0o644)
+atomic('shared')
+os.pwrite(fd, b'C' * 3000, 0)
+os.fsync(fd)
+os.pwrite(fd, b'U' * 1000, 2500)
+print('ready', flush=True)
+sys.stdin.readline()
+"
+    );
+    let mut child = Command::new(run::flexio())
+        .args(["run", "--paths"])
+        .arg(&t.path)
+        .args(["--", "python3", "-c", &script])
+        .arg(&t.path)
+        .env("FLEX_MODE", "atomic")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "ready");
+    let committed = vec![b'C'; 3000];
+    let mut current = committed.clone();
+    current[2500..].fill(b'U');
+    current.resize(3500, b'U');
+    // What other processes read while the writer has uncommitted writes: redo keeps them
+    // in the log (the committed state), undo has them in place already (README,
+    // "Sharing").
+    let seen = if std::env::var("FLEX_ATOMIC_POLICY").as_deref() == Ok("undo") {
+        &current
+    } else {
+        &committed
+    };
+    // A second atomic writer: refused, and nothing changed.
+    let e = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .atomic(true)
+        .open(&p)
+        .expect_err("a second atomic writer must be refused");
+    assert_eq!(e.raw_os_error(), Some(libc::EBUSY), "{e}");
+    // An atomic reader and a plain reader: the committed bytes.
+    let r = OpenOptions::new().read(true).atomic(true).open(&p).unwrap();
+    let mut got = Vec::new();
+    (&r).read_to_end(&mut got).unwrap();
+    assert!(got == *seen, "atomic reader saw {} bytes", got.len());
+    drop(r);
+    assert!(std::fs::read(&p).unwrap() == *seen, "plain reader");
+    // The writer exits (commit at exit); now the second writer gets the file.
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+    let f = atomic_rw(&p);
+    let mut got = Vec::new();
+    (&f).read_to_end(&mut got).unwrap();
+    assert!(
+        got == current,
+        "after the first writer's exit: {} bytes",
+        got.len()
+    );
+}
+
+/// Threads on one atomic file: writers overwrite disjoint and overlapping ranges (each
+/// write one uniform byte value, ranges 2 x 3000 bytes at multiples of 3000, so each
+/// overlaps its neighbours by half), readers read those ranges meanwhile; every
+/// 3000-byte half a reader sees is uniform: per write all old or all new bytes, never a
+/// mix. The writers commit now and then; the file after close holds uniform halves too.
+#[test]
+fn threads_see_each_write_all_old_or_all_new() {
+    const B: usize = 3000;
+    const SLOTS: usize = 24;
+    let t = run::TestDir::new("atomic-threads");
+    let p = t.path.join("t");
+    let f = std::sync::Arc::new(atomic_rw(&p));
+    f.write_all_at(&vec![0u8; B * (SLOTS + 1)], 0).unwrap();
+    f.sync_all().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut hs = Vec::new();
+    for w in 0..2u64 {
+        let f = f.clone();
+        hs.push(std::thread::spawn(move || {
+            let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (w + 1);
+            for i in 0..3000u64 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let k = (x % SLOTS as u64) as usize;
+                // Writer 0: any slot (overlapping); writer 1 also writes single halves.
+                let len = if w == 1 && i % 3 == 0 { B } else { 2 * B };
+                let v = (1 + w * 100 + i % 97) as u8;
+                f.write_all_at(&vec![v; len], (k * B) as u64).unwrap();
+                if i % 50 == 49 {
+                    f.sync_data().unwrap();
+                }
+            }
+        }));
+    }
+    let mut rs = Vec::new();
+    for r in 0..2u64 {
+        let (f, stop) = (f.clone(), stop.clone());
+        rs.push(std::thread::spawn(move || {
+            let mut buf = vec![0u8; 2 * B];
+            let mut n = 0u64;
+            let mut k = r as usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                k = (k + 7) % SLOTS;
+                f.read_exact_at(&mut buf, (k * B) as u64).unwrap();
+                for (h, half) in buf.chunks(B).enumerate() {
+                    assert!(
+                        half.iter().all(|&b| b == half[0]),
+                        "torn: slot {k} half {h} mixes {} and {}",
+                        half[0],
+                        half.iter().find(|&&b| b != half[0]).unwrap()
+                    );
+                }
+                n += 1;
+            }
+            n
+        }));
+    }
+    for h in hs {
+        h.join().unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reads: u64 = rs.into_iter().map(|h| h.join().unwrap()).sum();
+    assert!(reads > 100, "readers made only {reads} reads");
+    drop(f);
+    let got = std::fs::read(&p).unwrap();
+    assert_eq!(got.len(), B * (SLOTS + 1));
+    for (i, half) in got.chunks(B).enumerate() {
+        assert!(
+            half.iter().all(|&b| b == half[0]),
+            "after close: half {i} torn"
+        );
+    }
+}
