@@ -271,12 +271,28 @@ open_call! {
 
 #[no_mangle]
 pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
+    let mut pieces = None;
     if any() {
         hook(|| {
-            posix::close_range(first, last, flags);
+            pieces = posix::close_range(first, last, flags);
         });
     }
-    raw!(libc::SYS_close_range, first, last, flags) as c_int
+    match pieces {
+        // flex's own descriptors stay open: close around them.
+        Some(v) if v.len() != 1 || v[0] != (first, last) => {
+            if first > last {
+                return raw!(libc::SYS_close_range, first, last, flags) as c_int;
+            }
+            let mut r = 0;
+            for (a, b) in v {
+                if (raw!(libc::SYS_close_range, a, b, flags) as c_int) < 0 {
+                    r = -1;
+                }
+            }
+            r
+        }
+        _ => raw!(libc::SYS_close_range, first, last, flags) as c_int,
+    }
 }
 
 #[no_mangle]

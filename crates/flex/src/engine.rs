@@ -6,7 +6,7 @@ use crate::desc::Table;
 use crate::inode::Inode;
 use crate::stats::Stats;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicI64, Ordering::*};
 use std::sync::{Arc, Mutex, OnceLock};
 
 pub struct Engine {
@@ -25,6 +25,17 @@ pub struct Engine {
     pub pid: std::sync::atomic::AtomicU32,
     /// Cached current directory, for matching relative paths against FLEX_PATHS.
     cwd: Mutex<Option<Vec<u8>>>,
+    /// Descriptors flex keeps for itself (atomic logs, their data duplicates).
+    private: PrivateFds,
+}
+
+/// Descriptors flex keeps for itself. They sit high (away from the numbers programs
+/// dup2 onto), and the application's close and close_range leave them alone: closing one
+/// under flex would make a later commit write through whatever file reuses the number.
+#[derive(Default)]
+struct PrivateFds {
+    n: std::sync::atomic::AtomicUsize,
+    set: Mutex<Vec<i32>>,
 }
 
 #[derive(Default)]
@@ -88,7 +99,78 @@ impl Engine {
                 rustix::process::getpid().as_raw_nonzero().get() as u32,
             ),
             cwd: Mutex::new(None),
+            private: PrivateFds::default(),
         }
+    }
+
+    /// Keep `fd` for flex: moved to a high number (close-on-exec) and registered. Returns
+    /// the descriptor to use (`fd` itself if no high number is free).
+    pub fn keep_private(&self, fd: i32) -> i32 {
+        let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .unwrap_or(1 << 20);
+        let base = (soft / 2).clamp(10, 1 << 16) as libc::c_long;
+        let fd = match crate::sys::fcntl_int(fd, libc::F_DUPFD_CLOEXEC, base) {
+            Ok(high) => {
+                let _ = crate::sys::close(fd);
+                high
+            }
+            Err(_) => fd,
+        };
+        let mut s = self.private.set.lock().unwrap_or_else(|p| p.into_inner());
+        s.push(fd);
+        self.private.n.store(s.len(), Release);
+        fd
+    }
+
+    /// Close a descriptor of flex's own (registered or not).
+    pub fn close_private(&self, fd: i32) {
+        {
+            let mut s = self.private.set.lock().unwrap_or_else(|p| p.into_inner());
+            s.retain(|&x| x != fd);
+            self.private.n.store(s.len(), Release);
+        }
+        let _ = crate::sys::close(fd);
+    }
+
+    /// Is `fd` one of flex's own?
+    pub fn is_private(&self, fd: i32) -> bool {
+        self.private.n.load(Acquire) > 0
+            && self
+                .private
+                .set
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&fd)
+    }
+
+    /// `[first, last]` without flex's own descriptors, as ranges to close.
+    pub fn ranges_without_private(&self, first: u32, last: u32) -> Vec<(u32, u32)> {
+        let mut own: Vec<u32> = if self.private.n.load(Acquire) == 0 {
+            Vec::new()
+        } else {
+            let s = self.private.set.lock().unwrap_or_else(|p| p.into_inner());
+            s.iter()
+                .map(|&x| x as u32)
+                .filter(|x| (first..=last).contains(x))
+                .collect()
+        };
+        own.sort_unstable();
+        let mut out = Vec::new();
+        let mut at = first;
+        for x in own {
+            if x > at {
+                out.push((at, x - 1));
+            }
+            if x == u32::MAX {
+                return out;
+            }
+            at = x + 1;
+        }
+        if at <= last {
+            out.push((at, last));
+        }
+        out
     }
 
     /// Find or create the inode for (dev, ino). Returns it and whether it is new.

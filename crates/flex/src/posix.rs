@@ -34,7 +34,8 @@ fn check_rwf(off: i64, total: usize) -> Res<()> {
 
 /// preadv2/pwritev2 with flags flex does not serve: the kernel does the call at flex's
 /// offset on the exact-size file (O_APPEND travels as RWF_APPEND, since the kernel
-/// descriptor does not carry it); then flex takes the offset and size back.
+/// descriptor does not carry it); then flex takes the offset and size back. In atomic
+/// mode such a call is a commit point (README, "Failure-atomic mode").
 ///
 /// # Safety
 /// As the public entry points.
@@ -51,6 +52,10 @@ unsafe fn kernel_rw2(
         .passed(if write { Call::pwritev } else { Call::preadv });
     e.stats
         .fallback("preadv2/pwritev2 flag served by the kernel");
+    let atomic = d.inode.atomic.get();
+    if atomic.is_some() {
+        crate::atomic::commit_for_kernel(&d.inode);
+    }
     d.inode.trim(fd)?;
     let mut pos = d.pos();
     let at = if off == -1 { *pos as i64 } else { off };
@@ -72,11 +77,17 @@ unsafe fn kernel_rw2(
     };
     // SAFETY: a raw system call on an iovec array we own; the kernel checks the buffers.
     let r = unsafe { libc::syscall(nr, fd, iov.as_ptr(), iov.len() as i32, at, 0i64, kflags) };
+    // SAFETY: this thread's errno, read before anything else can change it.
+    let errno = unsafe { *libc::__errno_location() };
+    if let (Some(a), true) = (&atomic, write) {
+        // The kernel changed the file: the atomic state takes its size (even a failed
+        // write can move it).
+        if let Ok(size) = d.inode.refresh(fd) {
+            a.adopt_size(size);
+        }
+    }
     if r < 0 {
-        // SAFETY: this thread's errno.
-        return Err(Errno::from_raw_os_error(unsafe {
-            *libc::__errno_location()
-        }));
+        return Err(Errno::from_raw_os_error(errno));
     }
     let n = r as usize;
     if write {
@@ -201,6 +212,48 @@ pub fn open(dirfd: Fd, path: &CStr, flags: i32, mode: u32) -> Option<Res<Fd>> {
             }
         }
         return Some(fd);
+    }
+    if atomic && kflags & libc::O_TRUNC != 0 {
+        // O_RDONLY|O_TRUNC truncates too (with write permission). A file in atomic mode
+        // here: the truncation joins its transaction, as through any descriptor.
+        if let Some(a) = sys::fstatat(dirfd, path, 0)
+            .ok()
+            .and_then(|st| e.lookup(st.st_dev, st.st_ino))
+            .and_then(|i| i.atomic.get().map(|a| (i, a)))
+        {
+            // SAFETY: a raw system call with a valid path string.
+            let ok = unsafe {
+                libc::syscall(
+                    libc::SYS_faccessat2,
+                    dirfd,
+                    path.as_ptr(),
+                    libc::W_OK,
+                    libc::AT_EACCESS,
+                )
+            };
+            if ok < 0 {
+                // SAFETY: this thread's errno.
+                return Some(Err(Errno::from_raw_os_error(unsafe {
+                    *libc::__errno_location()
+                })));
+            }
+            let fd = open_managed(
+                e,
+                dirfd,
+                path,
+                kflags & !libc::O_TRUNC,
+                mode,
+                explicit,
+                atomic,
+            );
+            if fd.is_ok() {
+                if let Err(err) = a.1.truncate(&a.0, 0) {
+                    let _ = close(fd.unwrap_or(-1));
+                    return Some(Err(err));
+                }
+            }
+            return Some(fd);
+        }
     }
     Some(open_managed(e, dirfd, path, kflags, mode, explicit, atomic))
 }
@@ -357,9 +410,9 @@ fn recover_at_open(
 fn drop_fd(e: &Engine, fd: Fd, d: Arc<Desc>) {
     if let Some(a) = d.inode.atomic.get() {
         // Atomic mode: a close is a commit point.
-        let _ = a.commit(&d.inode, fd);
+        let _ = a.commit(&d.inode);
         if d.fds.load(Acquire) == 1 && d.inode.descs.load(Acquire) == 1 {
-            let _ = crate::atomic::detach(&d.inode, fd);
+            let _ = crate::atomic::detach(&d.inode);
         }
     }
     if d.fds.fetch_sub(1, AcqRel) == 1 {
@@ -373,6 +426,10 @@ fn drop_fd(e: &Engine, fd: Fd, d: Arc<Desc>) {
 
 pub fn close(fd: Fd) -> Option<Res<()>> {
     let e = engine_if_started()?;
+    if e.is_private(fd) {
+        // flex's own: to the application it is not open.
+        return Some(Err(Errno::BADF));
+    }
     let d = e.table.take(fd)?;
     drop_fd(e, fd, d);
     e.stats.served(Call::close);
@@ -380,7 +437,8 @@ pub fn close(fd: Fd) -> Option<Res<()>> {
 }
 
 /// close_range: forget managed descriptors in the range first (CLOEXEC only marks them).
-pub fn close_range(first: u32, last: u32, flags: i32) -> Option<()> {
+/// Returns the ranges to close: the range without flex's own descriptors.
+pub fn close_range(first: u32, last: u32, flags: i32) -> Option<Vec<(u32, u32)>> {
     let e = engine_if_started()?;
     if flags & libc::CLOSE_RANGE_CLOEXEC as i32 != 0 {
         return None;
@@ -392,7 +450,7 @@ pub fn close_range(first: u32, last: u32, flags: i32) -> Option<()> {
             }
         }
     }
-    None
+    Some(e.ranges_without_private(first, last))
 }
 
 /// Decide whether this IO goes through the mapping (true) or the kernel (false).
@@ -438,6 +496,8 @@ unsafe fn do_read(
         return Ok(0);
     }
     if let Some(a) = d.inode.atomic.get() {
+        // The kernel refuses a range past the largest offset (elsewhere it answers this).
+        verify_area(off as i64, total.min(MAX_RW))?;
         e.stats.served(call);
         // SAFETY: forwarded contract.
         return unsafe { a.read(&d.inode, fd, bufs, off) };
@@ -483,10 +543,10 @@ unsafe fn do_write(
     if let Some(a) = d.inode.atomic.get() {
         e.stats.served(call);
         // SAFETY: forwarded contract.
-        let r = unsafe { a.write(&d.inode, fd, bufs, off, append) }?;
+        let r = unsafe { a.write(&d.inode, bufs, off, append) }?;
         if d.sync_writes().is_some() {
             // O_SYNC/O_DSYNC: each write is its own transaction, durable on return.
-            a.commit(&d.inode, fd)?;
+            a.commit(&d.inode)?;
         }
         return Ok(r);
     }
@@ -511,7 +571,7 @@ unsafe fn do_write(
 /// fsync or fdatasync of a description: a commit in atomic mode.
 fn sync_desc(d: &Desc, fd: Fd, data_only: bool) -> Res<()> {
     match d.inode.atomic.get() {
-        Some(a) => a.commit(&d.inode, fd),
+        Some(a) => a.commit(&d.inode),
         None => d.inode.sync(fd, data_only),
     }
 }
@@ -923,9 +983,9 @@ pub fn lseek(fd: Fd, off: i64, whence: i32) -> Option<Res<i64>> {
     e.stats.served(Call::lseek);
     let mut pos = d.pos();
     let cur = *pos as i128;
-    let size = match d.inode.atomic.get() {
-        Some(a) => a.size(),
-        None => d.inode.lsize(),
+    let (size, settled) = match d.inode.atomic.get() {
+        Some(a) => a.size_settled(),
+        None => (d.inode.lsize(), true),
     };
     let target: i128 = match whence {
         libc::SEEK_SET => off as i128,
@@ -936,7 +996,15 @@ pub fn lseek(fd: Fd, off: i64, whence: i32) -> Option<Res<i64>> {
             if off < 0 || off as u64 >= size {
                 return Some(Err(Errno::NXIO));
             }
-            if d.inode.in_trailer_mode() {
+            if !settled {
+                // Atomic mode with logged bytes the data file lacks: all of it is data
+                // (as on a file system without holes).
+                if whence == libc::SEEK_DATA {
+                    off as i128
+                } else {
+                    size as i128
+                }
+            } else if d.inode.in_trailer_mode() || d.inode.atomic.get().is_some() {
                 // Past the logical size the kernel sees preallocated zeros: clamp.
                 match sys::lseek(fd, off, whence) {
                     Ok(k) if whence == libc::SEEK_HOLE => (k.min(size)) as i128,
@@ -1017,7 +1085,7 @@ pub fn ftruncate(fd: Fd, len: i64) -> Option<Res<()>> {
         return Some(Err(Errno::INVAL));
     }
     if let Some(a) = d.inode.atomic.get() {
-        return Some(a.truncate(&d.inode, fd, len as u64));
+        return Some(a.truncate(&d.inode, len as u64));
     }
     Some(
         d.inode
@@ -1044,7 +1112,7 @@ pub fn truncate(path: &CStr, len: i64) -> Option<Res<()>> {
     if len < 0 {
         return Some(Err(Errno::INVAL));
     }
-    if let (Some(a), Some(fd)) = (inode.atomic.get(), fd) {
+    if let Some(a) = inode.atomic.get() {
         // A file in atomic mode here: the truncation joins the open transaction (the
         // kernel's permission check first: the path must be writable by us).
         // SAFETY: a raw system call with a valid path string.
@@ -1054,7 +1122,7 @@ pub fn truncate(path: &CStr, len: i64) -> Option<Res<()>> {
                 *libc::__errno_location()
             })));
         }
-        return Some(a.truncate(&inode, fd, len as u64));
+        return Some(a.truncate(&inode, len as u64));
     }
     Some(inode.set_len(fd, len as u64, || {
         // SAFETY: a raw system call with a valid path string.
@@ -1077,6 +1145,9 @@ pub fn fallocate(fd: Fd, mode: i32, off: i64, len: i64) -> Option<Res<()>> {
         return None;
     }
     engine().stats.served(Call::fallocate);
+    if let Some(a) = d.inode.atomic.get() {
+        return Some(atomic_fallocate(&d, &a, fd, mode, off, len));
+    }
     // A read-only description has a read-only kernel descriptor: the kernel refuses in its
     // own order (EINVAL for the range, EOPNOTSUPP for the mode, then EBADF).
     if d.writable() {
@@ -1093,6 +1164,44 @@ pub fn fallocate(fd: Fd, mode: i32, off: i64, len: i64) -> Option<Res<()>> {
         })));
     }
     Some(d.inode.refresh(fd).map(|_| ()))
+}
+
+/// fallocate of a file in atomic mode. Allocation (mode 0, KEEP_SIZE) changes no byte: the
+/// kernel allocates without growing, and the growth joins the open transaction. The modes
+/// that change bytes (punch, zero, collapse, insert) are a commit point: commit, then the
+/// kernel (README, "Failure-atomic mode").
+fn atomic_fallocate(
+    d: &Desc,
+    a: &crate::atomic::Attached,
+    fd: Fd,
+    mode: i32,
+    off: i64,
+    len: i64,
+) -> Res<()> {
+    let raw = |mode: i32| -> Res<()> {
+        // SAFETY: a raw system call with scalar arguments.
+        if unsafe { libc::syscall(libc::SYS_fallocate, fd, mode, off, len) } < 0 {
+            // SAFETY: this thread's errno.
+            return Err(Errno::from_raw_os_error(unsafe {
+                *libc::__errno_location()
+            }));
+        }
+        Ok(())
+    };
+    if mode & !libc::FALLOC_FL_KEEP_SIZE == 0 {
+        raw(mode | libc::FALLOC_FL_KEEP_SIZE)?;
+        let end = (off as u64).saturating_add(len as u64);
+        if mode & libc::FALLOC_FL_KEEP_SIZE == 0 && end > a.size() {
+            a.truncate(&d.inode, end)?;
+        }
+        return Ok(());
+    }
+    crate::atomic::commit_for_kernel(&d.inode);
+    let r = raw(mode);
+    if let Ok(size) = d.inode.refresh(fd) {
+        a.adopt_size(size);
+    }
+    r
 }
 
 /// dup, F_DUPFD, F_DUPFD_CLOEXEC: the new descriptor shares the description.
@@ -1150,7 +1259,7 @@ pub fn demote(fd: Fd, d: &Desc) {
         engine()
             .stats
             .fallback("atomic: fork/exec hands the file to the kernel");
-        let _ = crate::atomic::detach(&d.inode, fd);
+        let _ = crate::atomic::detach(&d.inode);
     }
     if d.is_coherent() {
         // The kernel already holds the offset (stdio and lseek moved it there, our copy is
@@ -1312,7 +1421,7 @@ pub fn kernel_handoff(fd: Fd, uses_offset: bool, call: Call) -> Option<impl FnOn
     }
     let e = engine();
     e.stats.served(call);
-    crate::atomic::commit_for_kernel(&d.inode, fd);
+    crate::atomic::commit_for_kernel(&d.inode);
     let forever = call == Call::mmap;
     let _ = d.inode.make_exact(fd, forever);
     // A coherent description keeps its offset in the kernel already.
@@ -1327,7 +1436,11 @@ pub fn kernel_handoff(fd: Fd, uses_offset: bool, call: Call) -> Option<impl FnOn
                 *d.pos() = k;
             }
         }
-        let _ = d.inode.refresh(fd);
+        if let Ok(size) = d.inode.refresh(fd) {
+            if let Some(a) = d.inode.atomic.get() {
+                a.adopt_size(size);
+            }
+        }
     })
 }
 
@@ -1369,7 +1482,7 @@ pub fn at_exit() {
     for (fd, d) in e.table.entries() {
         if !d.is_demoted() {
             // Exit closes every descriptor: a commit point for atomic files.
-            let _ = crate::atomic::detach(&d.inode, fd);
+            let _ = crate::atomic::detach(&d.inode);
             let _ = d.inode.trim(fd);
         }
     }

@@ -777,3 +777,77 @@ fn threads_see_each_write_all_old_or_all_new() {
         );
     }
 }
+
+/// flex keeps two descriptors per atomic file (the log, a read-write duplicate of the
+/// data): closing "every other descriptor" (closerange, close in a loop) must not close
+/// them, or a later commit would write through whatever file reuses the number.
+#[test]
+fn closing_every_other_descriptor_spares_flex_own() {
+    let t = run::TestDir::new("atomic-private-fds");
+    py_atomic(
+        &t.path,
+        &format!(
+            "{PY}{}",
+            r#"
+import errno
+p = os.path.join(d, "a")
+fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
+atomic("a")
+assert os.write(fd, b"hello ") == 6
+os.closerange(fd + 1, 1 << 16)
+refused = 0
+for n in range(fd + 1, 1 << 12):
+    try:
+        os.close(n)
+    except OSError as e:
+        assert e.errno == errno.EBADF, e
+        refused += 1
+other = os.open(os.path.join(d, "other"), os.O_RDWR | os.O_CREAT, 0o644)
+assert os.write(fd, b"world") == 5
+os.fsync(fd)
+assert os.write(other, b"x") == 1
+os.close(other)
+os.close(fd)
+assert content("a") == b"hello world", content("a")
+assert content("other") == b"x", content("other")
+"#
+        ),
+    );
+    assert!(!log_of(&t.path.join("a")).exists());
+}
+
+/// The last description of an atomic file may be read-only: its close commits what a
+/// read-write one wrote (it once tried to apply through the read-only descriptor and
+/// lost the change), and O_RDONLY|O_TRUNC truncates inside the transaction.
+#[test]
+fn a_read_only_last_close_commits() {
+    let t = run::TestDir::new("atomic-ro-close");
+    std::fs::write(t.path.join("a"), b"old contents").unwrap();
+    py_atomic(
+        &t.path,
+        &format!(
+            "{PY}{}",
+            r#"
+p = os.path.join(d, "a")
+w = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+atomic("a")
+os.ftruncate(w, 3)
+assert os.pwrite(w, b"new", 0) == 3
+r = os.open(p, os.O_RDONLY)
+os.close(w)
+assert os.pread(r, 16, 0) == b"new"
+os.fsync(r)
+t = os.open(p, os.O_RDONLY | os.O_TRUNC)
+assert os.fstat(r).st_size == 0
+os.close(t)
+w = os.open(p, os.O_WRONLY)
+assert os.write(w, b"last") == 4
+os.close(w)
+os.close(r)
+assert content("a") == b"last", content("a")
+"#
+        ),
+    );
+    assert_eq!(std::fs::read(t.path.join("a")).unwrap(), b"last");
+    assert!(!log_of(&t.path.join("a")).exists());
+}

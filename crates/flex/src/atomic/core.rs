@@ -47,6 +47,17 @@ pub trait DataDev {
         }
         Ok(())
     }
+    /// Write an application's bytes: as [`DataDev::write_raw`], but a source that faults
+    /// part way writes the bytes before the fault and returns their count (as the kernel's
+    /// short write); EFAULT when none could be read.
+    ///
+    /// # Safety
+    /// `src` must be valid for `len` bytes or fault inside a guarded copy.
+    unsafe fn write_user(&mut self, off: u64, src: *const u8, len: usize) -> Res<usize> {
+        // SAFETY: forwarded contract.
+        unsafe { self.write_raw(off, src, len) }?;
+        Ok(len)
+    }
     fn set_len(&mut self, len: u64) -> Res<()>;
     /// Make every byte and the size durable.
     fn sync(&mut self) -> Res<()>;
@@ -387,6 +398,17 @@ impl<M: Media> Core<M> {
         self.size
     }
 
+    /// The kernel changed the data file (a call handed to it after a commit and a
+    /// checkpoint): take its size. Refused (false) while anything is logged.
+    pub fn adopt_size(&mut self, size: u64) -> bool {
+        if self.dirty() || self.unapplied() || self.inflight() {
+            return false;
+        }
+        self.size = size;
+        self.committed_size = size;
+        true
+    }
+
     /// Uncommitted operations exist.
     pub fn dirty(&self) -> bool {
         !self.ops.is_empty() || self.size0.is_some() || self.inplace
@@ -562,12 +584,24 @@ impl<M: Media> Core<M> {
             self.save(data, off, end)?;
             self.inplace = true;
             // SAFETY: forwarded contract.
-            unsafe { data.write_raw(off, src, len) }?;
+            let n = match unsafe { data.write_user(off, src, len) } {
+                Ok(n) => n,
+                Err(err) => {
+                    // tmpfs and ext4 leave the size at `off` after a write past the end
+                    // that copied nothing: a failed call changes nothing here.
+                    if off > self.size {
+                        let _ = data.set_len(self.size);
+                    }
+                    return Err(err);
+                }
+            };
+            let end = off + n as u64;
             self.size = self.size.max(end);
-            return Ok((len, end));
+            return Ok((n, end));
         }
         // SAFETY: forwarded contract.
-        let at = unsafe { self.log.append_write(off, src, len) }?;
+        let (at, len) = unsafe { self.log.append_write(off, src, len) }?;
+        let end = off + len as u64;
         self.index(off, end, Some(at));
         self.ops.push(Op::Write {
             off,

@@ -296,11 +296,18 @@ impl<M: Media> Log<M> {
     ///
     /// # Safety
     /// `src` must be valid for `len` bytes or fault inside a guarded copy (EFAULT).
-    pub unsafe fn append_write(&mut self, off: u64, src: *const u8, len: usize) -> Res<u64> {
+    /// An application's source that faults part way logs the bytes before the fault (the
+    /// kernel's short write): returns where the payload is and its length.
+    pub unsafe fn append_write(
+        &mut self,
+        off: u64,
+        src: *const u8,
+        len: usize,
+    ) -> Res<(u64, usize)> {
         // SAFETY: forwarded contract.
-        let st = unsafe { self.stage(WRITE, off, src, len) }?;
+        let st = unsafe { self.stage_inner(WRITE, off, src, len, true) }?;
         self.seal_staged(&st);
-        Ok(st.at + PAYLOAD_AT)
+        Ok((st.at + PAYLOAD_AT, st.len as usize))
     }
 
     /// Store a record's payload (and flush it) but not its header: the record stays
@@ -309,11 +316,43 @@ impl<M: Media> Log<M> {
     /// # Safety
     /// `src` must be valid for `len` bytes or fault inside a guarded copy (EFAULT).
     pub unsafe fn stage(&mut self, kind: u32, off: u64, src: *const u8, len: usize) -> Res<Staged> {
+        // SAFETY: forwarded contract.
+        unsafe { self.stage_inner(kind, off, src, len, false) }
+    }
+
+    /// # Safety
+    /// As [`Log::stage`]. `partial`: a fault part way keeps the bytes before it.
+    unsafe fn stage_inner(
+        &mut self,
+        kind: u32,
+        off: u64,
+        src: *const u8,
+        len: usize,
+        partial: bool,
+    ) -> Res<Staged> {
         let at = self.room(len as u64)?;
         // SAFETY: forwarded contract.
-        if unsafe { self.m.store_raw(at + PAYLOAD_AT, src, len) } != 0 {
+        let rem = unsafe { self.m.store_raw(at + PAYLOAD_AT, src, len) };
+        let mut got = len - rem;
+        if rem != 0 && partial {
+            // The guarded copy may stop short of the fault: go on a page at a time (a
+            // page is readable whole or not at all), so the count is the kernel's.
+            while got < len {
+                // SAFETY: inside the source range the caller gave.
+                let p = unsafe { src.add(got) };
+                let n = (4096 - (p as usize & 4095)).min(len - got);
+                // SAFETY: destination inside the room reserved above; a faulting source
+                // is reported as a remainder.
+                if unsafe { self.m.store_raw(at + PAYLOAD_AT + got as u64, p, n) } != 0 {
+                    break;
+                }
+                got += n;
+            }
+        }
+        if got == 0 || (got != len && !partial) {
             return Err(Errno::FAULT);
         }
+        let len = got;
         self.m.flush(at + PAYLOAD_AT, len as u64);
         let st = Staged {
             kind,

@@ -26,7 +26,7 @@ use rustix::fd::RawFd;
 use rustix::mm::{MapFlags, ProtFlags};
 use std::collections::VecDeque;
 use std::ffi::{CStr, CString};
-use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering::*};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 
 /// Virtual address space reserved for one log mapping (costs nothing until used).
@@ -89,7 +89,27 @@ impl Drop for MapLog {
     fn drop(&mut self) {
         // SAFETY: our own mapping; nobody uses it any more.
         let _ = unsafe { rustix::mm::munmap(self.base.cast(), LOG_VIRT) };
-        let _ = sys::close(self.fd);
+        match crate::engine::engine_if_started() {
+            Some(e) => e.close_private(self.fd),
+            None => {
+                let _ = sys::close(self.fd);
+            }
+        }
+    }
+}
+
+impl MapLog {
+    /// Does the file system take a file of `x` bytes (its s_maxbytes)? Asked of the log
+    /// file, which lives beside the data: grown to `x` (sparse) and put back.
+    fn fs_allows(&self, x: u64) -> bool {
+        if x <= self.len {
+            return true;
+        }
+        let ok = sys::ftruncate(self.fd, x).is_ok();
+        if ok {
+            let _ = sys::ftruncate(self.fd, self.len);
+        }
+        ok
     }
 }
 
@@ -190,6 +210,10 @@ impl DataDev for InodeData<'_> {
         // SAFETY: forwarded contract.
         unsafe { self.write(off, src, len, true) }
     }
+    unsafe fn write_user(&mut self, off: u64, src: *const u8, len: usize) -> Res<usize> {
+        // SAFETY: forwarded contract.
+        unsafe { self.write_n(off, src, len, false) }
+    }
     fn settle(&mut self) {
         persist::fence();
     }
@@ -216,6 +240,16 @@ impl InodeData<'_> {
     /// # Safety
     /// As [`DataDev::write_raw`].
     unsafe fn write(&mut self, off: u64, src: *const u8, len: usize, stream: bool) -> Res<()> {
+        // SAFETY: forwarded contract.
+        if unsafe { self.write_n(off, src, len, stream) }? != len {
+            return Err(Errno::NOSPC);
+        }
+        Ok(())
+    }
+
+    /// # Safety
+    /// As [`DataDev::write_user`]. Returns the count written (short: a fault, or no space).
+    unsafe fn write_n(&mut self, off: u64, src: *const u8, len: usize, stream: bool) -> Res<usize> {
         let end = off + len as u64;
         let bufs = [(src, len)];
         // SAFETY: forwarded contract.
@@ -226,10 +260,7 @@ impl InodeData<'_> {
                 self.inode.kernel_write(self.fd, &bufs, off, false)
             }
         }?;
-        if n != len {
-            return Err(Errno::NOSPC);
-        }
-        Ok(())
+        Ok(n)
     }
 }
 
@@ -273,7 +304,8 @@ pub struct AtomicFile {
     idle: Condvar,
     /// The inode, for the background applier.
     inode: Weak<Inode>,
-    /// A private duplicate of the data descriptor (the application may close its own).
+    /// A private read-write duplicate of the data descriptor: every change to the data
+    /// file goes through it (the application's descriptor may be read-only, or closed).
     dfd: RawFd,
     /// Queued for the background applier (set by commits, cleared when it starts).
     queued: AtomicBool,
@@ -286,6 +318,9 @@ pub struct AtomicFile {
     per_write: bool,
     /// The core's counters already added to the engine's stats.
     reported: Mutex<self::core::CoreStats>,
+    /// Sizes up to this are known to be within the file system's largest file (changes
+    /// are logged before the kernel sees them, so flex asks: see [`AtomicFile::limit`]).
+    fits: AtomicU64,
 }
 
 /// The per-inode attachment point (a field of [`Inode`]): empty for ordinary files.
@@ -535,6 +570,7 @@ pub fn attach(inode: &Arc<Inode>, fd: RawFd, writable: bool, dirfd: RawFd, path:
     let Some((lfd, lino)) = open_log(dirfd, &lpath, st.st_mode, true)? else {
         return Err(Errno::NOENT);
     };
+    let lfd = e.keep_private(lfd);
     let abs = std::fs::read_link(format!("/proc/self/fd/{lfd}"))
         .ok()
         .and_then(|p| CString::new(std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str())).ok())
@@ -557,14 +593,11 @@ pub fn attach(inode: &Arc<Inode>, fd: RawFd, writable: bool, dirfd: RawFd, path:
     }
     let mut core = Core::new(log, inode.lsize(), e.config.atomic_log);
     core.policy = e.config.atomic_policy;
-    // Background applying needs a private descriptor and the applier thread; without
-    // them commits apply inline.
-    let dfd = if e.config.atomic_apply_inline {
-        -1
-    } else {
-        sys::fcntl_int(fd, libc::F_DUPFD_CLOEXEC, 0).unwrap_or(-1)
-    };
-    core.background = dfd >= 0 && worker().is_some();
+    // Commits, truncations and the background applier write through a private
+    // read-write duplicate: the descriptor that commits (a close, an fsync) may be a
+    // read-only one of the same file, and the application may close its own.
+    let dfd = e.keep_private(sys::fcntl_int(fd, libc::F_DUPFD_CLOEXEC, 0)?);
+    core.background = !e.config.atomic_apply_inline && worker().is_some();
     inode.atomic.f.store(Some(Arc::new_cyclic(|me| AtomicFile {
         me: me.clone(),
         core: Mutex::new(core),
@@ -577,6 +610,7 @@ pub fn attach(inode: &Arc<Inode>, fd: RawFd, writable: bool, dirfd: RawFd, path:
         log_ino: lino,
         per_write: e.config.atomic_write,
         reported: Mutex::new(Default::default()),
+        fits: AtomicU64::new(inode.lsize()),
     })));
     inode.atomic.on.store(true, Release);
     e.atomic_files.fetch_add(1, Relaxed);
@@ -604,6 +638,62 @@ impl AtomicFile {
         self.lock().size()
     }
 
+    /// The kernel changed the data file after [`commit_for_kernel`]: take its size.
+    pub fn adopt_size(&self, size: u64) -> bool {
+        self.lock().adopt_size(size)
+    }
+
+    /// The largest end a change reaching `end` may have: `end` itself, or less when it
+    /// passes the file system's largest file or RLIMIT_FSIZE (the kernel's write stops
+    /// short there, its truncate fails with EFBIG). Sizes known to fit are remembered,
+    /// and asked for doubled, so a growing file asks O(log size) times.
+    fn limit(&self, c: &Core<MapLog>, end: u64) -> u64 {
+        let fits = self.fits.load(Relaxed);
+        if end <= fits {
+            return end;
+        }
+        let rl = match rustix::process::getrlimit(rustix::process::Resource::Fsize).current {
+            Some(v) => v.min(i64::MAX as u64),
+            None => i64::MAX as u64,
+        };
+        let end = end.min(rl);
+        if end <= fits {
+            return end;
+        }
+        let m = &c.log.m;
+        let ask = end
+            .saturating_mul(2)
+            .max(end.saturating_add(64 << 20))
+            .min(rl);
+        if m.fs_allows(ask) {
+            self.fits.fetch_max(ask, Relaxed);
+            return end;
+        }
+        if m.fs_allows(end) {
+            self.fits.fetch_max(end, Relaxed);
+            return end;
+        }
+        // Past the largest file: find it (rare).
+        let (mut lo, mut hi) = (fits, end);
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if m.fs_allows(mid) {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        self.fits.fetch_max(lo, Relaxed);
+        lo
+    }
+
+    /// The size, and whether the data file holds every byte of it (nothing logged,
+    /// committed or not, waits to be applied).
+    pub fn size_settled(&self) -> (u64, bool) {
+        let c = self.lock();
+        (c.size(), !c.dirty() && !c.unapplied() && !c.inflight())
+    }
+
     /// # Safety
     /// As the engine's read paths: buffers valid or faulting inside guarded copies.
     pub unsafe fn read(
@@ -619,9 +709,24 @@ impl AtomicFile {
         let mut done = 0usize;
         for &(p, l) in bufs {
             let l = l.min(crate::inode::MAX_RW - done);
+            let at = off + done as u64;
             // SAFETY: forwarded contract.
-            let n = match unsafe { c.read(&data, off + done as u64, p, l) } {
+            let n = match unsafe { c.read(&data, at, p, l) } {
                 Ok(n) => n,
+                Err(Errno::FAULT) => {
+                    // A buffer that turns unwritable part way: the bytes before it, as
+                    // the kernel's short read.
+                    let want = (l as u64).min(c.size().saturating_sub(at)) as usize;
+                    // SAFETY: forwarded contract (the read overwrites these bytes).
+                    let w = unsafe { crate::fault::zero_writable_prefix(p, want) };
+                    // SAFETY: as above, the first w bytes only.
+                    match (w, unsafe { c.read(&data, at, p, w) }) {
+                        (1.., Ok(n)) => done += n,
+                        _ if done == 0 => return Err(Errno::FAULT),
+                        _ => {}
+                    }
+                    break;
+                }
                 Err(err) if done == 0 => return Err(err),
                 Err(_) => break,
             };
@@ -639,13 +744,15 @@ impl AtomicFile {
     pub unsafe fn write(
         &self,
         inode: &Inode,
-        fd: RawFd,
         bufs: &[(*const u8, usize)],
         off: u64,
         append: bool,
     ) -> Res<(usize, u64)> {
         let mut c = self.lock();
-        let mut data = InodeData { inode, fd };
+        let mut data = InodeData {
+            inode,
+            fd: self.dfd,
+        };
         let total = bufs.iter().fold(0u64, |a, b| a.saturating_add(b.1 as u64));
         if c.inflight() && c.needs_room(total) {
             c = self.quiet(c);
@@ -658,11 +765,27 @@ impl AtomicFile {
             if l == 0 {
                 continue;
             }
+            // Past the largest file the write stops short; at it, EFBIG (and SIGXFSZ for
+            // RLIMIT_FSIZE), as the kernel's.
+            let start = if append && first { c.size() } else { end };
+            let lim = self.limit(&c, start.saturating_add(l as u64));
+            if start >= lim {
+                if done > 0 {
+                    break;
+                }
+                file_too_big(start.saturating_add(1));
+                return Err(Errno::FBIG);
+            }
+            let l = l.min((lim - start) as usize);
             // SAFETY: forwarded contract.
             match unsafe { c.write(&mut data, end, p, l, append && first) } {
                 Ok((n, e)) => {
                     done += n;
                     end = e;
+                    if n < l {
+                        // A short write (the source faulted part way) ends the call.
+                        break;
+                    }
                 }
                 Err(err) if done == 0 => return Err(err),
                 Err(_) => break,
@@ -679,9 +802,15 @@ impl AtomicFile {
     /// fsync/fdatasync/close: commit; the applier applies it in the background. Past half
     /// the log's bound the foreground checkpoints (after the batch in flight), so the log
     /// and the fsync latency stay bounded.
-    pub fn commit(&self, inode: &Inode, fd: RawFd) -> Res<()> {
+    pub fn commit(&self, inode: &Inode) -> Res<()> {
         let c = self.lock();
-        self.commit_locked(c, &mut InodeData { inode, fd })
+        self.commit_locked(
+            c,
+            &mut InodeData {
+                inode,
+                fd: self.dfd,
+            },
+        )
     }
 
     fn commit_locked(
@@ -805,11 +934,18 @@ impl AtomicFile {
         }
     }
 
-    pub fn truncate(&self, inode: &Inode, fd: RawFd, len: u64) -> Res<()> {
+    pub fn truncate(&self, inode: &Inode, len: u64) -> Res<()> {
         let mut c = self.lock();
-        let mut data = InodeData { inode, fd };
+        let mut data = InodeData {
+            inode,
+            fd: self.dfd,
+        };
         if c.inflight() && c.needs_room(0) {
             c = self.quiet(c);
+        }
+        if self.limit(&c, len) < len {
+            file_too_big(len);
+            return Err(Errno::FBIG);
         }
         c.truncate(&mut data, len)?;
         if self.per_write {
@@ -819,11 +955,27 @@ impl AtomicFile {
     }
 }
 
+/// A change refused because the file would need `need` bytes: past RLIMIT_FSIZE it gets
+/// the kernel's SIGXFSZ too.
+fn file_too_big(need: u64) {
+    if let Some(v) = rustix::process::getrlimit(rustix::process::Resource::Fsize).current {
+        if need > v {
+            // SAFETY: a raw system call sending a signal to this thread.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_tgkill,
+                    libc::getpid(),
+                    libc::syscall(libc::SYS_gettid),
+                    libc::SIGXFSZ,
+                )
+            };
+        }
+    }
+}
+
 impl Drop for AtomicFile {
     fn drop(&mut self) {
-        if self.dfd >= 0 {
-            let _ = sys::close(self.dfd);
-        }
+        engine().close_private(self.dfd);
     }
 }
 
@@ -903,7 +1055,7 @@ impl Worker {
 
 /// The last description of an atomic file closes (or the file goes back to the kernel):
 /// commit, checkpoint, remove the log. The file leaves atomic mode in this process.
-pub fn detach(inode: &Inode, fd: RawFd) -> Res<()> {
+pub fn detach(inode: &Inode) -> Res<()> {
     let Some(a) = inode.atomic.take() else {
         return Ok(());
     };
@@ -911,7 +1063,7 @@ pub fn detach(inode: &Inode, fd: RawFd) -> Res<()> {
     let c = a.lock();
     let mut c = a.quiet(c);
     a.gone.store(true, Release);
-    let mut data = InodeData { inode, fd };
+    let mut data = InodeData { inode, fd: a.dfd };
     let r = c.commit(&mut data);
     a.report(&c.stats);
     r?;
@@ -928,11 +1080,11 @@ pub fn detach(inode: &Inode, fd: RawFd) -> Res<()> {
 
 /// Commit without leaving atomic mode (fsync hooks use `AtomicFile::commit`; this is for
 /// calls that hand the file to the kernel: mmap, sendfile, fallocate).
-pub fn commit_for_kernel(inode: &Inode, fd: RawFd) {
+pub fn commit_for_kernel(inode: &Inode) {
     if let Some(a) = inode.atomic.get() {
         let c = a.lock();
         let mut c = a.quiet(c);
-        let mut data = InodeData { inode, fd };
+        let mut data = InodeData { inode, fd: a.dfd };
         if c.commit(&mut data).is_ok() {
             let _ = c.checkpoint(&mut data);
         }

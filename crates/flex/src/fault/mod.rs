@@ -97,6 +97,27 @@ pub unsafe fn zero(dst: *mut u8, len: usize) -> usize {
     unsafe { kernels::zero(dst, len) }
 }
 
+/// How many bytes from `dst` can be written before the first unwritable page (a page is
+/// writable whole or not at all), up to `len`: the count a kernel read into `dst` would
+/// return. Zeroes them on the way: for a caller about to overwrite them anyway.
+///
+/// # Safety
+/// As [`zero`].
+pub unsafe fn zero_writable_prefix(dst: *mut u8, len: usize) -> usize {
+    let mut got = 0;
+    while got < len {
+        // SAFETY: inside the caller's range.
+        let p = unsafe { dst.add(got) };
+        let n = (4096 - (p as usize & 4095)).min(len - got);
+        // SAFETY: forwarded caller contract.
+        if unsafe { zero(p, n) } != 0 {
+            break;
+        }
+        got += n;
+    }
+    got
+}
+
 /// Zero persistent memory, with the durability contract of [`copy_nt`].
 ///
 /// # Safety
