@@ -35,6 +35,11 @@ pub trait DataDev {
     }
     /// Order the streaming stores of [`DataDev::write_stream`] before what follows.
     fn settle(&mut self) {}
+    /// A batch is applied: the data file's size as others see it becomes the logical one
+    /// (an over-allocated DAX file drops its slack), as after a non-atomic fsync.
+    fn exact(&mut self) -> Res<()> {
+        Ok(())
+    }
     /// Write many ranges as [`DataDev::write_stream`] would, in order (they may overlap:
     /// the later wins).
     ///
@@ -247,7 +252,7 @@ impl Batch {
                 if data.size()? != self.size {
                     data.set_len(self.size)?;
                 }
-                Ok(())
+                data.exact()
             }
         }
     }

@@ -231,6 +231,9 @@ impl DataDev for InodeData<'_> {
         self.inode
             .set_len(Some(fd), len, || sys::ftruncate(fd, len))
     }
+    fn exact(&mut self) -> Res<()> {
+        self.inode.trim(self.fd)
+    }
     fn sync(&mut self) -> Res<()> {
         self.inode.sync(self.fd, true)
     }
