@@ -1237,6 +1237,9 @@ fn make_coherent(fd: Fd, d: &Desc) {
 /// dup2/dup3 before the kernel call: `new` is about to be closed silently.
 pub fn dup2_before(old: Fd, new: Fd) {
     let Some(e) = engine_if_started() else { return };
+    if old != new && e.is_private(new) {
+        crate::atomic::move_private(new);
+    }
     if old == new || e.table.get(old).is_none() && e.table.get(new).is_none() {
         return;
     }

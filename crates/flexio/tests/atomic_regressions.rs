@@ -851,3 +851,48 @@ assert content("a") == b"last", content("a")
     assert_eq!(std::fs::read(t.path.join("a")).unwrap(), b"last");
     assert!(!log_of(&t.path.join("a")).exists());
 }
+
+/// A dup2 by the application onto one of flex's own descriptor numbers moves flex's
+/// descriptor first: commits keep going to the right file, the application's file gets
+/// nothing of it.
+#[test]
+fn dup2_onto_flex_own_descriptors_moves_them() {
+    let t = run::TestDir::new("atomic-dup2-private");
+    py_atomic(
+        &t.path,
+        &format!(
+            "{PY}{}",
+            r#"
+p = os.path.join(d, "a")
+fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
+atomic("a")
+assert os.write(fd, b"hello ") == 6
+own = []
+for n in os.listdir("/proc/self/fd"):
+    n = int(n)
+    if n == fd:
+        continue
+    try:
+        target = os.readlink("/proc/self/fd/%d" % n)
+    except OSError:
+        continue
+    if target in (p, log("a")):
+        own.append(n)
+assert len(own) == 2, own
+other = os.open(os.path.join(d, "other"), os.O_RDWR | os.O_CREAT, 0o644)
+for n in own:
+    assert os.dup2(other, n) == n
+assert os.write(fd, b"world") == 5
+os.fsync(fd)
+assert os.write(own[0], b"x") == 1
+os.close(fd)
+for n in own:
+    os.close(n)
+os.close(other)
+assert content("a") == b"hello world", content("a")
+assert content("other") == b"x", content("other")
+"#
+        ),
+    );
+    assert!(!log_of(&t.path.join("a")).exists());
+}

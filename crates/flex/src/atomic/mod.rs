@@ -26,7 +26,7 @@ use rustix::fd::RawFd;
 use rustix::mm::{MapFlags, ProtFlags};
 use std::collections::VecDeque;
 use std::ffi::{CStr, CString};
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU64, Ordering::*};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 
 /// Virtual address space reserved for one log mapping (costs nothing until used).
@@ -309,7 +309,11 @@ pub struct AtomicFile {
     inode: Weak<Inode>,
     /// A private read-write duplicate of the data descriptor: every change to the data
     /// file goes through it (the application's descriptor may be read-only, or closed).
-    dfd: RawFd,
+    /// Read under the core mutex (it moves when the application dup2s onto its number).
+    dfd: AtomicI32,
+    /// Held while a descriptor of this file is used outside the core mutex (the
+    /// background checkpoint's sync) and while one moves.
+    moving: Mutex<()>,
     /// Queued for the background applier (set by commits, cleared when it starts).
     queued: AtomicBool,
     /// Detached: the applier leaves it alone.
@@ -606,7 +610,8 @@ pub fn attach(inode: &Arc<Inode>, fd: RawFd, writable: bool, dirfd: RawFd, path:
         core: Mutex::new(core),
         idle: Condvar::new(),
         inode: Arc::downgrade(inode),
-        dfd,
+        dfd: AtomicI32::new(dfd),
+        moving: Mutex::new(()),
         queued: AtomicBool::new(false),
         gone: AtomicBool::new(false),
         log_path: abs,
@@ -635,6 +640,10 @@ fn recover_read_only(dirfd: RawFd, path: &CStr, fd: RawFd) -> Res<Option<Replaye
 impl AtomicFile {
     fn lock(&self) -> MutexGuard<'_, Core<MapLog>> {
         self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn dfd(&self) -> RawFd {
+        self.dfd.load(Acquire)
     }
 
     pub fn size(&self) -> u64 {
@@ -754,7 +763,7 @@ impl AtomicFile {
         let mut c = self.lock();
         let mut data = InodeData {
             inode,
-            fd: self.dfd,
+            fd: self.dfd(),
         };
         let total = bufs.iter().fold(0u64, |a, b| a.saturating_add(b.1 as u64));
         if c.inflight() && c.needs_room(total) {
@@ -811,7 +820,7 @@ impl AtomicFile {
             c,
             &mut InodeData {
                 inode,
-                fd: self.dfd,
+                fd: self.dfd(),
             },
         )
     }
@@ -883,7 +892,7 @@ impl AtomicFile {
                     let mut c = self.lock();
                     let _ = c.apply_all(&mut InodeData {
                         inode: &inode,
-                        fd: self.dfd,
+                        fd: self.dfd(),
                     });
                 }
             }
@@ -899,7 +908,7 @@ impl AtomicFile {
         };
         let mut data = InodeData {
             inode: &inode,
-            fd: self.dfd,
+            fd: -1,
         };
         loop {
             let b = {
@@ -907,6 +916,7 @@ impl AtomicFile {
                 if self.gone.load(Acquire) {
                     return;
                 }
+                data.fd = self.dfd();
                 match c.take_batch() {
                     Some(b) => b,
                     None => break,
@@ -924,11 +934,13 @@ impl AtomicFile {
                 return;
             }
         }
+        let _m = self.moving.lock().unwrap_or_else(|p| p.into_inner());
         let epoch = {
             let c = self.lock();
             if self.gone.load(Acquire) || !c.idle_checkpoint() {
                 return;
             }
+            data.fd = self.dfd();
             c.applied
         };
         // Sync outside the lock; reset only if nothing was applied meanwhile.
@@ -941,7 +953,7 @@ impl AtomicFile {
         let mut c = self.lock();
         let mut data = InodeData {
             inode,
-            fd: self.dfd,
+            fd: self.dfd(),
         };
         if c.inflight() && c.needs_room(0) {
             c = self.quiet(c);
@@ -978,7 +990,7 @@ fn file_too_big(need: u64) {
 
 impl Drop for AtomicFile {
     fn drop(&mut self) {
-        engine().close_private(self.dfd);
+        engine().close_private(self.dfd());
     }
 }
 
@@ -1056,6 +1068,40 @@ impl Worker {
     }
 }
 
+/// The application `dup2`s onto `fd`, one of flex's own descriptors: move ours to another
+/// number first (the kernel would silently replace it, and the next commit would write
+/// through whatever the application put there). Best effort: without a free descriptor it
+/// stays.
+pub fn move_private(fd: RawFd) {
+    let e = engine();
+    let moved = |old: RawFd| -> Option<RawFd> {
+        let d = sys::fcntl_int(old, libc::F_DUPFD_CLOEXEC, 0).ok()?;
+        let new = e.keep_private(d);
+        e.close_private(old);
+        Some(new)
+    };
+    for inode in e.all_inodes() {
+        let Some(a) = inode.atomic.get() else {
+            continue;
+        };
+        let _m = a.moving.lock().unwrap_or_else(|p| p.into_inner());
+        let c = a.lock();
+        let mut c = a.quiet(c);
+        if c.log.m.fd == fd {
+            if let Some(n) = moved(fd) {
+                c.log.m.fd = n;
+            }
+            return;
+        }
+        if a.dfd() == fd {
+            if let Some(n) = moved(fd) {
+                a.dfd.store(n, Release);
+            }
+            return;
+        }
+    }
+}
+
 /// The last description of an atomic file closes (or the file goes back to the kernel):
 /// commit, checkpoint, remove the log. The file leaves atomic mode in this process.
 pub fn detach(inode: &Inode) -> Res<()> {
@@ -1066,7 +1112,7 @@ pub fn detach(inode: &Inode) -> Res<()> {
     let c = a.lock();
     let mut c = a.quiet(c);
     a.gone.store(true, Release);
-    let mut data = InodeData { inode, fd: a.dfd };
+    let mut data = InodeData { inode, fd: a.dfd() };
     let r = c.commit(&mut data);
     a.report(&c.stats);
     r?;
@@ -1087,7 +1133,7 @@ pub fn commit_for_kernel(inode: &Inode) {
     if let Some(a) = inode.atomic.get() {
         let c = a.lock();
         let mut c = a.quiet(c);
-        let mut data = InodeData { inode, fd: a.dfd };
+        let mut data = InodeData { inode, fd: a.dfd() };
         if c.commit(&mut data).is_ok() {
             let _ = c.checkpoint(&mut data);
         }
