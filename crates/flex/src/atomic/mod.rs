@@ -46,7 +46,9 @@ unsafe impl Send for MapLog {}
 
 impl MapLog {
     fn new(fd: RawFd) -> Res<MapLog> {
-        let len = sys::fstat(fd)?.st_size as u64;
+        // Past the mapping the log holds nothing (a crash during a size probe can leave
+        // it longer, sparse: see `fs_allows`).
+        let len = (sys::fstat(fd)?.st_size as u64).min(LOG_VIRT as u64);
         let prot = ProtFlags::READ | ProtFlags::WRITE;
         // SAFETY: a fresh shared mapping of our own log descriptor at an address of the
         // kernel's choice; pages beyond the file's end are never touched (ensure grows it).
