@@ -193,69 +193,77 @@ pub fn open(dirfd: Fd, path: &CStr, flags: i32, mode: u32) -> Option<Res<Fd>> {
     if e.config.disabled || kflags & (libc::O_PATH | libc::O_DIRECTORY) != 0 {
         return Some(sys::openat(dirfd, path, kflags, mode));
     }
-    if atomic && kflags & libc::O_TRUNC != 0 && kflags & libc::O_ACCMODE != libc::O_RDONLY {
-        // O_TRUNC becomes a logged truncation: a crash before the next commit keeps the
-        // old contents.
-        let fd = open_managed(
-            e,
-            dirfd,
-            path,
-            kflags & !libc::O_TRUNC,
-            mode,
-            explicit,
-            atomic,
-        );
-        if let Ok(fd) = fd {
-            if let Some(Err(err)) = ftruncate(fd, 0) {
-                let _ = close(fd);
-                return Some(Err(err));
-            }
-        }
-        return Some(fd);
-    }
     if atomic && kflags & libc::O_TRUNC != 0 {
-        // O_RDONLY|O_TRUNC truncates too (with write permission). A file in atomic mode
-        // here: the truncation joins its transaction, as through any descriptor.
-        if let Some(a) = sys::fstatat(dirfd, path, 0)
-            .ok()
-            .and_then(|st| e.lookup(st.st_dev, st.st_ino))
-            .and_then(|i| i.atomic.get().map(|a| (i, a)))
-        {
-            // SAFETY: a raw system call with a valid path string.
-            let ok = unsafe {
-                libc::syscall(
-                    libc::SYS_faccessat2,
-                    dirfd,
-                    path.as_ptr(),
-                    libc::W_OK,
-                    libc::AT_EACCESS,
-                )
-            };
-            if ok < 0 {
-                // SAFETY: this thread's errno.
-                return Some(Err(Errno::from_raw_os_error(unsafe {
-                    *libc::__errno_location()
-                })));
-            }
-            let fd = open_managed(
-                e,
-                dirfd,
-                path,
-                kflags & !libc::O_TRUNC,
-                mode,
-                explicit,
-                atomic,
-            );
-            if fd.is_ok() {
-                if let Err(err) = a.1.truncate(&a.0, 0) {
-                    let _ = close(fd.unwrap_or(-1));
+        // O_TRUNC becomes a logged truncation: a crash before the next commit keeps the
+        // old contents. O_RDONLY|O_TRUNC truncates too (with write permission), but a
+        // read-only open puts no file in atomic mode: it joins a transaction only of a
+        // file in atomic mode here already, else the kernel truncates.
+        let ro = kflags & libc::O_ACCMODE == libc::O_RDONLY;
+        if !ro || atomic_here(e, dirfd, path) {
+            if ro {
+                if let Err(err) = sys::check_writable(dirfd, path) {
                     return Some(Err(err));
                 }
             }
-            return Some(fd);
+            return Some(open_truncated(e, dirfd, path, kflags, mode, explicit, ro));
         }
     }
     Some(open_managed(e, dirfd, path, kflags, mode, explicit, atomic))
+}
+
+/// Is the file at `path` in atomic mode in this process?
+fn atomic_here(e: &Engine, dirfd: Fd, path: &CStr) -> bool {
+    sys::fstatat(dirfd, path, 0)
+        .ok()
+        .and_then(|st| e.lookup(st.st_dev, st.st_ino))
+        .is_some_and(|i| i.atomic.get().is_some())
+}
+
+/// An atomic open with O_TRUNC: open without it, then truncate inside the transaction.
+fn open_truncated(
+    e: &Engine,
+    dirfd: Fd,
+    path: &CStr,
+    kflags: i32,
+    mode: u32,
+    explicit: bool,
+    ro: bool,
+) -> Res<Fd> {
+    let fd = open_managed(
+        e,
+        dirfd,
+        path,
+        kflags & !libc::O_TRUNC,
+        mode,
+        explicit,
+        true,
+    )?;
+    let r = if !ro {
+        // Through the new descriptor: the transaction's truncation. An unmanaged one
+        // (descriptor 0-2, not a regular file) gets the kernel's, for regular files only
+        // (the kernel ignores O_TRUNC on the others).
+        ftruncate(fd, 0).unwrap_or_else(|| match sys::fstat(fd) {
+            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => sys::ftruncate(fd, 0),
+            _ => Ok(()),
+        })
+    } else {
+        // Read-only: through the file's atomic state (the caller saw it has one).
+        let inode = match desc(fd) {
+            Some(d) => Some(d.inode.clone()),
+            None => sys::fstat(fd)
+                .ok()
+                .and_then(|st| e.lookup(st.st_dev, st.st_ino)),
+        };
+        match inode.as_ref().and_then(|i| i.atomic.get().map(|a| (i, a))) {
+            Some((i, a)) => a.truncate(i, 0),
+            None => Ok(()),
+        }
+    };
+    if let Err(err) = r {
+        let _ = close(fd);
+        return Err(err);
+    }
+    Ok(fd)
 }
 
 fn open_managed(
@@ -1115,12 +1123,8 @@ pub fn truncate(path: &CStr, len: i64) -> Option<Res<()>> {
     if let Some(a) = inode.atomic.get() {
         // A file in atomic mode here: the truncation joins the open transaction (the
         // kernel's permission check first: the path must be writable by us).
-        // SAFETY: a raw system call with a valid path string.
-        if unsafe { libc::syscall(libc::SYS_access, path.as_ptr(), libc::W_OK) } < 0 {
-            // SAFETY: this thread's errno.
-            return Some(Err(Errno::from_raw_os_error(unsafe {
-                *libc::__errno_location()
-            })));
+        if let Err(err) = sys::check_writable(libc::AT_FDCWD, path) {
+            return Some(Err(err));
         }
         return Some(a.truncate(&inode, len as u64));
     }
@@ -1155,13 +1159,8 @@ pub fn fallocate(fd: Fd, mode: i32, off: i64, len: i64) -> Option<Res<()>> {
             return Some(Err(e));
         }
     }
-    // SAFETY: a raw system call with scalar arguments.
-    let r = unsafe { libc::syscall(libc::SYS_fallocate, fd, mode, off, len) };
-    if r < 0 {
-        // SAFETY: this thread's errno.
-        return Some(Err(Errno::from_raw_os_error(unsafe {
-            *libc::__errno_location()
-        })));
+    if let Err(err) = sys::fallocate(fd, mode, off, len) {
+        return Some(Err(err));
     }
     Some(d.inode.refresh(fd).map(|_| ()))
 }
@@ -1178,18 +1177,8 @@ fn atomic_fallocate(
     off: i64,
     len: i64,
 ) -> Res<()> {
-    let raw = |mode: i32| -> Res<()> {
-        // SAFETY: a raw system call with scalar arguments.
-        if unsafe { libc::syscall(libc::SYS_fallocate, fd, mode, off, len) } < 0 {
-            // SAFETY: this thread's errno.
-            return Err(Errno::from_raw_os_error(unsafe {
-                *libc::__errno_location()
-            }));
-        }
-        Ok(())
-    };
     if mode & !libc::FALLOC_FL_KEEP_SIZE == 0 {
-        raw(mode | libc::FALLOC_FL_KEEP_SIZE)?;
+        sys::fallocate(fd, mode | libc::FALLOC_FL_KEEP_SIZE, off, len)?;
         let end = (off as u64).saturating_add(len as u64);
         if mode & libc::FALLOC_FL_KEEP_SIZE == 0 && end > a.size() {
             a.truncate(&d.inode, end)?;
@@ -1197,7 +1186,7 @@ fn atomic_fallocate(
         return Ok(());
     }
     crate::atomic::commit_for_kernel(&d.inode);
-    let r = raw(mode);
+    let r = sys::fallocate(fd, mode, off, len);
     if let Ok(size) = d.inode.refresh(fd) {
         a.adopt_size(size);
     }

@@ -155,6 +155,27 @@ pub fn reserve(fd: RawFd, off: u64, len: u64) -> Res<()> {
     rustix::fs::fallocate(bfd(fd), rustix::fs::FallocateFlags::KEEP_SIZE, off, len)
 }
 
+/// fallocate with the application's own (signed) arguments: the kernel judges them.
+pub fn fallocate(fd: RawFd, mode: i32, off: i64, len: i64) -> Res<()> {
+    // SAFETY: a raw system call with scalar arguments.
+    ret(unsafe { libc::syscall(libc::SYS_fallocate, fd, mode, off, len) }).map(|_| ())
+}
+
+/// The kernel's permission check for writing `path` (effective ids, as open and truncate).
+pub fn check_writable(dirfd: RawFd, path: &core::ffi::CStr) -> Res<()> {
+    // SAFETY: a raw system call with a valid path string.
+    ret(unsafe {
+        libc::syscall(
+            libc::SYS_faccessat2,
+            dirfd,
+            path.as_ptr(),
+            libc::W_OK,
+            libc::AT_EACCESS,
+        )
+    })
+    .map(|_| ())
+}
+
 pub fn close(fd: RawFd) -> Res<()> {
     // SAFETY: a raw system call with a scalar argument.
     ret(unsafe { libc::syscall(libc::SYS_close, fd) }).map(|_| ())
