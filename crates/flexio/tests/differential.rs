@@ -394,6 +394,10 @@ struct Runner<'m> {
     touched: [Vec<(u64, u64)>; FILES],
     mem: &'m Mem,
     step: usize,
+    /// The engine side runs in failure-atomic mode (a child of `sequences_atomic`), with
+    /// the background applier or not.
+    atomic: bool,
+    applier: bool,
 }
 
 type Out = Result<(), String>;
@@ -437,6 +441,8 @@ impl<'m> Runner<'m> {
             touched: Default::default(),
             mem,
             step: 0,
+            atomic: std::env::var_os("FLEX_DIFF_ATOMIC").is_some(),
+            applier: std::env::var("FLEX_ATOMIC_APPLY").is_ok_and(|v| v == "background"),
         }
     }
 
@@ -557,7 +563,7 @@ impl<'m> Runner<'m> {
                 // The engine's kernel size may run ahead (trailer), never behind (but in
                 // atomic mode, where uncommitted growth lives in the log).
                 let raw = raw_size(s.e).unwrap_or(-1);
-                if raw < e.unwrap_or(0) && std::env::var_os("FLEX_DIFF_ATOMIC").is_none() {
+                if raw < e.unwrap_or(0) && !self.atomic {
                     return fail(format!(
                         "step {}: kernel size of B {raw} below its logical size {e:?}",
                         self.step
@@ -635,7 +641,7 @@ impl<'m> Runner<'m> {
     /// copied). Atomic mode keeps the file as it was, as a failed call should (README,
     /// "Failure-atomic mode"): put the kernel's twin back to the engine's size.
     fn failed_write_growth(&mut self, k: i32, e: i32, rk: R) -> Out {
-        if rk != Err(libc::EFAULT) || std::env::var_os("FLEX_DIFF_ATOMIC").is_none() {
+        if rk != Err(libc::EFAULT) || !self.atomic {
             return Ok(());
         }
         let (sk, se) = (Side::Kernel.fstat_size(k), self.eside.fstat_size(e));
@@ -789,9 +795,7 @@ impl<'m> Runner<'m> {
                 self.cmp("fsync", rk, re)?;
                 // Synced: the engine's kernel size is exact (with atomic mode's background
                 // applier, once it has applied the commit: later).
-                let lagging = std::env::var_os("FLEX_DIFF_ATOMIC").is_some()
-                    && std::env::var("FLEX_ATOMIC_APPLY").is_ok_and(|v| v == "background");
-                if re.is_ok() && !lagging {
+                if re.is_ok() && !(self.atomic && self.applier) {
                     self.cmp("kernel size after fsync", raw_size(k), raw_size(e))?;
                 }
                 Ok(())
@@ -1354,18 +1358,22 @@ fn sequences_lazy() {
         sequences(Side::Engine { explicit: false }, 32);
         return;
     }
+    run_child(
+        "sequences_lazy",
+        "lazy",
+        &[("FLEX_ADOPT_AFTER", "3"), ("FLEX_GROW_MIN", "64k")],
+    );
+}
+
+/// Run `test` of this binary in a child process (the engine reads its configuration once
+/// per process) with FLEX_PATHS on the test directory and `envs`; it must pass.
+fn run_child(test: &str, name: &str, envs: &[(&str, &str)]) {
     let exe = std::env::current_exe().expect("current exe");
     let out = std::process::Command::new(exe)
-        .args([
-            "--exact",
-            "sequences_lazy",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
         .env("FLEX_DIFF_CHILD", "1")
         .env("FLEX_PATHS", base_dir())
-        .env("FLEX_ADOPT_AFTER", "3")
-        .env("FLEX_GROW_MIN", "64k")
+        .envs(envs.iter().copied())
         .output()
         .expect("run the child");
     let text = format!(
@@ -1375,7 +1383,7 @@ fn sequences_lazy() {
     );
     assert!(
         out.status.success() && text.contains("1 passed"),
-        "child failed:\n{text}"
+        "child ({name}) failed:\n{text}"
     );
 }
 
@@ -1387,18 +1395,15 @@ fn sequences_lazy() {
 #[test]
 fn sequences_atomic() {
     if std::env::var_os("FLEX_DIFF_CHILD").is_some() {
-        if std::env::var_os("FLEX_DIFF_ATOMIC").is_some() {
-            sequences(Side::Engine { explicit: false }, 24);
-        }
+        sequences(Side::Engine { explicit: false }, 24);
         return;
     }
-    let exe = std::env::current_exe().expect("current exe");
-    let variants: [(&str, &[(&str, &str)]); 5] = [
-        ("redo", &[("FLEX_ATOMIC_POLICY", "redo")]),
-        ("undo", &[("FLEX_ATOMIC_POLICY", "undo")]),
-        ("auto", &[("FLEX_ATOMIC_POLICY", "auto")]),
-        ("background", &[("FLEX_ATOMIC_APPLY", "background")]),
-        ("per-write", &[("FLEX_ATOMIC", "write")]),
+    let variants: [(&str, (&str, &str)); 5] = [
+        ("redo", ("FLEX_ATOMIC_POLICY", "redo")),
+        ("undo", ("FLEX_ATOMIC_POLICY", "undo")),
+        ("auto", ("FLEX_ATOMIC_POLICY", "auto")),
+        ("background", ("FLEX_ATOMIC_APPLY", "background")),
+        ("per-write", ("FLEX_ATOMIC", "write")),
     ];
     // The DAX guest runs the policies only (the other variants do not depend on the file
     // system, and the software CPU is slow).
@@ -1407,34 +1412,18 @@ fn sequences_atomic() {
     } else {
         variants.len()
     };
-    for (i, (name, envs)) in variants.into_iter().take(n).enumerate() {
-        let mut cmd = std::process::Command::new(&exe);
-        cmd.args([
-            "--exact",
-            "sequences_atomic",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("FLEX_DIFF_CHILD", "1")
-        .env("FLEX_DIFF_ATOMIC", "1")
-        .env("FLEX_PATHS", base_dir())
-        .env("FLEX_MODE", "atomic")
-        .env("FLEX_ATOMIC_LOG", "256k")
-        .envs(envs.iter().copied());
+    for (i, (name, var)) in variants.into_iter().take(n).enumerate() {
+        let mut envs = vec![
+            ("FLEX_DIFF_ATOMIC", "1"),
+            ("FLEX_MODE", "atomic"),
+            ("FLEX_ATOMIC_LOG", "256k"),
+            var,
+        ];
         if i >= 3 && std::env::var_os("PROPTEST_CASES").is_none() {
             // The applier and per-write variants: half the cases.
-            cmd.env("PROPTEST_CASES", "12");
+            envs.push(("PROPTEST_CASES", "12"));
         }
-        let out = cmd.output().expect("run the child");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            out.status.success() && text.contains("1 passed"),
-            "child ({name}) failed:\n{text}"
-        );
+        run_child("sequences_atomic", name, &envs);
     }
 }
 
