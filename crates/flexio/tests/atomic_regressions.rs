@@ -46,14 +46,16 @@ fn pattern(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
-/// Run a python script under `flexio run --paths dir` with FLEX_MODE=atomic; the script
-/// asserts its own expectations (exit status 0) and gets the directory as argv[1].
-fn py_atomic(dir: &Path, script: &str) -> std::process::Output {
+/// Run a python script (after the prelude [`PY`]) under `flexio run --paths dir` with
+/// FLEX_MODE=atomic; the script asserts its own expectations (exit status 0) and gets the
+/// directory as argv[1].
+fn py_atomic(dir: &Path, body: &str) -> std::process::Output {
     run::require("python3", "python3");
+    let script = format!("{PY}{body}");
     let out = Command::new(run::flexio())
         .args(["run", "--paths"])
         .arg(dir)
-        .args(["--", "python3", "-c", script])
+        .args(["--", "python3", "-c", &script])
         .arg(dir)
         .env("FLEX_MODE", "atomic")
         .current_dir(dir)
@@ -88,9 +90,7 @@ fn o_append_is_honoured() {
     std::fs::write(t.path.join("a"), b"0123").unwrap();
     py_atomic(
         &t.path,
-        &format!(
-            "{PY}{}",
-            r#"
+        r#"
 p = os.path.join(d, "a")
 fd = os.open(p, os.O_RDWR | os.O_APPEND)
 atomic("a")
@@ -103,8 +103,7 @@ assert os.pread(fd, 16, 0) == b"0123xyz"
 os.fsync(fd)
 os.close(fd)
 assert content("a") == b"0123xyz", content("a")
-"#
-        ),
+"#,
     );
     assert_eq!(std::fs::read(t.path.join("a")).unwrap(), b"0123xyz");
     assert!(!log_of(&t.path.join("a")).exists());
@@ -197,9 +196,7 @@ fn failed_opens_return_errors_and_leave_no_log() {
     std::fs::create_dir(t.path.join("sub")).unwrap();
     py_atomic(
         &t.path,
-        &format!(
-            "{PY}{}",
-            r#"
+        r#"
 import errno
 def fails(path, flags, err):
     try:
@@ -222,8 +219,7 @@ os.pwrite(fd, b"yz", 1)
 os.close(fd)
 assert content("exists") == b"xyz"
 print("alive")
-"#
-        ),
+"#,
     );
     let names: Vec<String> = std::fs::read_dir(&t.path)
         .unwrap()
@@ -243,9 +239,7 @@ fn write_only_opens_work_and_leave_exact_files() {
     std::fs::write(t.path.join("old"), b"abcdef").unwrap();
     py_atomic(
         &t.path,
-        &format!(
-            "{PY}{}",
-            r#"
+        r#"
 fd = os.open(os.path.join(d, "new"), os.O_WRONLY | os.O_CREAT, 0o644)
 atomic("new")
 assert os.write(fd, b"hello") == 5
@@ -261,8 +255,7 @@ fd = os.open(os.path.join(d, "trunc"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o
 atomic("trunc")
 os.write(fd, b"t" * 3000)
 os.close(fd)
-"#
-        ),
+"#,
     );
     assert_eq!(std::fs::read(t.path.join("new")).unwrap(), b"hello world");
     assert_eq!(std::fs::read(t.path.join("old")).unwrap(), b"abXYef");
@@ -284,7 +277,7 @@ fn exit_without_close_commits_at_the_exact_size() {
         py_atomic(
             &t.path,
             &format!(
-                "{PY}
+                "
 fd = os.open(os.path.join(d, '{name}'), os.O_RDWR | os.O_CREAT, 0o644)
 atomic('{name}')
 os.pwrite(fd, b'a' * 5000, 0)
@@ -786,22 +779,18 @@ fn closing_every_other_descriptor_spares_flex_own() {
     let t = run::TestDir::new("atomic-private-fds");
     py_atomic(
         &t.path,
-        &format!(
-            "{PY}{}",
-            r#"
+        r#"
 import errno
 p = os.path.join(d, "a")
 fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
 atomic("a")
 assert os.write(fd, b"hello ") == 6
 os.closerange(fd + 1, 1 << 16)
-refused = 0
 for n in range(fd + 1, 1 << 12):
     try:
         os.close(n)
     except OSError as e:
         assert e.errno == errno.EBADF, e
-        refused += 1
 other = os.open(os.path.join(d, "other"), os.O_RDWR | os.O_CREAT, 0o644)
 assert os.write(fd, b"world") == 5
 os.fsync(fd)
@@ -810,8 +799,7 @@ os.close(other)
 os.close(fd)
 assert content("a") == b"hello world", content("a")
 assert content("other") == b"x", content("other")
-"#
-        ),
+"#,
     );
     assert!(!log_of(&t.path.join("a")).exists());
 }
@@ -825,9 +813,7 @@ fn a_read_only_last_close_commits() {
     std::fs::write(t.path.join("a"), b"old contents").unwrap();
     py_atomic(
         &t.path,
-        &format!(
-            "{PY}{}",
-            r#"
+        r#"
 p = os.path.join(d, "a")
 w = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
 atomic("a")
@@ -845,8 +831,7 @@ assert os.write(w, b"last") == 4
 os.close(w)
 os.close(r)
 assert content("a") == b"last", content("a")
-"#
-        ),
+"#,
     );
     assert_eq!(std::fs::read(t.path.join("a")).unwrap(), b"last");
     assert!(!log_of(&t.path.join("a")).exists());
@@ -860,9 +845,7 @@ fn dup2_onto_flex_own_descriptors_moves_them() {
     let t = run::TestDir::new("atomic-dup2-private");
     py_atomic(
         &t.path,
-        &format!(
-            "{PY}{}",
-            r#"
+        r#"
 p = os.path.join(d, "a")
 fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
 atomic("a")
@@ -891,8 +874,7 @@ for n in own:
 os.close(other)
 assert content("a") == b"hello world", content("a")
 assert content("other") == b"x", content("other")
-"#
-        ),
+"#,
     );
     assert!(!log_of(&t.path.join("a")).exists());
 }

@@ -446,36 +446,43 @@ fn check_run_mode(
         }
     }
     assert!(run.fences as usize >= run.points.len());
-    let _ = (run.early, run.checkpoints);
     (run.points.len(), images, nested)
+}
+
+/// Add up the (fences crashed, images recovered, crashes inside recovery) of `runs`,
+/// report them under `label`, and require more than `min` fences.
+fn crash_sweep(label: &str, min: usize, runs: impl IntoIterator<Item = (usize, usize, usize)>) {
+    let tot = runs
+        .into_iter()
+        .fold((0, 0, 0), |t, r| (t.0 + r.0, t.1 + r.1, t.2 + r.2));
+    eprintln!(
+        "{label}: {} fences crashed, {} images recovered, {} crashes inside recovery",
+        tot.0, tot.1, tot.2
+    );
+    assert!(tot.0 > min);
+}
+
+/// Each seed with cache-line (DAX) and page-cache persistence.
+fn seeds_both_grains(n: u64) -> impl Iterator<Item = (u64, bool)> {
+    (1..=n).flat_map(|seed| [(seed, false), (seed, true)])
 }
 
 #[test]
 fn crash_at_every_fence_cache_line() {
-    let mut tot = (0, 0, 0);
-    for seed in 1..=12u64 {
-        let (a, b, c) = check_run(seed * 7919, false, 80, 24 << 10, 4);
-        tot = (tot.0 + a, tot.1 + b, tot.2 + c);
-    }
-    eprintln!(
-        "cache-line: {} fences crashed, {} images recovered, {} crashes inside recovery",
-        tot.0, tot.1, tot.2
+    crash_sweep(
+        "cache-line",
+        200,
+        (1..=12u64).map(|seed| check_run(seed * 7919, false, 80, 24 << 10, 4)),
     );
-    assert!(tot.0 > 200);
 }
 
 #[test]
 fn crash_at_every_fence_page() {
-    let mut tot = (0, 0, 0);
-    for seed in 1..=12u64 {
-        let (a, b, c) = check_run(seed * 104_729, true, 80, 24 << 10, 4);
-        tot = (tot.0 + a, tot.1 + b, tot.2 + c);
-    }
-    eprintln!(
-        "page: {} fences crashed, {} images recovered, {} crashes inside recovery",
-        tot.0, tot.1, tot.2
+    crash_sweep(
+        "page",
+        100,
+        (1..=12u64).map(|seed| check_run(seed * 104_729, true, 80, 24 << 10, 4)),
     );
-    assert!(tot.0 > 100);
 }
 
 #[test]
@@ -483,23 +490,18 @@ fn background_apply_crash_at_every_fence() {
     // Commits only log; batches are applied step by step (and idle files checkpointed)
     // interleaved with writes, reads, truncates and commits; a crash at every fence,
     // including those of the background checkpoint's sync and reset.
-    let mut tot = (0, 0, 0);
-    for seed in 1..=10u64 {
-        for page in [false, true] {
+    crash_sweep(
+        "background",
+        200,
+        seeds_both_grains(10).map(|(seed, page)| {
             let pol = if seed % 2 == 0 {
                 Pol::Switch
             } else {
                 Pol::Fixed(Policy::Redo)
             };
-            let (a, b, c) = check_run_mode(seed * 6151, page, 80, 24 << 10, 3, true, pol);
-            tot = (tot.0 + a, tot.1 + b, tot.2 + c);
-        }
-    }
-    eprintln!(
-        "background: {} fences crashed, {} images recovered, {} crashes inside recovery",
-        tot.0, tot.1, tot.2
+            check_run_mode(seed * 6151, page, 80, 24 << 10, 3, true, pol)
+        }),
     );
-    assert!(tot.0 > 200);
 }
 
 #[test]
@@ -507,21 +509,13 @@ fn background_paths_happen() {
     // The interleavings above include batches applied in the background, foreground
     // checkpoints with a batch in flight, early commits and background checkpoints.
     let (mut batches, mut resets, mut early, mut ckpt) = (0, 0, 0, 0);
-    for seed in 1..=10u64 {
-        for page in [false, true] {
-            let (run, b, r) = workload_mode(
-                seed * 6151,
-                page,
-                80,
-                24 << 10,
-                true,
-                Pol::Fixed(Policy::Redo),
-            );
-            batches += b;
-            resets += r;
-            early += run.early;
-            ckpt += run.checkpoints;
-        }
+    for (seed, page) in seeds_both_grains(10) {
+        let redo = Pol::Fixed(Policy::Redo);
+        let (run, b, r) = workload_mode(seed * 6151, page, 80, 24 << 10, true, redo);
+        batches += b;
+        resets += r;
+        early += run.early;
+        ckpt += run.checkpoints;
     }
     eprintln!("batches {batches} resets {resets} early {early} checkpoints {ckpt}");
     assert!(batches > 20, "batches {batches}");
@@ -534,26 +528,14 @@ fn background_paths_happen() {
 fn undo_crash_at_every_fence() {
     // Undo logging only: old bytes saved durably before each in-place change, the data
     // synced and the log dropped at commit; crashes roll back to the last commit.
-    let mut tot = (0, 0, 0);
-    for seed in 1..=10u64 {
-        for page in [false, true] {
-            let (a, b, c) = check_run_mode(
-                seed * 3571,
-                page,
-                80,
-                24 << 10,
-                3,
-                false,
-                Pol::Fixed(Policy::Undo),
-            );
-            tot = (tot.0 + a, tot.1 + b, tot.2 + c);
-        }
-    }
-    eprintln!(
-        "undo: {} fences crashed, {} images recovered, {} crashes inside recovery",
-        tot.0, tot.1, tot.2
+    crash_sweep(
+        "undo",
+        200,
+        seeds_both_grains(10).map(|(seed, page)| {
+            let undo = Pol::Fixed(Policy::Undo);
+            check_run_mode(seed * 3571, page, 80, 24 << 10, 3, false, undo)
+        }),
     );
-    assert!(tot.0 > 200);
 }
 
 #[test]
@@ -561,18 +543,13 @@ fn switching_crash_at_every_fence() {
     // The policy changes at random (redo, undo, auto driven by bursts of reads): the
     // mode switches between transactions, and inside one when an undo transaction's
     // truncation is too large to save. A crash at every fence of those runs.
-    let mut tot = (0, 0, 0);
-    for seed in 1..=12u64 {
-        for page in [false, true] {
-            let (a, b, c) = check_run_mode(seed * 7727, page, 90, 24 << 10, 3, false, Pol::Switch);
-            tot = (tot.0 + a, tot.1 + b, tot.2 + c);
-        }
-    }
-    eprintln!(
-        "switching: {} fences crashed, {} images recovered, {} crashes inside recovery",
-        tot.0, tot.1, tot.2
+    crash_sweep(
+        "switching",
+        200,
+        seeds_both_grains(12).map(|(seed, page)| {
+            check_run_mode(seed * 7727, page, 90, 24 << 10, 3, false, Pol::Switch)
+        }),
     );
-    assert!(tot.0 > 200);
 }
 
 #[test]
@@ -580,14 +557,12 @@ fn both_modes_and_the_switch_happen() {
     // The runs above cover what they claim: undo commits, redo commits, switches both
     // ways, and undo transactions that went on as redo.
     let mut st = CoreStats::default();
-    for seed in 1..=12u64 {
-        for page in [false, true] {
-            let (run, _, _) = workload_mode(seed * 7727, page, 90, 24 << 10, false, Pol::Switch);
-            st.commits += run.stats.commits;
-            st.undo_commits += run.stats.undo_commits;
-            st.switches += run.stats.switches;
-            st.undo_to_redo += run.stats.undo_to_redo;
-        }
+    for (seed, page) in seeds_both_grains(12) {
+        let (run, _, _) = workload_mode(seed * 7727, page, 90, 24 << 10, false, Pol::Switch);
+        st.commits += run.stats.commits;
+        st.undo_commits += run.stats.undo_commits;
+        st.switches += run.stats.switches;
+        st.undo_to_redo += run.stats.undo_to_redo;
     }
     eprintln!("{st:?}");
     assert!(st.undo_commits > 20, "{st:?}");
