@@ -26,7 +26,7 @@ use rustix::fd::RawFd;
 use rustix::mm::{MapFlags, ProtFlags};
 use std::collections::VecDeque;
 use std::ffi::{CStr, CString};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, Ordering::*};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 
 /// Virtual address space reserved for one log mapping (costs nothing until used).
@@ -39,6 +39,9 @@ pub struct MapLog {
     base: *mut u8,
     len: u64,
     gran: Granularity,
+    /// Sizes up to this are known to be within the file system's largest file (changes
+    /// are logged before the kernel sees them, so flex asks: see [`MapLog::limit`]).
+    fits: u64,
 }
 
 // SAFETY: the mapping is owned by this struct and only touched under the file's mutex.
@@ -81,6 +84,7 @@ impl MapLog {
         Ok(MapLog {
             fd,
             base: p.cast(),
+            fits: len,
             len,
             gran,
         })
@@ -112,6 +116,49 @@ impl MapLog {
             let _ = sys::ftruncate(self.fd, self.len);
         }
         ok
+    }
+
+    /// The largest end a change reaching `end` may have: `end` itself, or less when it
+    /// passes the file system's largest file or RLIMIT_FSIZE (the kernel's write stops
+    /// short there, its truncate fails with EFBIG). Sizes known to fit are remembered,
+    /// and asked for doubled, so a growing file asks O(log size) times.
+    fn limit(&mut self, end: u64) -> u64 {
+        let fits = self.fits;
+        if end <= fits {
+            return end;
+        }
+        let rl = match rustix::process::getrlimit(rustix::process::Resource::Fsize).current {
+            Some(v) => v.min(i64::MAX as u64),
+            None => i64::MAX as u64,
+        };
+        let end = end.min(rl);
+        if end <= fits {
+            return end;
+        }
+        let ask = end
+            .saturating_mul(2)
+            .max(end.saturating_add(64 << 20))
+            .min(rl);
+        if self.fs_allows(ask) {
+            self.fits = self.fits.max(ask);
+            return end;
+        }
+        if self.fs_allows(end) {
+            self.fits = self.fits.max(end);
+            return end;
+        }
+        // Past the largest file: find it (rare).
+        let (mut lo, mut hi) = (fits, end);
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if self.fs_allows(mid) {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        self.fits = self.fits.max(lo);
+        lo
     }
 }
 
@@ -327,9 +374,6 @@ pub struct AtomicFile {
     per_write: bool,
     /// The core's counters already added to the engine's stats.
     reported: Mutex<self::core::CoreStats>,
-    /// Sizes up to this are known to be within the file system's largest file (changes
-    /// are logged before the kernel sees them, so flex asks: see [`AtomicFile::limit`]).
-    fits: AtomicU64,
 }
 
 /// The per-inode attachment point (a field of [`Inode`]): empty for ordinary files.
@@ -584,13 +628,14 @@ pub fn attach(inode: &Arc<Inode>, fd: RawFd, writable: bool, dirfd: RawFd, path:
         .ok()
         .and_then(|p| CString::new(std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str())).ok())
         .unwrap_or_else(|| lpath.clone());
-    let m = match MapLog::new(lfd) {
+    let mut m = match MapLog::new(lfd) {
         Ok(m) => m,
         Err(err) => {
-            let _ = sys::close(lfd);
+            e.close_private(lfd);
             return Err(err);
         }
     };
+    m.fits = m.fits.max(inode.lsize());
     // Committed transactions are applied through the mapping: map now (no adoption delay).
     if !inode.nomap() && inode.map_for(fd, true).is_err() {
         inode.set_nomap();
@@ -620,7 +665,6 @@ pub fn attach(inode: &Arc<Inode>, fd: RawFd, writable: bool, dirfd: RawFd, path:
         log_ino: lino,
         per_write: e.config.atomic_write,
         reported: Mutex::new(Default::default()),
-        fits: AtomicU64::new(inode.lsize()),
     })));
     inode.atomic.on.store(true, Release);
     e.atomic_files.fetch_add(1, Relaxed);
@@ -648,6 +692,14 @@ impl AtomicFile {
         self.dfd.load(Acquire)
     }
 
+    /// The data file of `inode` through the private descriptor (under the core mutex).
+    fn data<'a>(&self, inode: &'a Inode) -> InodeData<'a> {
+        InodeData {
+            inode,
+            fd: self.dfd(),
+        }
+    }
+
     pub fn size(&self) -> u64 {
         self.lock().size()
     }
@@ -655,50 +707,6 @@ impl AtomicFile {
     /// The kernel changed the data file after [`commit_for_kernel`]: take its size.
     pub fn adopt_size(&self, size: u64) -> bool {
         self.lock().adopt_size(size)
-    }
-
-    /// The largest end a change reaching `end` may have: `end` itself, or less when it
-    /// passes the file system's largest file or RLIMIT_FSIZE (the kernel's write stops
-    /// short there, its truncate fails with EFBIG). Sizes known to fit are remembered,
-    /// and asked for doubled, so a growing file asks O(log size) times.
-    fn limit(&self, c: &Core<MapLog>, end: u64) -> u64 {
-        let fits = self.fits.load(Relaxed);
-        if end <= fits {
-            return end;
-        }
-        let rl = match rustix::process::getrlimit(rustix::process::Resource::Fsize).current {
-            Some(v) => v.min(i64::MAX as u64),
-            None => i64::MAX as u64,
-        };
-        let end = end.min(rl);
-        if end <= fits {
-            return end;
-        }
-        let m = &c.log.m;
-        let ask = end
-            .saturating_mul(2)
-            .max(end.saturating_add(64 << 20))
-            .min(rl);
-        if m.fs_allows(ask) {
-            self.fits.fetch_max(ask, Relaxed);
-            return end;
-        }
-        if m.fs_allows(end) {
-            self.fits.fetch_max(end, Relaxed);
-            return end;
-        }
-        // Past the largest file: find it (rare).
-        let (mut lo, mut hi) = (fits, end);
-        while hi - lo > 1 {
-            let mid = lo + (hi - lo) / 2;
-            if m.fs_allows(mid) {
-                lo = mid;
-            } else {
-                hi = mid;
-            }
-        }
-        self.fits.fetch_max(lo, Relaxed);
-        lo
     }
 
     /// The size, and whether the data file holds every byte of it (nothing logged,
@@ -763,10 +771,7 @@ impl AtomicFile {
         append: bool,
     ) -> Res<(usize, u64)> {
         let mut c = self.lock();
-        let mut data = InodeData {
-            inode,
-            fd: self.dfd(),
-        };
+        let mut data = self.data(inode);
         let total = bufs.iter().fold(0u64, |a, b| a.saturating_add(b.1 as u64));
         if c.inflight() && c.needs_room(total) {
             c = self.quiet(c);
@@ -782,7 +787,7 @@ impl AtomicFile {
             // Past the largest file the write stops short; at it, EFBIG (and SIGXFSZ for
             // RLIMIT_FSIZE), as the kernel's.
             let start = if append && first { c.size() } else { end };
-            let lim = self.limit(&c, start.saturating_add(l as u64));
+            let lim = c.log.m.limit(start.saturating_add(l as u64));
             if start >= lim {
                 if done > 0 {
                     break;
@@ -818,13 +823,7 @@ impl AtomicFile {
     /// and the fsync latency stay bounded.
     pub fn commit(&self, inode: &Inode) -> Res<()> {
         let c = self.lock();
-        self.commit_locked(
-            c,
-            &mut InodeData {
-                inode,
-                fd: self.dfd(),
-            },
-        )
+        self.commit_locked(c, &mut self.data(inode))
     }
 
     fn commit_locked(
@@ -892,10 +891,7 @@ impl AtomicFile {
                 self.queued.store(false, Release);
                 if let Some(inode) = self.inode.upgrade() {
                     let mut c = self.lock();
-                    let _ = c.apply_all(&mut InodeData {
-                        inode: &inode,
-                        fd: self.dfd(),
-                    });
+                    let _ = c.apply_all(&mut self.data(&inode));
                 }
             }
         }
@@ -953,14 +949,11 @@ impl AtomicFile {
 
     pub fn truncate(&self, inode: &Inode, len: u64) -> Res<()> {
         let mut c = self.lock();
-        let mut data = InodeData {
-            inode,
-            fd: self.dfd(),
-        };
+        let mut data = self.data(inode);
         if c.inflight() && c.needs_room(0) {
             c = self.quiet(c);
         }
-        if self.limit(&c, len) < len {
+        if c.log.m.limit(len) < len {
             file_too_big(len);
             return Err(Errno::FBIG);
         }
@@ -1114,7 +1107,7 @@ pub fn detach(inode: &Inode) -> Res<()> {
     let c = a.lock();
     let mut c = a.quiet(c);
     a.gone.store(true, Release);
-    let mut data = InodeData { inode, fd: a.dfd() };
+    let mut data = a.data(inode);
     let r = c.commit(&mut data);
     a.report(&c.stats);
     r?;
@@ -1135,7 +1128,7 @@ pub fn commit_for_kernel(inode: &Inode) {
     if let Some(a) = inode.atomic.get() {
         let c = a.lock();
         let mut c = a.quiet(c);
-        let mut data = InodeData { inode, fd: a.dfd() };
+        let mut data = a.data(inode);
         if c.commit(&mut data).is_ok() {
             let _ = c.checkpoint(&mut data);
         }
