@@ -52,10 +52,7 @@ unsafe fn kernel_rw2(
         .passed(if write { Call::pwritev } else { Call::preadv });
     e.stats
         .fallback("preadv2/pwritev2 flag served by the kernel");
-    let atomic = d.inode.atomic.get();
-    if atomic.is_some() {
-        crate::atomic::commit_for_kernel(&d.inode);
-    }
+    crate::atomic::commit_for_kernel(&d.inode);
     d.inode.trim(fd)?;
     let mut pos = d.pos();
     let at = if off == -1 { *pos as i64 } else { off };
@@ -79,19 +76,14 @@ unsafe fn kernel_rw2(
     let r = unsafe { libc::syscall(nr, fd, iov.as_ptr(), iov.len() as i32, at, 0i64, kflags) };
     // SAFETY: this thread's errno, read before anything else can change it.
     let errno = unsafe { *libc::__errno_location() };
-    if let (Some(a), true) = (&atomic, write) {
-        // The kernel changed the file: the atomic state takes its size (even a failed
-        // write can move it).
-        if let Ok(size) = d.inode.refresh(fd) {
-            a.adopt_size(size);
-        }
-    }
+    // Even a failed write can move the size.
+    let size = write.then(|| refresh_from_kernel(d, fd));
     if r < 0 {
         return Err(Errno::from_raw_os_error(errno));
     }
     let n = r as usize;
-    if write {
-        let size = d.inode.refresh(fd)?;
+    if let Some(size) = size {
+        let size = size?;
         if off == -1 {
             *pos = if kflags & libc::RWF_APPEND != 0 {
                 size
@@ -1187,10 +1179,18 @@ fn atomic_fallocate(
     }
     crate::atomic::commit_for_kernel(&d.inode);
     let r = sys::fallocate(fd, mode, off, len);
-    if let Ok(size) = d.inode.refresh(fd) {
+    let _ = refresh_from_kernel(d, fd);
+    r
+}
+
+/// The kernel changed the file behind flex: take its size, in atomic mode into the
+/// atomic state too (a commit and checkpoint emptied its log first).
+fn refresh_from_kernel(d: &Desc, fd: Fd) -> Res<u64> {
+    let size = d.inode.refresh(fd)?;
+    if let Some(a) = d.inode.atomic.get() {
         a.adopt_size(size);
     }
-    r
+    Ok(size)
 }
 
 /// dup, F_DUPFD, F_DUPFD_CLOEXEC: the new descriptor shares the description.
@@ -1428,11 +1428,7 @@ pub fn kernel_handoff(fd: Fd, uses_offset: bool, call: Call) -> Option<impl FnOn
                 *d.pos() = k;
             }
         }
-        if let Ok(size) = d.inode.refresh(fd) {
-            if let Some(a) = d.inode.atomic.get() {
-                a.adopt_size(size);
-            }
-        }
+        let _ = refresh_from_kernel(&d, fd);
     })
 }
 
