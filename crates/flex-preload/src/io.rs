@@ -341,10 +341,14 @@ pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
 pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: c_long) -> c_int {
     if any() && engine::posix::desc_exists(fd) {
         match cmd {
-            libc::F_GETFL => {
-                if let Some(r) = guarded(|| posix::fcntl_getfl(fd)) {
-                    return r.c();
-                }
+            libc::F_SETLK
+            | libc::F_SETLKW
+            | libc::F_GETLK
+            | libc::F_OFD_SETLK
+            | libc::F_OFD_SETLKW
+            | libc::F_OFD_GETLK => {
+                // The kernel resolves SEEK_CUR against the descriptor's own offset.
+                hook(|| posix::offset_to_kernel(fd));
             }
             libc::F_SETFL => {
                 if let Some(r) = guarded(|| posix::fcntl_setfl(fd, arg as c_int)) {
@@ -482,4 +486,27 @@ pub unsafe extern "C" fn splice(
         engine::stats::Call::splice,
         || raw!(libc::SYS_splice, inp, off_in, out, off_out, n, flags) as ssize_t,
     )
+}
+
+/// lockf: glibc implements it with an internal fcntl (not interposed) that locks from the
+/// kernel's file offset: put flex's offset there first.
+#[no_mangle]
+pub unsafe extern "C" fn lockf(fd: c_int, cmd: c_int, len: off_t) -> c_int {
+    if any() {
+        hook(|| posix::offset_to_kernel(fd));
+    }
+    match real!("lockf": unsafe extern "C" fn(c_int, c_int, off_t) -> c_int) {
+        // SAFETY: libc's lockf, with the caller's arguments.
+        Some(f) => unsafe { f(fd, cmd, len) },
+        None => {
+            crate::set_errno(libc::ENOSYS);
+            -1
+        }
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn lockf64(fd: c_int, cmd: c_int, len: off_t) -> c_int {
+    // SAFETY: same contract.
+    unsafe { lockf(fd, cmd, len) }
 }

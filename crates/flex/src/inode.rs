@@ -20,7 +20,7 @@ use crate::sys::{self, Errno, Res};
 use crate::trailer::{self, Trailer};
 use rustix::fd::RawFd;
 use rustix::mm::{MapFlags, ProtFlags};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::{Mutex, MutexGuard, RwLock};
 
 const HUGE: u64 = 2 << 20;
@@ -100,6 +100,12 @@ pub struct Inode {
     nomap: AtomicBool,
     /// Failure-atomic state (empty unless the file is open in atomic mode).
     pub atomic: crate::atomic::Slot,
+    /// The descriptor holding this file's write lease (-1: none). Held exactly while the
+    /// file is over-allocated: the lease says no other process has the file open.
+    lease_fd: AtomicI32,
+    /// A lease was refused or broken: another opener exists; extend exactly from now on
+    /// (until the inode is opened afresh).
+    lease_refused: AtomicBool,
 }
 
 const MAPPED: u32 = 1;
@@ -164,6 +170,8 @@ impl Inode {
             io: AtomicU32::new(0),
             nomap: AtomicBool::new(false),
             atomic: crate::atomic::Slot::default(),
+            lease_fd: AtomicI32::new(-1),
+            lease_refused: AtomicBool::new(false),
         }
     }
 
@@ -201,13 +209,87 @@ impl Inode {
     /// page without zeroing or mapping it, which a mapping cannot beat, and the kernel's
     /// size then stays exact. Over-allocation is for cache-line granularity (DAX), where
     /// the kernel's write path is the slow one.
+    ///
+    /// Appends go to the kernel unless this process owns the file's size (trailer mode,
+    /// under a write lease: nobody else has the file open): only the kernel can place an
+    /// append atomically with respect to other processes.
     pub fn kernel_extends(&self, end: u64, append: bool) -> bool {
         let s = self.state.load(Acquire);
-        s & MAPPED != 0 && s & PAGE != 0 && s & TRAILER == 0 && (append || end > self.lsize())
+        if s & TRAILER != 0 {
+            return false;
+        }
+        (append && !self.may_overallocate())
+            || (s & MAPPED != 0
+                && s & PAGE != 0
+                && end > self.lsize()
+                && !crate::lease::overallocate_everywhere())
     }
 
     pub fn in_trailer_mode(&self) -> bool {
         self.state.load(Acquire) & TRAILER != 0
+    }
+
+    /// The descriptor that holds this file's write lease, or -1.
+    pub fn lease_fd(&self) -> i32 {
+        self.lease_fd.load(Acquire)
+    }
+
+    /// Opened afresh (no other description of it in this process): a lease may be granted
+    /// again.
+    pub fn lease_may_retry(&self) {
+        self.lease_refused.store(false, Relaxed);
+    }
+
+    /// The kernel breaks the lease (another process opens or truncates the file), or the
+    /// program took the lease signal: make the size exact and give the lease back.
+    pub fn lease_broken(&self) {
+        let _s = self.lock_size();
+        self.lease_refused.store(true, Relaxed);
+        let fd = self.lease_fd();
+        if fd >= 0 {
+            if self.trim_locked(fd).is_err() {
+                // Nothing to trim through (the descriptor went): still let the opener go.
+                self.give_back_lease();
+            }
+            engine()
+                .stats
+                .fallback("lease broken: another process opened the file");
+        }
+    }
+
+    fn give_back_lease(&self) {
+        let fd = self.lease_fd.swap(-1, AcqRel);
+        if fd >= 0 {
+            crate::lease::release(fd);
+        }
+    }
+
+    /// May this process over-allocate the file (cache-line granularity, not mapped by the
+    /// application, no other opener seen)? Caller holds the size lock.
+    fn may_overallocate(&self) -> bool {
+        let s = self.state.load(Acquire);
+        s & MAPPED != 0
+            && (s & PAGE == 0 || crate::lease::overallocate_everywhere())
+            && !self.exact_only.load(Relaxed)
+            && !self.lease_refused.load(Relaxed)
+    }
+
+    /// Own the file's size: hold a write lease on it (taken now through `fd` if need be).
+    /// Caller holds the size lock.
+    fn own_size(&self, fd: RawFd) -> bool {
+        if self.lease_fd() >= 0 {
+            return true;
+        }
+        if !self.may_overallocate() {
+            return false;
+        }
+        if crate::lease::acquire(fd) {
+            self.lease_fd.store(fd, Release);
+            true
+        } else {
+            self.lease_refused.store(true, Relaxed);
+            false
+        }
     }
 
     /// Re-read the kernel's size when this process does not own it (no trailer). Called
@@ -271,8 +353,9 @@ impl Inode {
         self.lsize.store(ksize, Release);
     }
 
-    /// Write through the kernel (unmapped file, or a fallback). O_APPEND is emulated here:
-    /// the kernel descriptor never carries it, so the offset is ours to choose.
+    /// Write through the kernel (unmapped file, or a fallback). An append is the kernel's
+    /// own (O_APPEND or RWF_APPEND): the kernel picks the end of file under its inode
+    /// lock, so appends of every process, with flex or without, never overlap.
     ///
     /// # Safety
     /// Each buffer must be valid for its length or invalid (the kernel answers EFAULT).
@@ -284,22 +367,43 @@ impl Inode {
         append: bool,
     ) -> Res<(usize, u64)> {
         let _s = self.lock_size();
-        let off = if !append {
-            off
-        } else if self.map_r().trailer {
-            self.lsize()
-        } else {
-            // The kernel's size is the truth: another process may have appended.
-            let k = sys::fstat(fd)?.st_size as u64;
-            self.lsize.store(k, Release);
-            self.map_w().ksize = k;
-            k
-        };
         if append {
-            let bufs = clamp_append(bufs, off)?;
-            return self.kernel_write_locked(fd, &bufs, off);
+            // SAFETY: forwarded contract.
+            return unsafe { self.kernel_append_locked(fd, bufs) };
         }
         self.kernel_write_locked(fd, bufs, off)
+    }
+
+    /// The kernel appends (caller holds the size lock). Leaves trailer mode first, so the
+    /// kernel's end of file is the logical one.
+    ///
+    /// # Safety
+    /// As [`Inode::kernel_write`].
+    unsafe fn kernel_append_locked(
+        &self,
+        fd: RawFd,
+        bufs: &[(*const u8, usize)],
+    ) -> Res<(usize, u64)> {
+        self.trim_locked(fd)?;
+        // SAFETY: forwarded contract.
+        let (n, end) = unsafe { sys::append(fd, bufs) }?;
+        self.saw_end(end);
+        if n > 0 && self.state.load(Acquire) & (MAPPED | PAGE) == MAPPED {
+            // Cache-line granularity promises a write durable on return: the kernel's
+            // DAX write stored the bytes durably, the new size needs the journal.
+            sys::fdatasync(fd)?;
+        }
+        engine().stats.bytes_written.fetch_add(n as u64, Relaxed);
+        Ok((n, end))
+    }
+
+    /// The kernel's file reaches at least `end` (a write through it returned there).
+    fn saw_end(&self, end: u64) {
+        if end > self.lsize() {
+            self.lsize.store(end, Release);
+            let mut m = self.map_w();
+            m.ksize = m.ksize.max(end);
+        }
     }
 
     /// Create or widen the mapping so that it covers `need` bytes (and is writable if asked).
@@ -341,7 +445,7 @@ impl Inode {
             e.stats.remaps.fetch_add(1, Relaxed);
             return Ok(());
         }
-        let (base, gran, sync) = map_file(fd, want, write)?;
+        let (base, gran, sync) = map_through(fd, want, write)?;
         if !m.base.is_null() {
             // SAFETY: the old mapping is ours and no copy runs (exclusive map lock).
             let _ = unsafe { rustix::mm::munmap(m.base.cast(), m.len) };
@@ -552,19 +656,24 @@ impl Inode {
             }
         }
         let _s = self.lock_size();
+        if append && !self.in_trailer_mode() && !self.own_size(fd) {
+            // Not the owner of the size: only the kernel appends atomically.
+            // SAFETY: forwarded contract.
+            return unsafe { self.kernel_append_locked(fd, bufs) };
+        }
         let off = if append { self.lsize() } else { off };
         let end = off.checked_add(total as u64).ok_or(Errno::FBIG)?;
         if end > FAST_LIMIT {
             e.stats.fallback("offset beyond fast range");
             if append {
-                let bufs = clamp_append(bufs, off)?;
-                return self.kernel_write_locked(fd, &bufs, off);
+                // SAFETY: forwarded contract.
+                return unsafe { self.kernel_append_locked(fd, bufs) };
             }
             return self.kernel_write_locked(fd, bufs, off);
         }
         let mut m = self.map_w();
         if end > self.lsize() {
-            let grown = if self.exact_only.load(Relaxed) {
+            let grown = if !m.trailer && !self.own_size(fd) {
                 self.grow_exact(&mut m, fd, end)
             } else {
                 self.grow(&mut m, fd, end, e)
@@ -715,11 +824,7 @@ impl Inode {
         // SAFETY: the buffers come from write_at/kernel_write, whose contract they carry.
         let n = unsafe { sys::pwritev(fd, bufs, off) }?;
         let end = off + n as u64;
-        if end > self.lsize() {
-            self.lsize.store(end, Release);
-            let mut m = self.map_w();
-            m.ksize = m.ksize.max(end);
-        }
+        self.saw_end(end);
         engine().stats.bytes_written.fetch_add(n as u64, Relaxed);
         Ok((n, end))
     }
@@ -737,11 +842,17 @@ impl Inode {
         } else {
             self.lsize().min(old)
         };
+        let fail = |err| {
+            if !m.trailer {
+                self.give_back_lease();
+            }
+            Err(err)
+        };
         match sys::reserve(fd, from, new - from) {
             // Without fallocate, a page that cannot be allocated faults in the guarded
             // copy and the write falls back to the kernel.
             Ok(()) | Err(Errno::OPNOTSUPP) => {}
-            Err(err) => return Err(err),
+            Err(err) => return fail(err),
         }
         if !m.trailer {
             // Tell recovery that a live process owns the over-allocation.
@@ -757,9 +868,12 @@ impl Inode {
         // One system call extends the file and writes the trailer: a crash sees either
         // the old size or the new size with a valid trailer.
         // SAFETY: `b` is our own buffer.
-        let n = unsafe { sys::pwrite(fd, b.as_ptr(), b.len(), new - trailer::SIZE) }?;
+        let n = match unsafe { sys::pwrite_exact(fd, b.as_ptr(), b.len(), new - trailer::SIZE) } {
+            Ok(n) => n,
+            Err(err) => return fail(err),
+        };
         if n != b.len() {
-            return Err(Errno::NOSPC);
+            return fail(Errno::NOSPC);
         }
         let was_trailer = m.trailer;
         m.ksize = new;
@@ -801,13 +915,26 @@ impl Inode {
     fn grow_exact(&self, m: &mut Mapping, fd: RawFd, end: u64) -> Res<()> {
         // Writes flex does not see (stdio on a coherent descriptor, the application's own
         // mapping) may have extended the file already: never shrink it.
+        // fallocate extends to max(size, end) under the kernel's inode lock, so a
+        // concurrent append of another process is never cut off (ftruncate after an fstat
+        // could shrink the file below it).
+        let from = self.lsize().min(end);
+        match sys::fallocate(fd, 0, from as i64, (end - from).max(1) as i64) {
+            Ok(()) => {}
+            Err(Errno::OPNOTSUPP) | Err(Errno::NOSYS) => {
+                let k = sys::fstat(fd)?.st_size as u64;
+                if k < end {
+                    sys::ftruncate(fd, end)?;
+                }
+            }
+            Err(err) => return Err(err),
+        }
         let k = sys::fstat(fd)?.st_size as u64;
-        if k >= end {
+        if k > end {
             m.ksize = k;
             self.lsize.store(k, Release);
             return Ok(());
         }
-        sys::ftruncate(fd, end)?;
         m.ksize = end;
         self.meta_dirty.store(true, Relaxed);
         Ok(())
@@ -865,6 +992,8 @@ impl Inode {
         engine().trailer_files.fetch_sub(1, Relaxed);
         m.trailer = false;
         m.ksize = ls;
+        // Exact now: another opener may come (one waiting for a break proceeds).
+        self.give_back_lease();
         self.meta_dirty.store(true, Relaxed);
         flex_log!(
             LogLevel::Debug,
@@ -873,6 +1002,12 @@ impl Inode {
             ls
         );
         Ok(())
+    }
+
+    /// Run `f` under the size lock (no write that extends the file runs meanwhile).
+    pub fn with_size_lock<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _s = self.lock_size();
+        f()
     }
 
     pub fn trim(&self, fd: RawFd) -> Res<()> {
@@ -948,29 +1083,6 @@ impl Drop for Inode {
     }
 }
 
-/// An append at `off` (the end of file) through pwrite. The kernel's O_APPEND write checks
-/// the file position, not the end of file, against offset overflow, then cuts the count at
-/// the file system's limit (EFBIG at the limit); pwrite at the end of file would fail with
-/// EINVAL where the sum passes 2^63 - 1. Cut the buffers there so pwrite answers as
-/// the append would.
-fn clamp_append(bufs: &[(*const u8, usize)], off: u64) -> Res<Vec<(*const u8, usize)>> {
-    let room = (i64::MAX as u64).saturating_sub(off);
-    if room == 0 {
-        return Err(Errno::FBIG);
-    }
-    let mut left = usize::try_from(room).unwrap_or(usize::MAX);
-    let mut out = Vec::with_capacity(bufs.len());
-    for &(p, l) in bufs {
-        if left == 0 {
-            break;
-        }
-        let l = l.min(left);
-        out.push((p, l));
-        left -= l;
-    }
-    Ok(out)
-}
-
 /// The buffers after skipping `n` bytes.
 fn skip(bufs: &[(*const u8, usize)], mut n: usize) -> Vec<(*const u8, usize)> {
     let mut out = Vec::with_capacity(bufs.len());
@@ -984,6 +1096,20 @@ fn skip(bufs: &[(*const u8, usize)], mut n: usize) -> Vec<(*const u8, usize)> {
         n = 0;
     }
     out
+}
+
+/// Map `len` bytes of the file behind `fd`. A mapping needs read access (and write access
+/// to be writable): a write-only or read-only application descriptor maps through a
+/// private read-write description, closed again at once (the mapping keeps the file).
+fn map_through(fd: RawFd, len: usize, write: bool) -> Res<(*mut u8, Granularity, bool)> {
+    let (acc, _) = sys::access_of(fd)?;
+    if acc == libc::O_RDWR || (acc == libc::O_RDONLY && !write) {
+        return map_file(fd, len, write);
+    }
+    let rw = sys::reopen_rw(fd)?;
+    let r = map_file(rw, len, write);
+    let _ = sys::close(rw);
+    r
 }
 
 /// Map `len` bytes of the file, 2 MiB aligned. Tries MAP_SYNC first: accepted only on DAX.

@@ -9,6 +9,7 @@
 //! - [`trailer`]: the logical-size record of over-allocated files, and crash recovery.
 //! - [`inode`]: per-file mapping, size, growth, and the read/write data paths.
 //! - [`desc`]: open file descriptions and the descriptor table.
+//! - [`lease`]: write leases, which tell flex it is a file's only opener.
 //! - [`engine`]: the process-wide state (config, stats, table, inode/mapping cache).
 //! - [`posix`]: one system-call-shaped function per intercepted call.
 //! - [`config`], [`stats`], [`log`], [`sys`]: environment, counters, logging, raw syscalls.
@@ -19,6 +20,7 @@ pub mod desc;
 pub mod engine;
 pub mod fault;
 pub mod inode;
+pub mod lease;
 pub mod log;
 pub mod persist;
 pub mod posix;

@@ -33,8 +33,8 @@ fn check_rwf(off: i64, total: usize) -> Res<()> {
 }
 
 /// preadv2/pwritev2 with flags flex does not serve: the kernel does the call at flex's
-/// offset on the exact-size file (O_APPEND travels as RWF_APPEND, since the kernel
-/// descriptor does not carry it); then flex takes the offset and size back. In atomic
+/// offset on the exact-size file (the kernel descriptor carries O_APPEND itself); then
+/// flex takes the offset and size back. In atomic
 /// mode such a call is a commit point (README, "Failure-atomic mode").
 ///
 /// # Safety
@@ -56,10 +56,9 @@ unsafe fn kernel_rw2(
     d.inode.trim(fd)?;
     let mut pos = d.pos();
     let at = if off == -1 { *pos as i64 } else { off };
-    let mut kflags = flags;
-    if write && d.append() && flags & libc::RWF_NOAPPEND == 0 {
-        kflags |= libc::RWF_APPEND;
-    }
+    let kflags = flags;
+    let appends =
+        write && (flags & libc::RWF_APPEND != 0 || d.append() && flags & libc::RWF_NOAPPEND == 0);
     let iov: Vec<libc::iovec> = bufs
         .iter()
         .map(|&(p, l)| libc::iovec {
@@ -85,11 +84,7 @@ unsafe fn kernel_rw2(
     if let Some(size) = size {
         let size = size?;
         if off == -1 {
-            *pos = if kflags & libc::RWF_APPEND != 0 {
-                size
-            } else {
-                at as u64 + n as u64
-            };
+            *pos = if appends { size } else { at as u64 + n as u64 };
         }
     } else if off == -1 {
         *pos = at as u64 + n as u64;
@@ -268,41 +263,11 @@ fn open_managed(
     atomic: bool,
 ) -> Res<Fd> {
     let acc = kflags & libc::O_ACCMODE;
-    // O_APPEND is emulated (the kernel descriptor must not redirect our own writes).
-    let mut oflags = kflags & !libc::O_APPEND;
-    let mut upgraded = false;
-    if acc == libc::O_WRONLY {
-        // Mapping needs read access: ask for O_RDWR on regular files only (a FIFO or a
-        // device opened O_RDWR behaves differently).
-        let nofollow = if kflags & libc::O_NOFOLLOW != 0 {
-            libc::AT_SYMLINK_NOFOLLOW
-        } else {
-            0
-        };
-        let regular = match sys::fstatat(dirfd, path, nofollow) {
-            Ok(st) => st.st_mode & libc::S_IFMT == libc::S_IFREG,
-            Err(Errno::NOENT) => kflags & libc::O_CREAT != 0,
-            Err(_) => false,
-        };
-        if regular {
-            oflags = (oflags & !libc::O_ACCMODE) | libc::O_RDWR;
-            upgraded = true;
-        }
-    }
-    let fd = match sys::openat(dirfd, path, oflags, mode) {
-        Ok(fd) => fd,
-        Err(Errno::ACCESS) | Err(Errno::ROFS) | Err(Errno::PERM) if upgraded => {
-            // Write-only permission: the kernel serves this file.
-            e.stats.fallback("write-only permission");
-            e.stats.passed(Call::open);
-            return sys::openat(dirfd, path, kflags, mode);
-        }
-        Err(err) => return Err(err),
-    };
+    // The kernel descriptor is exactly what the application asked for (access mode,
+    // O_APPEND): every call flex hands to the kernel sees it, and appends are the kernel's,
+    // atomic between processes. Flex maps through a private read-write description.
+    let fd = sys::openat(dirfd, path, kflags, mode)?;
     let unmanaged = |reason: &'static str| -> Res<Fd> {
-        if kflags & libc::O_APPEND != 0 {
-            let _ = sys::fcntl_int(fd, libc::F_SETFL, (oflags | libc::O_APPEND) as libc::c_long);
-        }
         e.stats.fallback(reason);
         e.stats.passed(Call::open);
         Ok(fd)
@@ -321,10 +286,13 @@ fn open_managed(
     let pathb = path.to_bytes();
     let (inode, found) = e.inode(st.st_dev, st.st_ino, size, pathb);
     let fresh = found == crate::engine::Found::Fresh;
+    if found != crate::engine::Found::Busy {
+        inode.lease_may_retry();
+    }
     if fresh {
         // Over-allocated files are at least one growth step (64 KiB) and page multiples.
         if size >= 64 << 10 && size.is_multiple_of(4096) {
-            match recover_at_open(fd, size, st.st_ino, acc, upgraded) {
+            match recover_at_open(fd, size, st.st_ino, acc) {
                 Ok(Some(lsize)) => inode.adopt_size(lsize),
                 Ok(None) => {}
                 Err(reason) => {
@@ -370,31 +338,27 @@ fn open_managed(
 
 /// A crashed writer may have left this file over-allocated: trim it (the trailer says to
 /// what). Returns the logical size if the file was trimmed.
-fn recover_at_open(
-    fd: Fd,
-    size: u64,
-    ino: u64,
-    acc: i32,
-    upgraded: bool,
-) -> Result<Option<u64>, &'static str> {
-    match trailer::read(fd, size, ino) {
-        Ok(Some(_)) => {}
-        _ => return Ok(None),
-    }
-    let writable = acc == libc::O_RDWR || upgraded;
-    let r = if writable {
-        trailer::recover_fd(fd)
+fn recover_at_open(fd: Fd, size: u64, ino: u64, acc: i32) -> Result<Option<u64>, &'static str> {
+    // Read-only or write-only descriptor: look and recover through a private read-write
+    // one (/proc/self/fd/N is a magic link: recover_path's O_NOFOLLOW would fail with
+    // ELOOP and leave the reader the junk past the logical size).
+    let (rw, own) = if acc == libc::O_RDWR {
+        (fd, false)
     } else {
-        // Read-only descriptor: recover through a private read-write one. /proc/self/fd/N
-        // is a magic link: open it following the link (recover_path's O_NOFOLLOW would
-        // fail with ELOOP and leave the reader the junk past the logical size).
-        let p = std::ffi::CString::new(format!("/proc/self/fd/{fd}")).map_err(|_| "path")?;
-        sys::openat(libc::AT_FDCWD, &p, libc::O_RDWR | libc::O_CLOEXEC, 0).and_then(|rw| {
-            let r = trailer::recover_fd(rw);
-            let _ = sys::close(rw);
-            r
-        })
+        match sys::reopen_rw(fd) {
+            Ok(rw) => (rw, true),
+            // Neither readable nor writable by us: nobody can trust the size; the kernel
+            // serves this file.
+            Err(_) => return Err("cannot open read-write to check for a crash-left trailer"),
+        }
     };
+    let r = match trailer::read(rw, size, ino) {
+        Ok(Some(_)) => trailer::recover_fd(rw),
+        _ => Ok(Recovery::Clean),
+    };
+    if own {
+        let _ = sys::close(rw);
+    }
     match r {
         Ok(Recovery::Trimmed { to, .. }) => {
             engine().stats.recoveries.fetch_add(1, Relaxed);
@@ -414,6 +378,10 @@ fn drop_fd(e: &Engine, fd: Fd, d: Arc<Desc>) {
         if d.fds.load(Acquire) == 1 && d.inode.descs.load(Acquire) == 1 {
             let _ = crate::atomic::detach(&d.inode);
         }
+    }
+    if d.inode.lease_fd() == fd {
+        // The lease lives on this descriptor's file: exact size, lease given back.
+        let _ = d.inode.trim(fd);
     }
     if d.fds.fetch_sub(1, AcqRel) == 1 {
         if !d.is_demoted() {
@@ -1206,19 +1174,14 @@ pub fn dup_result(old: Fd, new: Fd) {
     }
 }
 
-/// A description now reachable through descriptor 0-2: hand the offset, O_APPEND and an
-/// exact size to the kernel and keep them there (see [`Desc::coherent`]).
+/// A description now reachable through descriptor 0-2: hand the offset and an exact size
+/// to the kernel and keep them there (see [`Desc::coherent`]).
 fn make_coherent(fd: Fd, d: &Desc) {
     if d.is_demoted() || d.coherent.swap(true, AcqRel) {
         return;
     }
     let pos = *d.pos();
     let _ = sys::lseek(fd, pos as i64, libc::SEEK_SET);
-    if d.append() {
-        if let Ok(fl) = sys::fcntl_int(fd, libc::F_GETFL, 0) {
-            let _ = sys::fcntl_int(fd, libc::F_SETFL, (fl | libc::O_APPEND) as libc::c_long);
-        }
-    }
     let _ = d.inode.make_exact(fd, true);
     flex_log!(LogLevel::Debug, "coherent fd={fd} pos={pos}");
 }
@@ -1241,7 +1204,7 @@ pub fn dup2_before(old: Fd, new: Fd) {
     }
 }
 
-/// Hand a description back to the kernel: offset, O_APPEND and exact size.
+/// Hand a description back to the kernel: offset and exact size.
 pub fn demote(fd: Fd, d: &Desc) {
     if d.demoted.swap(true, AcqRel) {
         return;
@@ -1255,17 +1218,12 @@ pub fn demote(fd: Fd, d: &Desc) {
     }
     if d.is_coherent() {
         // The kernel already holds the offset (stdio and lseek moved it there, our copy is
-        // stale), O_APPEND and the exact size.
+        // stale) and the exact size.
         flex_log!(LogLevel::Debug, "demote fd={fd} (coherent)");
         return;
     }
     let pos = *d.pos();
     let _ = sys::lseek(fd, pos as i64, libc::SEEK_SET);
-    if d.append() {
-        if let Ok(fl) = sys::fcntl_int(fd, libc::F_GETFL, 0) {
-            let _ = sys::fcntl_int(fd, libc::F_SETFL, (fl | libc::O_APPEND) as libc::c_long);
-        }
-    }
     let _ = d.inode.trim(fd);
     flex_log!(LogLevel::Debug, "demote fd={fd} pos={pos}");
 }
@@ -1320,43 +1278,35 @@ pub fn before_exec(all: bool) {
     }
 }
 
-/// fcntl F_GETFL / F_SETFL (O_APPEND and the access mode are ours to report).
-pub fn fcntl_getfl(fd: Fd) -> Option<Res<i32>> {
-    let d = desc(fd)?;
-    let k = match sys::fcntl_int(fd, libc::F_GETFL, 0) {
-        Ok(k) => k,
-        Err(e) => return Some(Err(e)),
-    };
-    let mut v = (k & !libc::O_ACCMODE & !libc::O_APPEND) | d.acc;
-    if d.append() {
-        v |= libc::O_APPEND;
+/// A call the kernel resolves against the descriptor's file offset (record and OFD locks
+/// with SEEK_CUR, lockf): put flex's offset there first. A coherent or demoted description
+/// keeps its offset in the kernel already.
+pub fn offset_to_kernel(fd: Fd) {
+    let Some(d) = desc(fd) else { return };
+    if d.is_demoted() || d.is_coherent() {
+        return;
     }
-    Some(Ok(v))
+    let pos = *d.pos();
+    let _ = sys::lseek(fd, pos as i64, libc::SEEK_SET);
 }
 
+/// fcntl F_SETFL: the kernel descriptor takes the flags as they are (O_APPEND included),
+/// flex keeps its copy of the status flags in step.
 pub fn fcntl_setfl(fd: Fd, arg: i32) -> Option<Res<i32>> {
     let d = desc(fd)?;
-    let kernel_arg = if d.is_demoted() {
-        arg
-    } else {
-        arg & !libc::O_APPEND
-    };
-    if let Err(e) = sys::fcntl_int(fd, libc::F_SETFL, kernel_arg as libc::c_long) {
-        return Some(Err(e));
-    }
-    let keep = d.flags.load(Relaxed)
-        & !(libc::O_APPEND | libc::O_NONBLOCK | libc::O_ASYNC | libc::O_DIRECT | libc::O_NOATIME);
-    d.flags.store(
-        keep | (arg
-            & (libc::O_APPEND
-                | libc::O_NONBLOCK
-                | libc::O_ASYNC
-                | libc::O_DIRECT
-                | libc::O_NOATIME)),
-        Relaxed,
-    );
+    const CHANGEABLE: i32 =
+        libc::O_APPEND | libc::O_NONBLOCK | libc::O_ASYNC | libc::O_DIRECT | libc::O_NOATIME;
+    // Under the size lock: an append in progress finishes with the mode it started with,
+    // and flex's own exact-offset writes (which lift O_APPEND for a moment) are not mixed
+    // with the application's change.
+    let r = d.inode.with_size_lock(|| {
+        sys::fcntl_int(fd, libc::F_SETFL, arg as libc::c_long)?;
+        let keep = d.flags.load(Relaxed) & !CHANGEABLE;
+        d.flags.store(keep | (arg & CHANGEABLE), Relaxed);
+        Ok(0)
+    });
     engine().stats.served(Call::fcntl);
-    Some(Ok(0))
+    Some(r)
 }
 
 /// After a successful fstat/stat/statx: report the logical size of over-allocated files.

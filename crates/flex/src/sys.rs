@@ -248,3 +248,86 @@ pub fn stderr(buf: &[u8]) {
         }
     }
 }
+
+/// A private read-write description of the file behind `fd`, without O_APPEND (reopened
+/// through `/proc/self/fd`, a magic link that also reaches unlinked files). The caller's
+/// descriptor keeps exactly the access mode and flags the application asked for; flex
+/// maps, recovers and commits through this one. Fails with EACCES where the file is not
+/// readable and writable by us.
+pub fn reopen_rw(fd: RawFd) -> Res<RawFd> {
+    let mut p = *b"/proc/self/fd/\0\0\0\0\0\0\0\0\0\0\0\0";
+    let mut n = fd as u32;
+    let mut digits = [0u8; 10];
+    let mut i = 0;
+    loop {
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        i += 1;
+        if n == 0 {
+            break;
+        }
+    }
+    for k in 0..i {
+        p[14 + k] = digits[i - 1 - k];
+    }
+    let path = core::ffi::CStr::from_bytes_until_nul(&p).map_err(|_| Errno::INVAL)?;
+    openat(libc::AT_FDCWD, path, libc::O_RDWR | libc::O_CLOEXEC, 0)
+}
+
+/// The access mode of a descriptor (O_RDONLY, O_WRONLY, O_RDWR) and whether it appends.
+pub fn access_of(fd: RawFd) -> Res<(i32, bool)> {
+    let fl = fcntl_int(fd, libc::F_GETFL, 0)?;
+    Ok((fl & libc::O_ACCMODE, fl & libc::O_APPEND != 0))
+}
+
+/// Write `bufs` at the end of file, atomically with respect to every other writer of the
+/// file (in any process), as an O_APPEND write: the kernel picks the offset under its
+/// inode lock. Returns the count and the offset just past the bytes (the description's
+/// new file position). `RWF_APPEND` also covers a descriptor without O_APPEND (an
+/// `RWF_APPEND` pwritev2 of the application).
+///
+/// # Safety
+/// Every buffer valid for its length, or invalid (the kernel answers EFAULT).
+pub unsafe fn append(fd: RawFd, bufs: &[(*const u8, usize)]) -> Res<(usize, u64)> {
+    let iov: Vec<libc::iovec> = bufs
+        .iter()
+        .map(|&(p, l)| libc::iovec {
+            iov_base: p as *mut _,
+            iov_len: l,
+        })
+        .collect();
+    // SAFETY: a raw system call on an iovec array we own; the kernel checks the buffers.
+    // Offset -1: at (and updating) the file position, which an append sets to the end.
+    let n = ret(unsafe {
+        libc::syscall(
+            libc::SYS_pwritev2,
+            fd,
+            iov.as_ptr(),
+            iov.len() as libc::c_int,
+            -1i64,
+            -1i64,
+            libc::RWF_APPEND,
+        )
+    })?;
+    let end = lseek(fd, 0, libc::SEEK_CUR)?;
+    Ok((n, end))
+}
+
+/// pwrite at exactly `off`, also on an O_APPEND descriptor (where Linux's pwrite appends):
+/// the flag is lifted for the call. Only for descriptions this process alone uses (flex's
+/// own metadata writes under the size lock, e.g. the trailer of a leased file).
+///
+/// # Safety
+/// As [`pwrite`].
+pub unsafe fn pwrite_exact(fd: RawFd, buf: *const u8, len: usize, off: u64) -> Res<usize> {
+    let fl = fcntl_int(fd, libc::F_GETFL, 0)?;
+    if fl & libc::O_APPEND == 0 {
+        // SAFETY: forwarded contract.
+        return unsafe { pwrite(fd, buf, len, off) };
+    }
+    fcntl_int(fd, libc::F_SETFL, (fl & !libc::O_APPEND) as libc::c_long)?;
+    // SAFETY: forwarded contract.
+    let r = unsafe { pwrite(fd, buf, len, off) };
+    let _ = fcntl_int(fd, libc::F_SETFL, fl as libc::c_long);
+    r
+}

@@ -636,21 +636,34 @@ pub fn attach(inode: &Arc<Inode>, fd: RawFd, writable: bool, dirfd: RawFd, path:
         }
     };
     m.fits = m.fits.max(inode.lsize());
+    // Commits, truncations and the background applier write through a private
+    // read-write description (never O_APPEND): the descriptor that commits (a close, an
+    // fsync) may be a read-only or write-only one of the same file, or an appending one,
+    // and the application may close its own.
+    let dfd = match sys::reopen_rw(fd) {
+        Ok(d) => e.keep_private(d),
+        Err(err) => {
+            e.close_private(lfd);
+            return Err(err);
+        }
+    };
     // Committed transactions are applied through the mapping: map now (no adoption delay).
-    if !inode.nomap() && inode.map_for(fd, true).is_err() {
+    if !inode.nomap() && inode.map_for(dfd, true).is_err() {
         inode.set_nomap();
     }
-    let mut data = InodeData { inode, fd };
-    let (log, r) = core::recover(m, st.st_ino, &mut data, fresh_gen())?;
+    let mut data = InodeData { inode, fd: dfd };
+    let (log, r) = match core::recover(m, st.st_ino, &mut data, fresh_gen()) {
+        Ok(v) => v,
+        Err(err) => {
+            e.close_private(dfd);
+            return Err(err);
+        }
+    };
     if r.txns > 0 || r.discarded > 0 {
         e.stats.recoveries.fetch_add(1, Relaxed);
     }
     let mut core = Core::new(log, inode.lsize(), e.config.atomic_log);
     core.policy = e.config.atomic_policy;
-    // Commits, truncations and the background applier write through a private
-    // read-write duplicate: the descriptor that commits (a close, an fsync) may be a
-    // read-only one of the same file, and the application may close its own.
-    let dfd = e.keep_private(sys::fcntl_int(fd, libc::F_DUPFD_CLOEXEC, 0)?);
     core.background = !e.config.atomic_apply_inline && worker().is_some();
     inode.atomic.f.store(Some(Arc::new_cyclic(|me| AtomicFile {
         me: me.clone(),

@@ -19,6 +19,7 @@
 mod kernels;
 mod signal;
 
+pub(crate) use signal::install_info_handler;
 pub use signal::{app_sigaction, app_signal, install, is_installed};
 
 use crate::persist::{self, FlushKind, NtKind};

@@ -322,6 +322,11 @@ pub unsafe fn app_sigaction(
     old: *mut libc::sigaction,
 ) -> c_int {
     let Some(idx) = slot_index(sig) else {
+        if sig == crate::lease::SIGNAL && !act.is_null() {
+            // The application takes the lease-break signal for itself: flex gives up its
+            // leases (and with them over-allocation) rather than miss a break.
+            crate::lease::app_claims_signal();
+        }
         // SAFETY: forwarded caller contract.
         return unsafe { real_sigaction(sig, act, old) };
     };
@@ -498,4 +503,16 @@ unsafe fn forward(sig: c_int, code: c_int, info: *mut libc::siginfo_t, uc: *mut 
         f(sig);
     }
     // Returning restores the interrupted context's mask (uc_sigmask) via rt_sigreturn.
+}
+
+/// Install `handler` (SA_SIGINFO) as the kernel's action for `sig`, through the real
+/// `sigaction` (used for the lease-break signal, see `crate::lease`). Returns success.
+pub(crate) fn install_info_handler(
+    sig: c_int,
+    handler: extern "C" fn(c_int, *mut libc::siginfo_t, *mut c_void),
+) -> bool {
+    let mut act = sigaction_from(handler as *const () as usize, 0, 0, &[0; SET_WORDS]);
+    act.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+    // SAFETY: a live sigaction struct; no old action is asked for.
+    unsafe { real_sigaction(sig, &act, core::ptr::null_mut()) == 0 }
 }
