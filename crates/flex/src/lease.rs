@@ -81,8 +81,13 @@ fn release_broken() {
         let fd = i.lease_fd();
         if fd >= 0 && breaking(fd) {
             i.lease_broken();
-            done.push(i.clone());
         }
+        if let Some(a) = i.atomic.get() {
+            if a.lease_fd().is_some_and(breaking) {
+                a.go_shared(i);
+            }
+        }
+        done.push(i.clone());
     }
 }
 
@@ -152,6 +157,11 @@ pub fn app_claims_signal() {
     for (_, d) in e.table.entries() {
         if d.inode.lease_fd() >= 0 {
             d.inode.lease_broken();
+        }
+        if let Some(a) = d.inode.atomic.get() {
+            if a.lease_fd().is_some() {
+                a.go_shared(&d.inode);
+            }
         }
     }
 }

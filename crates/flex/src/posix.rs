@@ -1363,8 +1363,14 @@ pub fn kernel_handoff(fd: Fd, uses_offset: bool, call: Call) -> Option<impl FnOn
     }
     let e = engine();
     e.stats.served(call);
-    crate::atomic::commit_for_kernel(&d.inode);
     let forever = call == Call::mmap;
+    if forever {
+        if let Some(a) = d.inode.atomic.get() {
+            // The program's own mapping must see its later writes: in place from now on.
+            a.go_shared(&d.inode);
+        }
+    }
+    crate::atomic::commit_for_kernel(&d.inode);
     let _ = d.inode.make_exact(fd, forever);
     // A coherent description keeps its offset in the kernel already.
     let uses_offset = uses_offset && !d.is_coherent();

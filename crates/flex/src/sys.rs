@@ -331,3 +331,40 @@ pub unsafe fn pwrite_exact(fd: RawFd, buf: *const u8, len: usize, off: u64) -> R
     let _ = fcntl_int(fd, libc::F_SETFL, fl as libc::c_long);
     r
 }
+
+/// The names in directory `path` (raw getdents64: flex never calls the readdir family,
+/// which a preload may interpose).
+pub fn list_dir(path: &core::ffi::CStr) -> Res<Vec<Vec<u8>>> {
+    let fd = openat(
+        libc::AT_FDCWD,
+        path,
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        0,
+    )?;
+    let mut names = Vec::new();
+    let mut buf = vec![0u8; 16 << 10];
+    let r = loop {
+        // SAFETY: a raw system call filling our own buffer.
+        let n = match ret(unsafe {
+            libc::syscall(libc::SYS_getdents64, fd, buf.as_mut_ptr(), buf.len())
+        }) {
+            Ok(0) => break Ok(()),
+            Ok(n) => n,
+            Err(e) => break Err(e),
+        };
+        let mut at = 0usize;
+        while at + 19 < n {
+            // struct linux_dirent64: ino u64, off i64, reclen u16, type u8, name[].
+            let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
+            if reclen == 0 || at + reclen > n {
+                break;
+            }
+            let name = &buf[at + 19..at + reclen];
+            let len = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+            names.push(name[..len].to_vec());
+            at += reclen;
+        }
+    };
+    let _ = close(fd);
+    r.map(|_| names)
+}

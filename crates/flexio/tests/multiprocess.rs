@@ -1,5 +1,5 @@
 //! Several processes on one set of files: some under libflex.so, some without, some forked
-//! from each other (crates/flexio/tests/multiprocess/worker.py), each running a random
+//! from each other (crates/flexio/tests/scripts/mp_worker.py), each running a random
 //! sequence of O_APPEND writes (write, pwrite, writev), pwrites and read-backs of a range of
 //! its own, a counter incremented under an fcntl lock, ftruncate + extending writes under a
 //! lock, and fsyncs. Checked against what the kernel guarantees:
@@ -25,7 +25,7 @@ const SLOT: usize = 1 << 16;
 const NSLOTS: usize = 16;
 
 fn worker_py() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/multiprocess/worker.py")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/scripts/mp_worker.py")
 }
 
 fn libflex() -> PathBuf {
@@ -325,4 +325,141 @@ os.close(fd)
         "the writer never over-allocated under a lease:\n{}",
         st.dump()
     );
+}
+
+/// Failure-atomic mode shared by several processes, under each policy: the same
+/// invariants as plain mode (every process sees the others' writes at once, appends are
+/// whole and counted once, locked increments are never lost).
+#[test]
+fn atomic_mode_shared() {
+    for (i, policy) in ["redo", "undo", "auto"].iter().enumerate() {
+        let seed = 20 + i as u64;
+        let name = format!("mp-atomic-{policy}");
+        let env = [("FLEX_MODE", "atomic"), ("FLEX_ATOMIC_POLICY", policy)];
+        let r = run(&name, &mixes(seed), seed, steps(), &env);
+        check(&name, &r);
+        let st = Stats::load(&r.dir.join("stats"));
+        assert!(
+            st.dump().contains("atomic: shared"),
+            "{name}: no process shared the file in atomic mode:\n{}",
+            st.dump()
+        );
+    }
+}
+
+/// Parse a committer's stdout: its writes per transaction and the last commit it reported.
+fn committer_log(out: &str) -> (Vec<(u64, u64, u64, u8)>, u64) {
+    let mut writes = Vec::new();
+    let mut last = 0;
+    for l in out.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        match f.as_slice() {
+            ["W", k, off, n, v] => writes.push((
+                k.parse().unwrap(),
+                off.parse().unwrap(),
+                n.parse().unwrap(),
+                v.parse().unwrap(),
+            )),
+            ["C", k] => last = k.parse().unwrap(),
+            _ => {}
+        }
+    }
+    (writes, last)
+}
+
+/// The committer's range after transaction `k`.
+fn committer_state(writes: &[(u64, u64, u64, u8)], slot: u64, k: u64) -> Vec<u8> {
+    let base = slot * (1 << 15);
+    let mut v = vec![0u8; 1 << 15];
+    for &(t, off, n, b) in writes {
+        if t <= k {
+            v[(off - base) as usize..(off - base + n) as usize].fill(b);
+        }
+    }
+    v
+}
+
+/// kill -9 of one writer among three sharing a file in atomic mode, many times: after
+/// the others finish and the next atomic open recovers the dead one's log, every other
+/// writer's commits are there, and the killed one's range is exactly its last reported
+/// commit (or the one in flight): its uncommitted writes, in place while it ran, are
+/// rolled back.
+#[test]
+fn kill_one_atomic_writer_among_several() {
+    let runs: u64 = std::env::var("FLEX_MP_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6);
+    use std::io::Read;
+    for run_i in 0..runs {
+        let dir = TestDir::new("mp-kill");
+        let f = dir.join("data");
+        let victim = (run_i % 3) as usize;
+        let mut kids: Vec<Child> = (0..3)
+            .map(|slot| {
+                Command::new("python3")
+                    .arg(
+                        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                            .join("tests/scripts/mp_committer.py"),
+                    )
+                    .arg(&f)
+                    .arg(slot.to_string())
+                    .arg((run_i * 10 + slot as u64).to_string())
+                    .arg(if slot == victim { "400" } else { "40" })
+                    .env("LD_PRELOAD", libflex())
+                    .env("FLEX_PATHS", &dir.path)
+                    .env("FLEX_MODE", "atomic")
+                    .env(
+                        "FLEX_ATOMIC_POLICY",
+                        ["redo", "undo", "auto"][(run_i % 3) as usize],
+                    )
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        // Let the victim commit a few transactions, then kill it mid-way.
+        std::thread::sleep(std::time::Duration::from_millis(150 + 37 * run_i));
+        let _ = kids[victim].kill();
+        let mut outs = Vec::new();
+        for (i, mut k) in kids.into_iter().enumerate() {
+            let st = k.wait().unwrap();
+            let mut s = String::new();
+            k.stdout.take().unwrap().read_to_string(&mut s).unwrap();
+            if i != victim {
+                assert!(st.success(), "run {run_i}: writer {i} failed: {st}");
+            }
+            outs.push(s);
+        }
+        // The next atomic open recovers the dead writer's log.
+        let g = flexio::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .atomic(true)
+            .open(&f)
+            .unwrap();
+        let mut got = Vec::new();
+        (&g).read_to_end(&mut got).unwrap();
+        drop(g);
+        got.resize(3 << 15, 0);
+        for (slot, out) in outs.iter().enumerate() {
+            let (writes, last) = committer_log(out);
+            let have = &got[slot << 15..(slot + 1) << 15];
+            let ok = |k| committer_state(&writes, slot as u64, k) == have;
+            if slot == victim {
+                assert!(
+                    ok(last) || ok(last + 1),
+                    "run {run_i}: the killed writer's range is neither commit {last} nor {}",
+                    last + 1
+                );
+            } else {
+                assert_eq!(last, 40, "run {run_i}: writer {slot} did not finish");
+                assert!(
+                    ok(40),
+                    "run {run_i}: writer {slot}'s commits are not all there"
+                );
+            }
+        }
+    }
 }

@@ -63,6 +63,17 @@ pub trait DataDev {
         unsafe { self.write_raw(off, src, len) }?;
         Ok(len)
     }
+    /// Append an application's bytes at the end of file, atomically with respect to other
+    /// processes' appends (the kernel's O_APPEND). Returns the count and where they went.
+    ///
+    /// # Safety
+    /// As [`DataDev::write_user`].
+    unsafe fn append_user(&mut self, src: *const u8, len: usize) -> Res<(usize, u64)> {
+        let off = self.size()?;
+        // SAFETY: forwarded contract.
+        let n = unsafe { self.write_user(off, src, len) }?;
+        Ok((n, off))
+    }
     fn set_len(&mut self, len: u64) -> Res<()>;
     /// Make every byte and the size durable.
     fn sync(&mut self) -> Res<()>;
@@ -107,16 +118,25 @@ pub fn replay<D: DataDev>(img: &[u8], s: &Scan, data: &mut D) -> Res<Replayed> {
         size = Some(*after);
         r.txns += 1;
     }
-    // An uncommitted undo transaction changed the data file in place: put the old bytes
-    // back, newest record first, then the size it began with.
-    for &(off, len, at) in s.undo.iter().rev() {
-        let p = &img[at as usize..(at + len) as usize];
-        // SAFETY: `p` is a slice of the image we own.
-        unsafe { data.write_stream(off, p.as_ptr(), p.len()) }?;
-        r.rolled_back += 1;
-    }
-    if let Some(z) = s.undo_size {
-        size = Some(z);
+    if s.shared {
+        // SAFETY: forwarded: the image and its records are ours.
+        let (rolled, z) = unsafe { roll_back_shared(img, s, data) }?;
+        r.rolled_back += rolled;
+        if z.is_some() {
+            size = z;
+        }
+    } else {
+        // An uncommitted undo transaction changed the data file in place: put the old
+        // bytes back, newest record first, then the size it began with.
+        for &(off, len, at) in s.undo.iter().rev() {
+            let p = &img[at as usize..(at + len) as usize];
+            // SAFETY: `p` is a slice of the image we own.
+            unsafe { data.write_stream(off, p.as_ptr(), p.len()) }?;
+            r.rolled_back += 1;
+        }
+        if let Some(z) = s.undo_size {
+            size = Some(z);
+        }
     }
     let Some(size) = size.or(if r.rolled_back > 0 {
         Some(data.size()?)
@@ -133,6 +153,144 @@ pub fn replay<D: DataDev>(img: &[u8], s: &Scan, data: &mut D) -> Res<Replayed> {
     data.sync()?;
     r.size = size;
     Ok(r)
+}
+
+/// The hashes of the 64-byte chunks of `[s, e)` (chunk-aligned `s`) as the data file holds
+/// them now (a chunk past the end hashes what is there).
+fn chunk_hashes<D: DataDev>(data: &D, s: u64, e: u64) -> Res<Vec<u64>> {
+    let mut buf = vec![0u8; (e - s) as usize];
+    // SAFETY: our own buffer.
+    let n = unsafe { data.read_raw(s, buf.as_mut_ptr(), buf.len()) }?;
+    buf.truncate(n);
+    Ok((0..(e - s).div_ceil(log::CHUNK))
+        .map(|i| {
+            let a = (i * log::CHUNK) as usize;
+            let b = (a + log::CHUNK as usize).min(buf.len());
+            log::hash(s + a as u64, buf.get(a..b).unwrap_or(&[]))
+        })
+        .collect())
+}
+
+/// Roll back the uncommitted tail of a shared file's log: only the chunks that still hold
+/// exactly what this process stored there (its last STAMP for them), so bytes another
+/// process wrote since stay (the later write wins, as with the kernel). The size goes
+/// back (and what a truncation cut comes back) only if every size change since the
+/// transaction began was this process's own: its stamps' sizes form an unbroken chain
+/// from the transaction's first size to the file's size now. Otherwise the size stays
+/// (cutting or growing the file could lose another process's bytes).
+///
+/// Idempotent, so a crash during recovery is recovered the same way: chunks restored
+/// already no longer match their stamps and are left alone; the size changes only after
+/// those bytes are durable, and once it is back a new recovery sees it as its own.
+/// Returns the records rolled back (in part or whole) and the size to set, if any.
+///
+/// # Safety
+/// The scan `s` is of `img`.
+unsafe fn roll_back_shared<D: DataDev>(
+    img: &[u8],
+    s: &Scan,
+    data: &mut D,
+) -> Res<(usize, Option<u64>)> {
+    let word = |at: u64| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&img[at as usize..at as usize + 8]);
+        u64::from_le_bytes(b)
+    };
+    let size_now = data.size()?;
+    // The last stamp of each chunk (None: a write was in flight there, its intent
+    // logged but not its stamp), the chain of sizes, and the smallest size this
+    // process's changes left (where its truncations cut).
+    let mut stamp: BTreeMap<u64, Option<u64>> = BTreeMap::new();
+    let mut chain = s.undo_size;
+    let mut in_flight = None;
+    let mut cut_from = s.undo_size.unwrap_or(u64::MAX);
+    for &(first, at, len, seq) in &s.stamps {
+        let body = &img[(at + 8) as usize..(at + len) as usize];
+        if len < 24 || word(at) != log::stamp_sum(s.gen, seq, body) {
+            // Torn (the crash came before its barrier): as if not logged.
+            continue;
+        }
+        let (at, len) = (at + 8, len - 8);
+        let (before, after) = (word(at), word(at + 8));
+        if before == log::INTENT {
+            for i in 0..after {
+                stamp.insert(first + i * log::CHUNK, None);
+            }
+            in_flight = (len >= 24).then(|| word(at + 16));
+            continue;
+        }
+        in_flight = None;
+        chain = chain.filter(|&c| c == before).map(|_| after);
+        cut_from = cut_from.min(after);
+        for i in 0..(len.saturating_sub(16) / 8) {
+            stamp.insert(first + i * log::CHUNK, Some(word(at + 16 + i * 8)));
+        }
+    }
+    if let Some(b) = in_flight {
+        // The last write was in flight: whatever size it left is its own.
+        chain = chain.filter(|&c| c == b).map(|_| size_now);
+        cut_from = cut_from.min(size_now);
+    }
+    // The size is this process's to restore: its own chain, or restored already by a
+    // recovery that crashed.
+    let own_size =
+        s.undo_size.is_some() && (chain == Some(size_now) || s.undo_size == Some(size_now));
+    let cut_from = if own_size {
+        cut_from.min(size_now)
+    } else {
+        u64::MAX
+    };
+    // Decide per chunk before anything changes (several records may share a chunk).
+    let mut ok: BTreeMap<u64, bool> = BTreeMap::new();
+    for (&c, &h) in &stamp {
+        let mine = match h {
+            None => true,
+            Some(h) => chunk_hashes(data, c, c + log::CHUNK)?[0] == h,
+        };
+        ok.insert(c, mine);
+    }
+    let mut rolled = 0;
+    // Bytes below the cut that still hold this process's writes.
+    for &(off, len, at) in s.undo.iter().rev() {
+        let mut any = false;
+        let mut c = off - off % log::CHUNK;
+        while c < off + len {
+            let (a, b) = (
+                off.max(c),
+                (off + len).min(c + log::CHUNK).min(size_now).min(cut_from),
+            );
+            if a < b && ok.get(&c).copied().unwrap_or(false) {
+                let p = &img[(at + a - off) as usize..(at + b - off) as usize];
+                // SAFETY: `p` is a slice of the image we own.
+                unsafe { data.write_stream(a, p.as_ptr(), p.len()) }?;
+                any = true;
+            }
+            c += log::CHUNK;
+        }
+        rolled += any as usize;
+    }
+    let Some(size0) = s.undo_size.filter(|_| own_size) else {
+        return Ok((rolled, None));
+    };
+    // Durable before the size moves (a recovery after this point sees the size as its
+    // own and skips these chunks, which no longer match their stamps).
+    data.settle();
+    data.sync()?;
+    if data.size()? != size0 {
+        data.set_len(size0)?;
+    }
+    // What this process's truncations cut: nobody else wrote there (the sizes were all
+    // its own), put back whole.
+    for &(off, len, at) in s.undo.iter().rev() {
+        let (a, b) = (off.max(cut_from), (off + len).min(size0));
+        if a < b {
+            let p = &img[(at + a - off) as usize..(at + b - off) as usize];
+            // SAFETY: `p` is a slice of the image we own.
+            unsafe { data.write_stream(a, p.as_ptr(), p.len()) }?;
+            rolled += 1;
+        }
+    }
+    Ok((rolled, Some(size0)))
 }
 
 /// Read a whole medium into memory.
@@ -330,6 +488,9 @@ pub struct Core<M: Media> {
     writes: u64,
     /// Old bytes on their way to the log.
     scratch: Vec<u8>,
+    /// Other processes have the file open: every transaction is undo-logged in place and
+    /// stamped, appends are the kernel's (see [`Core::go_shared`]).
+    shared: bool,
 }
 
 impl<M: Media> Core<M> {
@@ -357,7 +518,42 @@ impl<M: Media> Core<M> {
             reads: 0,
             writes: 0,
             scratch: Vec::new(),
+            shared: false,
         }
+    }
+
+    /// Shared with other processes (see [`Core::go_shared`]).
+    pub fn shared(&self) -> bool {
+        self.shared
+    }
+
+    /// Shared: the data file holds every byte of this process in place, and other
+    /// processes change it too: its size is the truth (reads past the size this process
+    /// knew, `fstat`, `SEEK_END`).
+    pub fn observe_size<D: DataDev>(&mut self, data: &D) -> Res<u64> {
+        if self.shared && self.ops.is_empty() && self.inflight == 0 {
+            self.size = data.size()?;
+        }
+        Ok(self.size)
+    }
+
+    /// Stamp `[s, e)` as this process just stored it, and the file's size `before` the
+    /// change and now (shared files; see `log::STAMP`), durably before the call returns.
+    fn stamp<D: DataDev>(&mut self, data: &mut D, s: u64, e: u64, before: u64) -> Res<()> {
+        let first = s - s % log::CHUNK;
+        let end =
+            (e.div_ceil(log::CHUNK) * log::CHUNK).max(first + log::CHUNK * (s > first) as u64);
+        let hashes = if end > first {
+            chunk_hashes(data, first, end)?
+        } else {
+            Vec::new()
+        };
+        let after = data.size()?;
+        // The stamp vouches for bytes that survive a crash of the machine too: the data
+        // first (a fence on DAX, where the write made it durable already).
+        data.sync()?;
+        self.log.append_stamp(first, before, after, &hashes)?;
+        self.log.m.barrier()
     }
 
     /// The mode of the current (or last) transaction.
@@ -580,14 +776,40 @@ impl<M: Media> Core<M> {
         }
         self.make_room(data, len as u64)?;
         if !self.dirty() {
+            self.observe_size(data)?;
             self.begin();
         }
         self.writes += 1;
+        if self.shared && self.mode == Mode::Undo && append {
+            // The kernel places the append (other processes append too); nothing old is
+            // overwritten, the stamp lets recovery cut it only while it is the file's end.
+            let before = data.size()?;
+            self.log.append_intent(before, before, before)?;
+            self.save(data, 0, 0)?;
+            self.log.m.barrier()?;
+            self.inplace = true;
+            // SAFETY: forwarded contract.
+            let (n, at) = unsafe { data.append_user(src, len) }?;
+            let end = at + n as u64;
+            self.size = self.size.max(end);
+            self.stamp(data, at, end, at)?;
+            return Ok((n, end));
+        }
         let off = if append { self.size } else { off };
         let end = off.checked_add(len as u64).ok_or(Errno::FBIG)?;
         if self.mode == Mode::Undo {
+            if self.shared {
+                // Which chunks are about to change, durable with the saved bytes (the
+                // save's barriers): a crash inside the write rolls them back.
+                let before = data.size()?;
+                self.log.append_intent(off, end, before)?;
+            }
             self.save(data, off, end)?;
+            if self.shared {
+                self.log.m.barrier()?;
+            }
             self.inplace = true;
+            let before = if self.shared { data.size()? } else { 0 };
             // SAFETY: forwarded contract.
             let n = match unsafe { data.write_user(off, src, len) } {
                 Ok(n) => n,
@@ -602,6 +824,9 @@ impl<M: Media> Core<M> {
             };
             let end = off + n as u64;
             self.size = self.size.max(end);
+            if self.shared {
+                self.stamp(data, off, end, before)?;
+            }
             return Ok((n, end));
         }
         // SAFETY: forwarded contract.
@@ -623,16 +848,28 @@ impl<M: Media> Core<M> {
         self.check()?;
         self.make_room(data, 0)?;
         if !self.dirty() {
+            self.observe_size(data)?;
             self.begin();
         }
         self.writes += 1;
         if self.mode == Mode::Undo {
             let keep = self.size0.unwrap_or(self.size).min(self.size);
-            if len >= keep || self.unsaved(len, keep) <= self.bound / 4 {
+            if len >= keep || self.shared || self.unsaved(len, keep) <= self.bound / 4 {
+                let before = if self.shared { data.size()? } else { 0 };
+                if self.shared {
+                    self.log
+                        .append_intent(len.min(before), len.max(before), before)?;
+                }
                 self.save(data, len, self.size)?;
+                if self.shared {
+                    self.log.m.barrier()?;
+                }
                 self.inplace = true;
                 data.set_len(len)?;
                 self.size = len;
+                if self.shared {
+                    self.stamp(data, len.min(before), len.max(before), before)?;
+                }
                 return Ok(());
             }
             // Too much to save: the transaction goes on as redo (its undo records stay
@@ -687,10 +924,16 @@ impl<M: Media> Core<M> {
     fn save<D: DataDev>(&mut self, data: &mut D, s: u64, e: u64) -> Res<()> {
         let fresh = self.size0.is_none();
         if fresh {
-            self.log.append_undo_size(self.size)?;
+            self.log.append_undo_size(self.size, self.shared)?;
             self.size0 = Some(self.size);
         }
-        let lim = e.min(self.size0.unwrap_or(0));
+        // Shared: every byte that exists now is saved (other processes may have extended
+        // the file since this transaction began).
+        let lim = if self.shared {
+            e.min(data.size()?)
+        } else {
+            e.min(self.size0.unwrap_or(0))
+        };
         let gaps = if s < lim {
             self.gaps(s, lim)
         } else {
@@ -864,6 +1107,99 @@ impl<M: Media> Core<M> {
             self.checkpoint(data)?;
         }
         Ok(())
+    }
+
+    /// Other processes have the file open (or the program mapped it): from now on every
+    /// transaction is undo-logged, so the data file holds this process's writes at once,
+    /// as the kernel's write would. A redo transaction in progress goes on as undo: what
+    /// is committed is applied and checkpointed, the uncommitted writes are taken out of
+    /// the log and made again in place, each with its old bytes saved first, so a crash
+    /// still rolls the whole transaction back. No batch may be in flight.
+    pub fn go_shared<D: DataDev>(&mut self, data: &mut D) -> Res<()> {
+        self.check()?;
+        if self.inflight > 0 {
+            return Err(Errno::BUSY);
+        }
+        if self.shared {
+            return Ok(());
+        }
+        self.policy = Policy::Undo;
+        self.shared = true;
+        if self.mode == Mode::Undo && self.ops.is_empty() {
+            // Undo already (or idle after undo): in place; later transactions stay undo.
+            if !self.dirty() {
+                return self.checkpoint(data);
+            }
+            // An undo transaction in progress: mark it shared and stamp what it changed so
+            // far, durably, before anyone else can write (recovery then spares their
+            // bytes, see `roll_back_shared`).
+            self.log
+                .append_undo_size(self.size0.unwrap_or(self.size), true)?;
+            // Until now nobody else could change the size: one link of the chain from the
+            // transaction's first size to the size now.
+            let now = data.size()?;
+            self.log
+                .append_stamp(0, self.size0.unwrap_or(now), now, &[])?;
+            let saved: Vec<(u64, u64)> = self.saved.iter().map(|(&a, &b)| (a, b)).collect();
+            for (a, b) in saved {
+                self.stamp(data, a, b, now)?;
+            }
+            return self.log.m.barrier();
+        }
+        if self.size0.is_some() || self.inplace {
+            // An undo transaction that went on as redo (a large truncation): its in-place
+            // part cannot be redone; commit it here (a commit point the program did not
+            // ask for, counted as an early commit).
+            self.stats.early_commits += 1;
+            self.commit(data)?;
+        }
+        self.apply_all(data)?;
+        // The uncommitted redo writes, in order, with their bytes.
+        let ops = core::mem::take(&mut self.ops);
+        let mut redo: Vec<(Op, Vec<u8>)> = Vec::with_capacity(ops.len());
+        for op in ops {
+            let bytes = match op {
+                Op::Write { len, at, .. } => {
+                    let mut b = vec![0u8; len as usize];
+                    self.log.m.read(at, &mut b);
+                    b
+                }
+                Op::Truncate { .. } => Vec::new(),
+            };
+            redo.push((op, bytes));
+        }
+        // The data file holds everything committed: a new generation drops the log.
+        data.sync()?;
+        self.log.reset()?;
+        self.stats.checkpoints += 1;
+        self.ext.clear();
+        self.base_limit = u64::MAX;
+        self.size = self.committed_size;
+        self.mode = Mode::Undo;
+        for (op, bytes) in redo {
+            match op {
+                Op::Write { off, .. } => {
+                    // SAFETY: our own buffer of bytes.len() bytes.
+                    let (n, _) =
+                        unsafe { self.write(data, off, bytes.as_ptr(), bytes.len(), false) }?;
+                    if n != bytes.len() {
+                        self.broken = true;
+                        return Err(Errno::IO);
+                    }
+                }
+                Op::Truncate { len } => self.truncate(data, len)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The file is this process's alone again (between transactions only): `policy`
+    /// from the next transaction on.
+    pub fn end_shared(&mut self, policy: Policy) {
+        if !self.dirty() {
+            self.shared = false;
+            self.policy = policy;
+        }
     }
 
     /// Apply every committed operation now, on this thread (no batch may be in flight).

@@ -11,7 +11,15 @@
 //! - kind 3 COMMIT: `a` = logical size after the transaction;
 //! - kind 4 UNDO: `a` = file offset, `b` = payload length (the old bytes, saved before the
 //!   data file is changed in place);
-//! - kind 5 UNDO_SIZE: `a` = the file's size when the transaction began.
+//! - kind 5 UNDO_SIZE: `a` = the file's size when the transaction began; `b` = 1 if the
+//!   file is shared with other processes (then its STAMP records decide what rolls back);
+//! - kind 6 STAMP (shared files): `a` = file offset of a 64-byte-aligned chunk, `b` =
+//!   payload length; payload = its own hash, the file's size before and after the change, then one
+//!   hash per chunk of the chunks' contents right after this process changed them in
+//!   place. Recovery rolls a chunk back only if it still holds exactly that: bytes another
+//!   process wrote since are never overwritten (the later write wins, as with the
+//!   kernel), and the size goes back only if the stamps' sizes chain from the
+//!   transaction's first size to the size now (no other process changed it meanwhile).
 //!
 //! `sum` hashes the first 40 header bytes (a torn header fails its check). Payloads are
 //! not hashed: a commit makes the transaction's records durable (barrier) before it stores
@@ -42,6 +50,13 @@ pub const TRUNCATE: u32 = 2;
 pub const COMMIT: u32 = 3;
 pub const UNDO: u32 = 4;
 pub const UNDO_SIZE: u32 = 5;
+pub const STAMP: u32 = 6;
+/// Bytes of file one STAMP hash covers.
+pub const CHUNK: u64 = 64;
+/// A STAMP whose first payload word is this is an intent: the second word's count of
+/// chunks from `a` are about to change in place, the third is the size before (a crash
+/// before the write's own STAMP rolls them back).
+pub const INTENT: u64 = u64::MAX;
 
 /// Where the log lives: a mapped or plain file in production, the persistence simulator in
 /// tests. The persistence contract is the one of a DAX mapping: a stored byte is durable
@@ -88,6 +103,15 @@ pub fn hash(seed: u64, bytes: &[u8]) -> u64 {
     x ^= x >> 29;
     x = x.wrapping_mul(P1);
     x ^ (x >> 32)
+}
+
+/// The hash a STAMP payload carries: of its body, seeded with the record's generation and
+/// sequence number (a stale payload left at the same log offset by an older record fails).
+pub fn stamp_sum(gen: u64, seq: u64, body: &[u8]) -> u64 {
+    hash(
+        STAMP as u64 ^ gen.rotate_left(17) ^ seq.rotate_left(41),
+        body,
+    )
 }
 
 pub fn rec_len(payload: u64) -> u64 {
@@ -163,6 +187,11 @@ pub struct Scan {
     pub undo: Vec<(u64, u64, u64)>,
     /// The tail's UNDO_SIZE: the size to return to when rolling back.
     pub undo_size: Option<u64>,
+    /// The tail's transaction ran on a shared file (its UNDO_SIZE says so).
+    pub shared: bool,
+    /// STAMP records of the tail, oldest first: (chunk offset, payload's log offset,
+    /// payload length, seq).
+    pub stamps: Vec<(u64, u64, u64, u64)>,
 }
 
 /// Scan a whole log image (header valid for `ino`, else None).
@@ -199,7 +228,11 @@ pub fn scan(img: &[u8], ino: u64) -> Option<Scan> {
         if u32_at(0) != TAG || rgen != gen || rseq != seq {
             break;
         }
-        let plen = if kind == WRITE || kind == UNDO { b } else { 0 };
+        let plen = if kind == WRITE || kind == UNDO || kind == STAMP {
+            b
+        } else {
+            0
+        };
         let _fits = match (pos as u64)
             .checked_add(PAYLOAD_AT)
             .and_then(|v| v.checked_add(plen))
@@ -220,11 +253,15 @@ pub fn scan(img: &[u8], ino: u64) -> Option<Scan> {
             UNDO => s.undo.push((a, b, pos as u64 + PAYLOAD_AT)),
             UNDO_SIZE => {
                 s.undo_size.get_or_insert(a);
+                s.shared |= b == 1;
             }
+            STAMP => s.stamps.push((a, pos as u64 + PAYLOAD_AT, b, rseq)),
             COMMIT => {
                 s.txns.push((core::mem::take(&mut ops), a));
                 s.undo.clear();
                 s.undo_size = None;
+                s.shared = false;
+                s.stamps.clear();
                 tail = 0;
                 seq += 1;
                 pos += rec_len(0) as usize;
@@ -386,8 +423,42 @@ impl<M: Media> Log<M> {
     }
 
     /// The size an undo transaction began with (before its first in-place change).
-    pub fn append_undo_size(&mut self, size: u64) -> Res<()> {
-        self.append_small(UNDO_SIZE, size)
+    pub fn append_undo_size(&mut self, size: u64, shared: bool) -> Res<()> {
+        let at = self.room(0)?;
+        let mut h = rec_header(UNDO_SIZE, self.gen, self.seq, size, shared as u64);
+        seal(&mut h);
+        self.m.store(at, &h);
+        self.m.flush(at, REC_HDR);
+        self.seq += 1;
+        self.tail = at + rec_len(0);
+        Ok(())
+    }
+
+    /// An intent (see [`INTENT`]) for the chunks of `[s, e)`, with the file's size before
+    /// the write: made durable by the barrier that follows.
+    pub fn append_intent(&mut self, s: u64, e: u64, before: u64) -> Res<()> {
+        let first = s - s % CHUNK;
+        let n = (e.div_ceil(CHUNK) - first / CHUNK).max((s > first) as u64);
+        self.append_stamp(first, INTENT, n, &[before])
+    }
+
+    /// A STAMP record (see the module doc): the file's size before and after the change,
+    /// the hashes of the chunks from `first` on. Durable with the next barrier.
+    pub fn append_stamp(&mut self, first: u64, before: u64, after: u64, hashes: &[u64]) -> Res<()> {
+        let mut p = vec![0u8; 8];
+        p.extend_from_slice(&before.to_le_bytes());
+        p.extend_from_slice(&after.to_le_bytes());
+        for h in hashes {
+            p.extend_from_slice(&h.to_le_bytes());
+        }
+        // Stored without a barrier between payload and header: the payload carries its
+        // own hash, so recovery tells a torn stamp from a whole one.
+        let sum = stamp_sum(self.gen, self.seq, &p[8..]);
+        p[..8].copy_from_slice(&sum.to_le_bytes());
+        // SAFETY: our own buffer.
+        let st = unsafe { self.stage_inner(STAMP, first, p.as_ptr(), p.len(), false) }?;
+        self.seal_staged(&st);
+        Ok(())
     }
 
     pub fn append_truncate(&mut self, len: u64) -> Res<()> {

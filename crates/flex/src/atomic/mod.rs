@@ -245,7 +245,13 @@ pub struct InodeData<'a> {
 
 impl DataDev for InodeData<'_> {
     fn size(&self) -> Res<u64> {
-        Ok(self.inode.lsize())
+        // The kernel's (another process may have changed it while the file is shared).
+        self.inode.refresh(self.fd)
+    }
+    unsafe fn append_user(&mut self, src: *const u8, len: usize) -> Res<(usize, u64)> {
+        // SAFETY: forwarded contract.
+        let (n, end) = unsafe { self.inode.kernel_write(self.fd, &[(src, len)], 0, true) }?;
+        Ok((n, end - n as u64))
     }
     unsafe fn read_raw(&self, off: u64, dst: *mut u8, len: usize) -> Res<usize> {
         // SAFETY: forwarded contract.
@@ -360,6 +366,9 @@ pub struct AtomicFile {
     /// file goes through it (the application's descriptor may be read-only, or closed).
     /// Read under the core mutex (it moves when the application dup2s onto its number).
     dfd: AtomicI32,
+    /// `dfd`'s description holds a write lease on the data file: no other process has the
+    /// file open, so transactions may be redo-logged (see [`AtomicFile::go_shared`]).
+    lease: AtomicBool,
     /// Held while a descriptor of this file is used outside the core mutex (the
     /// background checkpoint's sync) and while one moves.
     moving: Mutex<()>,
@@ -618,10 +627,21 @@ pub fn attach(inode: &Arc<Inode>, fd: RawFd, writable: bool, dirfd: RawFd, path:
             Err(err) => Err(err),
         };
     }
-    let lpath = log_path(path.to_bytes()).ok_or(Errno::INVAL)?;
+    let main = log_path(path.to_bytes()).ok_or(Errno::INVAL)?;
     let st = sys::fstat(fd)?;
-    let Some((lfd, lino)) = open_log(dirfd, &lpath, st.st_mode, true)? else {
-        return Err(Errno::NOENT);
+    // The file's main log, or (another live process holds it: the file is shared) a log
+    // of this process's own beside it.
+    let (lpath, lfd, lino, owner) = match open_log(dirfd, &main, st.st_mode, true) {
+        Ok(Some((lfd, lino))) => (main.clone(), lfd, lino, true),
+        Ok(None) => return Err(Errno::NOENT),
+        Err(Errno::BUSY) => {
+            let own = sibling_path(&main)?;
+            match open_log(dirfd, &own, st.st_mode, true)? {
+                Some((lfd, lino)) => (own, lfd, lino, false),
+                None => return Err(Errno::NOENT),
+            }
+        }
+        Err(err) => return Err(err),
     };
     let lfd = e.keep_private(lfd);
     let abs = std::fs::read_link(format!("/proc/self/fd/{lfd}"))
@@ -637,16 +657,27 @@ pub fn attach(inode: &Arc<Inode>, fd: RawFd, writable: bool, dirfd: RawFd, path:
     };
     m.fits = m.fits.max(inode.lsize());
     // Commits, truncations and the background applier write through a private
-    // read-write description (never O_APPEND): the descriptor that commits (a close, an
-    // fsync) may be a read-only or write-only one of the same file, or an appending one,
-    // and the application may close its own.
-    let dfd = match sys::reopen_rw(fd) {
-        Ok(d) => e.keep_private(d),
+    // read-write descriptor: the descriptor that commits (a close, an fsync) may be a
+    // read-only or write-only one of the same file, and the application may close its
+    // own. A duplicate of a read-write, non-appending descriptor shares its file
+    // description, so a write lease can be had (one description of the file); any other
+    // is a reopened description, never O_APPEND.
+    let (dfd, same) = match data_descriptor(fd) {
+        Ok((d, same)) => (e.keep_private(d), same),
         Err(err) => {
             e.close_private(lfd);
             return Err(err);
         }
     };
+    // Exclusive (redo allowed) only with a write lease on the data file: no other process
+    // has it open, and the kernel tells us before one does. Taken before the mapping
+    // exists, which is made through the same description.
+    let leased = owner && same && !inode.is_mapped(false) && crate::lease::acquire(dfd);
+    if leased {
+        // Another process may have changed the file between our open and the lease (and
+        // closed it since): the size to build on is the one read now.
+        let _ = inode.adopt_kernel_size(dfd);
+    }
     // Committed transactions are applied through the mapping: map now (no adoption delay).
     if !inode.nomap() && inode.map_for(dfd, true).is_err() {
         inode.set_nomap();
@@ -655,6 +686,9 @@ pub fn attach(inode: &Arc<Inode>, fd: RawFd, writable: bool, dirfd: RawFd, path:
     let (log, r) = match core::recover(m, st.st_ino, &mut data, fresh_gen()) {
         Ok(v) => v,
         Err(err) => {
+            if leased {
+                crate::lease::release(dfd);
+            }
             e.close_private(dfd);
             return Err(err);
         }
@@ -662,15 +696,25 @@ pub fn attach(inode: &Arc<Inode>, fd: RawFd, writable: bool, dirfd: RawFd, path:
     if r.txns > 0 || r.discarded > 0 {
         e.stats.recoveries.fetch_add(1, Relaxed);
     }
+    // Logs of processes that died while sharing the file: roll their uncommitted
+    // transactions back (none of them can be ours: each holds its owner's lock).
+    recover_siblings(dirfd, &main, st.st_ino, st.st_mode, &mut data);
     let mut core = Core::new(log, inode.lsize(), e.config.atomic_log);
     core.policy = e.config.atomic_policy;
     core.background = !e.config.atomic_apply_inline && worker().is_some();
+    if !leased {
+        // Shared from the start: every write in place, undo-logged and stamped.
+        core.go_shared(&mut data)?;
+        e.stats
+            .fallback("atomic: shared with another opener (undo, in place)");
+    }
     inode.atomic.f.store(Some(Arc::new_cyclic(|me| AtomicFile {
         me: me.clone(),
         core: Mutex::new(core),
         idle: Condvar::new(),
         inode: Arc::downgrade(inode),
         dfd: AtomicI32::new(dfd),
+        lease: AtomicBool::new(leased),
         moving: Mutex::new(()),
         queued: AtomicBool::new(false),
         gone: AtomicBool::new(false),
@@ -682,6 +726,76 @@ pub fn attach(inode: &Arc<Inode>, fd: RawFd, writable: bool, dirfd: RawFd, path:
     inode.atomic.on.store(true, Release);
     e.atomic_files.fetch_add(1, Relaxed);
     Ok(())
+}
+
+/// The private data descriptor for `fd` and whether it shares `fd`'s description.
+fn data_descriptor(fd: RawFd) -> Res<(RawFd, bool)> {
+    match sys::access_of(fd)? {
+        (libc::O_RDWR, false) => Ok((sys::fcntl_int(fd, libc::F_DUPFD_CLOEXEC, 0)?, true)),
+        _ => Ok((sys::reopen_rw(fd)?, false)),
+    }
+}
+
+/// A log of this process's own for a file another process holds the main log of:
+/// `<main log>.<pid>.<n>`.
+fn sibling_path(main: &CStr) -> Res<CString> {
+    use std::sync::atomic::AtomicU64;
+    static N: AtomicU64 = AtomicU64::new(0);
+    let mut v = main.to_bytes().to_vec();
+    let n = N.fetch_add(1, Relaxed);
+    v.extend_from_slice(format!(".{}.{n}", std::process::id()).as_bytes());
+    CString::new(v).map_err(|_| Errno::INVAL)
+}
+
+/// Recover and remove every sibling log of `main` whose owner is gone (its lock can be
+/// taken). A crash of a sharing process leaves one; its uncommitted undo transaction is
+/// rolled back, its committed ones (a sibling only ever logs undo) are in the data file.
+fn recover_siblings(dirfd: RawFd, main: &CStr, ino: u64, mode: u32, data: &mut InodeData<'_>) {
+    let bytes = main.to_bytes();
+    let (dir, name) = match bytes.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&bytes[..i.max(1)], &bytes[i + 1..]),
+        None => (&b"."[..], bytes),
+    };
+    let Ok(dirc) = CString::new(dir.to_vec()) else {
+        return;
+    };
+    let dirc = if dir.first() != Some(&b'/') && dirfd != libc::AT_FDCWD {
+        // A relative log path under an openat directory: name it through /proc.
+        match CString::new(format!(
+            "/proc/self/fd/{dirfd}/{}",
+            String::from_utf8_lossy(dir)
+        )) {
+            Ok(c) => c,
+            Err(_) => return,
+        }
+    } else {
+        dirc
+    };
+    let Ok(names) = sys::list_dir(&dirc) else {
+        return;
+    };
+    let mut prefix = name.to_vec();
+    prefix.push(b'.');
+    for n in names.into_iter().filter(|n| n.starts_with(&prefix)) {
+        let mut p = dirc.to_bytes().to_vec();
+        p.push(b'/');
+        p.extend_from_slice(&n);
+        let Ok(pc) = CString::new(p) else { continue };
+        // Only a log nobody holds (open_log takes its owner's lock, never creates).
+        let Ok(Some((lfd, lino))) = open_log(libc::AT_FDCWD, &pc, mode, false) else {
+            continue;
+        };
+        if let Ok(m) = MapLog::new(lfd) {
+            if let Ok((_log, r)) = core::recover(m, ino, data, fresh_gen()) {
+                if r.txns > 0 || r.discarded > 0 {
+                    engine().stats.recoveries.fetch_add(1, Relaxed);
+                }
+                unlink_log(&pc, lino);
+            }
+        } else {
+            let _ = sys::close(lfd);
+        }
+    }
 }
 
 fn recover_read_only(dirfd: RawFd, path: &CStr, fd: RawFd) -> Res<Option<Replayed>> {
@@ -696,7 +810,60 @@ fn recover_read_only(dirfd: RawFd, path: &CStr, fd: RawFd) -> Res<Option<Replaye
     r
 }
 
+/// The application's buffers copied into one (a buffer that faults part way ends it
+/// there, as the kernel's short write; EFAULT if nothing could be read).
+fn gather(bufs: &[(*const u8, usize)]) -> Res<Vec<u8>> {
+    let total = bufs
+        .iter()
+        .fold(0usize, |a, b| a.saturating_add(b.1))
+        .min(crate::inode::MAX_RW);
+    let mut v = vec![0u8; total];
+    let mut at = 0usize;
+    for &(p, l) in bufs {
+        let l = l.min(total - at);
+        // SAFETY: [at, at+l) lies inside `v`; the source is the application's buffer, and a
+        // fault on it is caught by the guarded copy and reported as a remainder.
+        let rem = unsafe { crate::fault::copy(v.as_mut_ptr().add(at), p, l) };
+        at += l - rem;
+        if rem != 0 {
+            break;
+        }
+    }
+    if at == 0 && total > 0 {
+        return Err(Errno::FAULT);
+    }
+    v.truncate(at);
+    Ok(v)
+}
+
 impl AtomicFile {
+    /// Another process opens the file (the kernel breaks the lease), or the program maps
+    /// it: from now on this process's writes are in the data file at once (undo-logged),
+    /// where the others and the mapping see them, as with the kernel. Then the lease is
+    /// given back (an open waiting for the break proceeds).
+    pub fn go_shared(&self, inode: &Inode) {
+        let c = self.lock();
+        let mut c = self.quiet(c);
+        let mut data = self.data(inode);
+        if c.go_shared(&mut data).is_err() {
+            engine()
+                .stats
+                .fallback("atomic: going shared failed (file refuses IO)");
+        }
+        drop(c);
+        if self.lease.swap(false, AcqRel) {
+            crate::lease::release(self.dfd());
+            engine()
+                .stats
+                .fallback("atomic: shared with another opener (undo, in place)");
+        }
+    }
+
+    /// The descriptor holding this file's write lease, if any.
+    pub fn lease_fd(&self) -> Option<RawFd> {
+        self.lease.load(Acquire).then(|| self.dfd())
+    }
+
     fn lock(&self) -> MutexGuard<'_, Core<MapLog>> {
         self.core.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -714,7 +881,18 @@ impl AtomicFile {
     }
 
     pub fn size(&self) -> u64 {
-        self.lock().size()
+        let mut c = self.lock();
+        self.observe(&mut c);
+        c.size()
+    }
+
+    /// Shared: take the data file's size (other processes change it too).
+    fn observe(&self, c: &mut Core<MapLog>) {
+        if c.shared() {
+            if let Some(inode) = self.inode.upgrade() {
+                let _ = c.observe_size(&self.data(&inode));
+            }
+        }
     }
 
     /// The kernel changed the data file after [`commit_for_kernel`]: take its size.
@@ -725,7 +903,8 @@ impl AtomicFile {
     /// The size, and whether the data file holds every byte of it (nothing logged,
     /// committed or not, waits to be applied).
     pub fn size_settled(&self) -> (u64, bool) {
-        let c = self.lock();
+        let mut c = self.lock();
+        self.observe(&mut c);
         (c.size(), !c.dirty() && !c.unapplied() && !c.inflight())
     }
 
@@ -741,6 +920,11 @@ impl AtomicFile {
         let mut c = self.lock();
         c.note_read();
         let data = InodeData { inode, fd };
+        let total = bufs.iter().fold(0u64, |a, b| a.saturating_add(b.1 as u64));
+        if c.shared() && off.saturating_add(total) > c.size() {
+            // Past the size this process knew: another may have appended.
+            let _ = c.observe_size(&data);
+        }
         let mut done = 0usize;
         for &(p, l) in bufs {
             let l = l.min(crate::inode::MAX_RW - done);
@@ -789,6 +973,17 @@ impl AtomicFile {
         if c.inflight() && c.needs_room(total) {
             c = self.quiet(c);
         }
+        // Shared: a vectored write is one write, as the kernel's (another process's write
+        // or append never lands between its buffers): gather them first.
+        let gathered;
+        let one;
+        let bufs = if c.shared() && bufs.len() > 1 {
+            gathered = gather(bufs)?;
+            one = [(gathered.as_ptr(), gathered.len())];
+            &one[..]
+        } else {
+            bufs
+        };
         let mut done = 0usize;
         let mut end = off;
         let mut first = true;
@@ -1120,6 +1315,9 @@ pub fn detach(inode: &Inode) -> Res<()> {
     let c = a.lock();
     let mut c = a.quiet(c);
     a.gone.store(true, Release);
+    if a.lease.swap(false, AcqRel) {
+        crate::lease::release(a.dfd());
+    }
     let mut data = a.data(inode);
     let r = c.commit(&mut data);
     a.report(&c.stats);

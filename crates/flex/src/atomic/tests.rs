@@ -42,6 +42,10 @@ enum Pol {
     /// The policy changes at random moments (redo, undo, auto with the workload's reads
     /// counted): transactions switch modes at run time.
     Switch,
+    /// Redo, and at random moments another process opens the file: the file goes shared
+    /// ([`Core::go_shared`]: a redo transaction in progress goes on as undo, in place);
+    /// then back to redo now and then, so conversions happen many times per run.
+    Shared,
 }
 
 /// The background applier, simulated: a batch taken from the core and the next step to
@@ -177,6 +181,7 @@ fn workload_mode(
     core.policy = match pol {
         Pol::Fixed(p) => p,
         Pol::Switch => Policy::Auto,
+        Pol::Shared => Policy::Redo,
     };
     // Idle checkpoints at any log size: more background resets in short workloads.
     core.idle_min = if seed.is_multiple_of(2) { 0 } else { bound / 4 };
@@ -197,6 +202,20 @@ fn workload_mode(
         let before = core.stats.commits;
         if pol == Pol::Switch && r.below(8) == 0 {
             core.policy = [Policy::Redo, Policy::Undo, Policy::Auto][r.below(3) as usize];
+        }
+        if pol == Pol::Shared {
+            if r.below(7) == 0 {
+                if core.inflight() {
+                    app.drain(&mut core, &mut data);
+                }
+                core.go_shared(&mut data).expect("go_shared");
+                assert_eq!(core.policy, Policy::Undo);
+                if core.stats.commits != before {
+                    committed = pending;
+                }
+            } else if r.below(9) == 0 {
+                core.end_shared(Policy::Redo);
+            }
         }
         match r.below(10) {
             0..=3 => {
@@ -548,6 +567,21 @@ fn switching_crash_at_every_fence() {
         200,
         seeds_both_grains(12).map(|(seed, page)| {
             check_run_mode(seed * 7727, page, 90, 24 << 10, 3, false, Pol::Switch)
+        }),
+    );
+}
+
+#[test]
+fn going_shared_crash_at_every_fence() {
+    // Another process opens the file at random moments: committed work is applied and
+    // checkpointed, the redo transaction in progress is redone in place under undo
+    // records. A crash at every fence must still give the last commit (or the one in
+    // flight), and reads must see the process's own writes across the conversion.
+    crash_sweep(
+        "shared",
+        200,
+        seeds_both_grains(12).map(|(seed, page)| {
+            check_run_mode(seed * 6151, page, 90, 24 << 10, 3, false, Pol::Shared)
         }),
     );
 }
