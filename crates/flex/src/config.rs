@@ -421,6 +421,24 @@ mod tests {
     }
 
     #[test]
+    fn vars_are_readme_environment_table() {
+        let readme = include_str!("../../../README.md");
+        let mut documented: Vec<&str> = readme
+            .lines()
+            .filter(|l| l.starts_with("| `FLEX_"))
+            .flat_map(|l| l.split('|').nth(1).unwrap_or("").split('`'))
+            .filter(|w| w.starts_with("FLEX_") && *w != "FLEX_LIB")
+            .collect();
+        documented.sort_unstable();
+        let mut vars: Vec<&str> = VARS.iter().map(|v| v.0).collect();
+        vars.sort_unstable();
+        assert_eq!(
+            vars, documented,
+            "VARS and README's Environment table (FLEX_LIB is flexio's)"
+        );
+    }
+
+    #[test]
     fn valid_values_are_taken() {
         let (c, e) = parse(&[
             ("FLEX_PATHS", "/a/../b::/c/"),
