@@ -76,8 +76,9 @@ impl Default for Config {
 }
 
 /// Every variable of README's "Environment" table that libflex.so reads, with its default
-/// as the README writes it. `FLEX_CPU` and `FLEX_FLUSH` are read by `persist` (which falls
-/// back to the detected instruction); their values are checked here all the same.
+/// (spelled as a value the variable accepts, where there is one: `FLEX_MODE=off`). The
+/// warnings name it. `FLEX_CPU` and `FLEX_FLUSH` are read by `persist` (which falls back to
+/// the detected instruction); their values are checked here all the same.
 pub const VARS: [(&str, &str); 15] = [
     ("FLEX_PATHS", "none"),
     ("FLEX_STATS", "off"),
