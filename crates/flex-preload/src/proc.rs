@@ -58,6 +58,33 @@ exec_call! {
     fn execveat(d: c_int, p: *const c_char, argv: *const *const c_char, envp: *const *const c_char, fl: c_int);
 }
 
+/// `execl`, `execlp` and `execle` take a variadic argument list, which stable Rust cannot
+/// read: csrc/variadic.c gathers it (`flex_execl` & co.) and calls the `execve`/`execvp`
+/// above. The exported names are these naked functions, a single jump to the C code: no
+/// register (`al`, the count of vector arguments, included) and no stack slot changes, so
+/// the C function receives the caller's arguments as if called directly. C definitions of
+/// the exported names themselves would not be exported (a cdylib's version script lists
+/// Rust's symbols only) and, referenced by nothing, not even linked.
+macro_rules! variadic_exec {
+    ($($name:ident => $imp:ident),*) => {
+        extern "C" {
+            $(fn $imp();)*
+        }
+        $(
+            // SAFETY: the body is one `jmp` to a C function of the same ABI defined in this
+            // library (csrc/variadic.c): it touches no register and no stack slot, so the
+            // C function sees the caller's arguments and returns to the caller itself.
+            #[unsafe(naked)]
+            #[no_mangle]
+            pub unsafe extern "C" fn $name() {
+                core::arch::naked_asm!("jmp {}", sym $imp)
+            }
+        )*
+    };
+}
+
+variadic_exec!(execl => flex_execl, execlp => flex_execlp, execle => flex_execle);
+
 /// posix_spawn's file actions may dup any descriptor onto 0-2: hand back all of them.
 macro_rules! spawn_call {
     ($($name:ident),*) => {$(

@@ -74,7 +74,11 @@ static ENGINE: OnceLock<Engine> = OnceLock::new();
 
 /// The engine, created from the environment on first use.
 pub fn engine() -> &'static Engine {
-    ENGINE.get_or_init(|| Engine::new(Config::from_env()))
+    ENGINE.get_or_init(|| {
+        let (config, errors) = Config::from_env();
+        crate::config::warn(&errors);
+        Engine::new(config)
+    })
 }
 
 /// The engine if it was already created (exit hooks must not create it).

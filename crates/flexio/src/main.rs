@@ -4,7 +4,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 #[derive(Parser)]
@@ -60,7 +60,25 @@ fn libflex() -> anyhow::Result<PathBuf> {
         .context("libflex.so not found beside flexio (build the workspace, or set FLEX_LIB)")
 }
 
+/// The `FLEX_*` variables of this environment that break their rule (the rules are
+/// `flex::config`'s, the ones libflex.so applies).
+fn config_errors() -> Vec<flex::config::ConfigError> {
+    flex::config::Config::parse(|k| std::env::var_os(k)).1
+}
+
 fn run(a: RunArgs) -> anyhow::Result<i32> {
+    let errors = config_errors();
+    if !errors.is_empty() {
+        for e in &errors {
+            eprintln!("flexio: {e}");
+        }
+        eprintln!(
+            "flexio: not running {}: fix or unset the variable{} above",
+            a.cmd[0],
+            if errors.len() > 1 { "s" } else { "" }
+        );
+        return Ok(2);
+    }
     let lib = libflex()?;
     let paths = if a.paths.is_empty() {
         vec![std::env::current_dir()?]
@@ -81,8 +99,14 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
         (None, true) => {
             Some(std::env::temp_dir().join(format!("flexio-stats-{}.json", std::process::id())))
         }
-        (None, false) => None,
+        // Inherited: exported again below, absolute.
+        (None, false) => std::env::var_os("FLEX_STATS")
+            .filter(|f| !f.is_empty())
+            .map(PathBuf::from),
     };
+    // Absolute now: a relative name would be resolved in each process's current directory
+    // (a program that changes directory would scatter the statistics).
+    let stats_file = stats_file.map(std::path::absolute).transpose()?;
     let preload = match std::env::var("LD_PRELOAD") {
         Ok(old) if !old.is_empty() => format!("{}:{old}", lib.display()),
         _ => lib.display().to_string(),
@@ -102,7 +126,9 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
         .with_context(|| format!("cannot run {}", a.cmd[0]))?;
     if a.stats {
         if let Some(f) = &stats_file {
-            eprint!("{}", summarize(f)?);
+            // A missing file: no process started the engine.
+            let text = std::fs::read_to_string(f).unwrap_or_default();
+            eprint!("{}", summarize(f, &text)?);
             if a.stats_file.is_none() {
                 let _ = std::fs::remove_file(f);
             }
@@ -113,16 +139,36 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }
 
-/// A readable summary of a FLEX_STATS file.
-fn summarize(file: &PathBuf) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(file).unwrap_or_default();
+/// The text of a FLEX_STATS file for `flexio stats`: a file that cannot be read, is empty
+/// or is not text is an error (no process wrote it, or it is not a stats file).
+fn stats_text(file: &Path) -> anyhow::Result<String> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        bail!(
+            "{} is empty: no process wrote statistics to it",
+            file.display()
+        );
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("{} is not a FLEX_STATS file (not text)", file.display()))
+}
+
+/// A readable summary of the text of a FLEX_STATS file.
+fn summarize(file: &Path, text: &str) -> anyhow::Result<String> {
     let mut served: BTreeMap<String, u64> = BTreeMap::new();
     let mut passed: BTreeMap<String, u64> = BTreeMap::new();
     let mut fallbacks: BTreeMap<String, u64> = BTreeMap::new();
     let mut files: BTreeMap<String, String> = BTreeMap::new();
     let (mut procs, mut rd, mut wr, mut maps) = (0, 0u64, 0u64, 0u64);
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let v: serde_json::Value = serde_json::from_str(line).context("bad FLEX_STATS line")?;
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = || format!("{}:{}: not a FLEX_STATS record", file.display(), n + 1);
+        let v: serde_json::Value = serde_json::from_str(line).with_context(bad)?;
+        if !v["pid"].is_u64() || !v["served"].is_object() || !v["passthrough"].is_object() {
+            bail!("{} (no pid, served or passthrough)", bad());
+        }
         procs += 1;
         let add = |m: &mut BTreeMap<String, u64>, key: &str| {
             if let Some(o) = v[key].as_object() {
@@ -208,10 +254,16 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Stats { file } => {
-            print!("{}", summarize(&file)?);
-            Ok(())
-        }
+        Cmd::Stats { file } => match stats_text(&file).and_then(|t| summarize(&file, &t)) {
+            Ok(s) => {
+                print!("{s}");
+                Ok(())
+            }
+            Err(e) => {
+                eprintln!("flexio: {e:#}");
+                std::process::exit(1)
+            }
+        },
         Cmd::Bench(args) => {
             let flexio_exe = std::env::current_exe()?;
             let libflex = libflex()?;

@@ -203,6 +203,88 @@ fn offsets_and_sizes_survive_execve() {
     assert!(r.stats.served("exec") > 0);
 }
 
+/// Writes 64 lines through one descriptor, overwrites the first word, seeks to 100 and execs
+/// a shell (with `execl`, `execlp` or `execle`, the variadic exec calls) that writes "x" to
+/// the inherited descriptor: the kernel's offset must be 100 then, and the file's size exact.
+const C_EXECL: &str = r#"
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    if (argc != 3) return 2;
+    int fd = open(argv[2], O_RDWR | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) { perror("open"); return 1; }
+    char line[32];
+    for (int i = 0; i < 64; i++) {
+        int n = snprintf(line, sizeof line, "line %02d ........\n", i);
+        if (write(fd, line, n) != n) { perror("write"); return 1; }
+    }
+    /* An overwrite inside the file: served from the mapping. */
+    if (lseek(fd, 0, SEEK_SET) != 0 || write(fd, "LINE", 4) != 4) { perror("LINE"); return 1; }
+    if (lseek(fd, 100, SEEK_SET) != 100) { perror("lseek"); return 1; }
+    char cmd[64];
+    snprintf(cmd, sizeof cmd, "echo x >&%d", fd);
+    char *env[] = { "PATH=/usr/bin:/bin", NULL };
+    if (!strcmp(argv[1], "execl")) execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+    else if (!strcmp(argv[1], "execlp")) execlp("sh", "sh", "-c", cmd, (char *)NULL);
+    else if (!strcmp(argv[1], "execle")) execle("/bin/sh", "sh", "-c", cmd, (char *)NULL, env);
+    perror(argv[1]);
+    return 1;
+}
+"#;
+
+/// Compile a C program for this test binary (reused while its source is unchanged).
+fn compile_c(name: &str, src: &str) -> PathBuf {
+    require("cc", "gcc");
+    let hash = src.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    });
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let out = dir.join(format!("{name}-{hash:016x}"));
+    if !out.exists() {
+        let c = dir.join(format!("{name}-{hash:016x}.{}.c", std::process::id()));
+        std::fs::write(&c, src).expect("write C source");
+        let tmp = c.with_extension("tmp");
+        let o = Command::new("cc")
+            .args(["-O1", "-Wall", "-o"])
+            .arg(&tmp)
+            .arg(&c)
+            .output()
+            .expect("run cc");
+        assert!(
+            o.status.success(),
+            "cc {name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        std::fs::rename(&tmp, &out).expect("rename program");
+        let _ = std::fs::remove_file(&c);
+    }
+    out
+}
+
+#[test]
+fn variadic_exec_hands_the_offset_to_the_kernel() {
+    let prog = compile_c("flex-execl", C_EXECL);
+    let prog = prog.to_str().expect("UTF-8 path");
+    let t = TestDir::new("execl");
+    for call in ["execl", "execlp", "execle"] {
+        let (p, f) = (
+            t.sub(&format!("plain-{call}")),
+            t.sub(&format!("flex-{call}")),
+        );
+        plain(&Spec::new(prog, &[call, "f"], &p)).assert_ok(&format!("{call} (without flex)"));
+        let r = flex(&Spec::new(prog, &[call, "f"], &f), &[&f]);
+        r.assert_ok(&format!("{call} (under flex)"));
+        let data = std::fs::read(p.join("f")).expect("read plain file");
+        assert_eq!((&data[..6], &data[100..102]), (&b"LINE 0"[..], &b"x\n"[..]));
+        assert_eq!(data.len(), 64 * 17);
+        assert_same_file(&p.join("f"), &f.join("f"));
+        r.stats.assert_served(&["write"], "f");
+        assert!(r.stats.served("exec") > 0, "{call}: {}", r.stats.dump());
+    }
+}
+
 #[test]
 fn o_append_from_several_threads() {
     let h = helper();
