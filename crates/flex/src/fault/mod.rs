@@ -15,10 +15,14 @@
 //! may have been written too.
 //!
 //! Without [`install`], a fault kills the process as an ordinary memory access would.
+//!
+//! [`copy_cstr`] reads a NUL-terminated string (a path) out of program memory the same way.
 
+mod cstr;
 mod kernels;
 mod signal;
 
+pub use cstr::{copy_cstr, copy_path, path_buf, PathBuf, PATH_MAX};
 pub use signal::{app_sigaction, app_signal, install, is_installed};
 
 use crate::persist::{self, FlushKind, NtKind};
