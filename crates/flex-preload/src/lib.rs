@@ -10,6 +10,8 @@ compile_error!("libflex.so targets x86_64 Linux (variadic calls rely on the SysV
 
 use engine::sys::{Errno, Res};
 use std::cell::Cell;
+use std::ffi::{c_char, CStr};
+use std::mem::MaybeUninit;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 mod io;
@@ -56,6 +58,18 @@ pub(crate) fn hook(f: impl FnOnce()) {
         f();
         Some(Ok(()))
     });
+}
+
+/// The program's NUL-terminated string at `p` (a path, a mode), copied into `buf` with the
+/// fault-safe copy (at most `buf.len()` bytes, NUL included). `None` when it cannot be read
+/// whole (NULL, unreadable memory, no NUL within the bound): the caller then passes the
+/// original pointer to the kernel (or libc), whose answer (EFAULT, ENAMETOOLONG, a crash in
+/// libc) is the one the program gets without flex. It may install the fault handler, so
+/// call it inside [`guarded`] where the engine may not exist yet.
+#[inline]
+pub(crate) fn user_str(p: *const c_char, buf: &mut [MaybeUninit<u8>]) -> Option<&CStr> {
+    // SAFETY: copy_cstr accepts any address; a bad one faults inside the guarded copy.
+    unsafe { engine::fault::copy_cstr(p, buf) }.ok()
 }
 
 #[inline]
