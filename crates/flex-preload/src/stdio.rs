@@ -194,7 +194,10 @@ pub unsafe extern "C" fn fdopen(fd: c_int, mode: *const c_char) -> *mut FILE {
         let mut mbuf = [MaybeUninit::uninit(); MODE_MAX];
         let mut m: Option<&[u8]> = None;
         crate::hook(|| m = crate::user_str(mode, &mut mbuf).map(|s| s.to_bytes()));
-        if let Some(m) = m.filter(|m| mode_flags(m).is_some()) {
+        if let Some((m, (flags, _))) = m.and_then(|m| Some((m, mode_flags(m)?))) {
+            if !fdopen_check(fd, m, flags) {
+                return core::ptr::null_mut();
+            }
             return cookie_stream(fd, m);
         }
     }
@@ -203,6 +206,33 @@ pub unsafe extern "C" fn fdopen(fd: c_int, mode: *const c_char) -> *mut FILE {
         Some(f) => unsafe { f(fd, mode) },
         None => core::ptr::null_mut(),
     }
+}
+
+/// glibc's fdopen checks before it builds a stream: the descriptor's access mode must
+/// allow the mode's (EINVAL), and an "a" mode sets O_APPEND on the description. False
+/// with errno set when the stream must not be made.
+fn fdopen_check(fd: c_int, m: &[u8], flags: c_int) -> bool {
+    // SAFETY: fcntl with integer arguments (ours: the engine answers for its descriptor).
+    let fl = unsafe { crate::io::fcntl(fd, libc::F_GETFL, 0) };
+    if fl < 0 {
+        return false;
+    }
+    let (have, want) = (fl & libc::O_ACCMODE, flags & libc::O_ACCMODE);
+    if (have == libc::O_RDONLY && want != libc::O_RDONLY)
+        || (have == libc::O_WRONLY && want != libc::O_WRONLY)
+    {
+        crate::set_errno(libc::EINVAL);
+        return false;
+    }
+    if m.first() == Some(&b'a') && fl & libc::O_APPEND == 0 {
+        // SAFETY: as above.
+        let r =
+            unsafe { crate::io::fcntl(fd, libc::F_SETFL, (fl | libc::O_APPEND) as libc::c_long) };
+        if r < 0 {
+            return false;
+        }
+    }
+    true
 }
 
 /// freopen: a stream of ours stops being ours (libc reopens it on a kernel descriptor).
