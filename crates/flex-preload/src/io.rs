@@ -224,10 +224,8 @@ fn open_engine(dirfd: c_int, path: *const c_char, flags: c_int, mode: mode_t) ->
     let needs_mode = flags & libc::O_CREAT != 0 || flags & libc::O_TMPFILE == libc::O_TMPFILE;
     let mode = if needs_mode { mode } else { 0 };
     if !path.is_null() {
-        let mut buf = engine::fault::path_buf();
-        if let Some(r) =
-            guarded(|| posix::open(dirfd, crate::user_str(path, &mut buf)?, flags, mode))
-        {
+        let open = |p: &std::ffi::CStr| posix::open(dirfd, p, flags, mode);
+        if let Some(r) = guarded(|| crate::with_path(path, open)) {
             return r.c();
         }
     }

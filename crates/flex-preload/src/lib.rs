@@ -72,6 +72,23 @@ pub(crate) fn user_str(p: *const c_char, buf: &mut [MaybeUninit<u8>]) -> Option<
     unsafe { engine::fault::copy_cstr(p, buf) }.ok()
 }
 
+/// Run `f` on the program's path at `p`, copied as [`user_str`] does, up to PATH_MAX bytes.
+/// `None` (without calling `f`) when it cannot be read whole: pass the original pointer to
+/// the kernel. Paths up to 512 bytes are copied to the stack, longer ones to the heap: a
+/// 4 KiB buffer in every open would weigh on small thread stacks and signal stacks.
+pub(crate) fn with_path<R>(p: *const c_char, f: impl FnOnce(&CStr) -> Option<R>) -> Option<R> {
+    let mut small = [MaybeUninit::uninit(); 512];
+    // SAFETY: copy_cstr accepts any address; a bad one faults inside the guarded copy.
+    match unsafe { engine::fault::copy_cstr(p, &mut small) } {
+        Ok(s) => f(s),
+        Err(e) if e == Errno::NAMETOOLONG => {
+            let mut big = Box::<[u8]>::new_uninit_slice(engine::fault::PATH_MAX);
+            f(user_str(p, &mut big)?)
+        }
+        Err(_) => None,
+    }
+}
+
 #[inline]
 pub(crate) fn errno() -> i32 {
     // SAFETY: __errno_location returns this thread's errno slot.

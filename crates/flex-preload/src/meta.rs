@@ -114,10 +114,9 @@ fn identity_call(
 ) -> c_int {
     let mut id = None;
     if !path.is_null() && engine::engine::engine_if_started().is_some() {
-        let mut buf = engine::fault::path_buf();
         let _ = guarded(|| {
             // An unreadable path: the kernel answers EFAULT, no name goes away.
-            id = posix::path_identity(dirfd, crate::user_str(path, &mut buf)?);
+            id = crate::with_path(path, |p| posix::path_identity(dirfd, p));
             Some(Ok(()))
         });
     }
@@ -197,9 +196,8 @@ pub unsafe extern "C" fn renameat2(
 #[no_mangle]
 pub unsafe extern "C" fn truncate(p: *const c_char, len: libc::off_t) -> c_int {
     if !p.is_null() && engine::engine::engine_if_started().is_some() {
-        let mut buf = engine::fault::path_buf();
         // An unreadable path goes to the kernel as given (EFAULT, ENAMETOOLONG).
-        if let Some(r) = guarded(|| posix::truncate(crate::user_str(p, &mut buf)?, len)) {
+        if let Some(r) = guarded(|| crate::with_path(p, |p| posix::truncate(p, len))) {
             return crate::CRet::c(r);
         }
     }

@@ -133,16 +133,16 @@ fn open_stream(path: *const c_char, mode: *const c_char, real_fopen: Option<Fope
     }
     // Both strings are copied fault-safely; one that cannot be read goes to libc as given
     // (a bad path: its open answers EFAULT; a bad mode: it faults, as without flex).
-    let mut pbuf = engine::fault::path_buf();
     let mut mbuf = [MaybeUninit::uninit(); MODE_MAX];
     let mut m: &[u8] = &[];
     let mut append_only = false;
     let r = guarded(|| {
         let mb = crate::user_str(mode, &mut mbuf)?.to_bytes();
         let (flags, ao) = mode_flags(mb)?;
-        let p = crate::user_str(path, &mut pbuf)?;
         (m, append_only) = (mb, ao);
-        engine::posix::open(libc::AT_FDCWD, p, flags, 0o666)
+        crate::with_path(path, |p| {
+            engine::posix::open(libc::AT_FDCWD, p, flags, 0o666)
+        })
     });
     let Some(r) = r else {
         return fallback();

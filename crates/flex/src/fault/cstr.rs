@@ -16,15 +16,6 @@ use crate::sys::{Errno, Res};
 /// The kernel's PATH_MAX: the longest path it reads, its NUL included.
 pub const PATH_MAX: usize = 4096;
 
-/// Room for one path copied out of program memory (left uninitialised: nothing to zero).
-pub type PathBuf = [MaybeUninit<u8>; PATH_MAX];
-
-/// An empty [`PathBuf`].
-#[inline]
-pub const fn path_buf() -> PathBuf {
-    [MaybeUninit::uninit(); PATH_MAX]
-}
-
 /// Bytes per guarded copy: one covers most paths, and a string ending early costs little.
 const CHUNK: usize = 256;
 const PAGE: usize = 4096;
@@ -81,16 +72,6 @@ pub unsafe fn copy_cstr(src: *const c_char, buf: &mut [MaybeUninit<u8>]) -> Res<
         got += n;
     }
     Err(Errno::NAMETOOLONG)
-}
-
-/// [`copy_cstr`] for a path: at most [`PATH_MAX`] bytes.
-///
-/// # Safety
-/// As [`copy_cstr`].
-#[inline]
-pub unsafe fn copy_path(src: *const c_char, buf: &mut PathBuf) -> Res<&CStr> {
-    // SAFETY: forwarded contract.
-    unsafe { copy_cstr(src, buf) }
 }
 
 #[cfg(test)]
@@ -160,9 +141,9 @@ mod tests {
     }
 
     fn read(p: *const c_char) -> Res<Vec<u8>> {
-        let mut buf = path_buf();
+        let mut buf = [MaybeUninit::uninit(); PATH_MAX];
         // SAFETY: any address is allowed; faults are recovered by the handler.
-        unsafe { copy_path(p, &mut buf) }.map(|s| s.to_bytes().to_vec())
+        unsafe { copy_cstr(p, &mut buf) }.map(|s| s.to_bytes().to_vec())
     }
 
     #[test]

@@ -22,7 +22,7 @@ mod cstr;
 mod kernels;
 mod signal;
 
-pub use cstr::{copy_cstr, copy_path, path_buf, PathBuf, PATH_MAX};
+pub use cstr::{copy_cstr, PATH_MAX};
 pub use signal::{app_sigaction, app_signal, install, is_installed};
 
 use crate::persist::{self, FlushKind, NtKind};
