@@ -3,7 +3,6 @@
 use crate::{guarded, hook, raw, real, CRet};
 use engine::posix;
 use libc::{c_char, c_int, c_long, c_uint, c_void, iovec, mode_t, off_t, size_t, ssize_t};
-use std::ffi::CStr;
 
 /// Does flex manage any descriptor at all? (One atomic load: the passthrough fast path.)
 #[inline]
@@ -219,22 +218,16 @@ pub unsafe extern "C" fn posix_fallocate64(fd: c_int, off: off_t, len: off_t) ->
 }
 
 /// The flags of an open: the mode argument is read only with O_CREAT or O_TMPFILE, as libc does.
+/// The path is copied fault-safely for the engine; one that cannot be read (EFAULT,
+/// ENAMETOOLONG) goes to the kernel as the program passed it, and the kernel answers.
 fn open_engine(dirfd: c_int, path: *const c_char, flags: c_int, mode: mode_t) -> c_int {
-    if path.is_null() {
-        return raw!(
-            libc::SYS_openat,
-            dirfd,
-            path,
-            flags & !(engine::O_FLEX | engine::config::O_FLEX_ATOMIC),
-            mode
-        ) as c_int;
-    }
     let needs_mode = flags & libc::O_CREAT != 0 || flags & libc::O_TMPFILE == libc::O_TMPFILE;
     let mode = if needs_mode { mode } else { 0 };
-    // SAFETY: a non-null path from the application, NUL-terminated by the open(2) contract.
-    let p = unsafe { CStr::from_ptr(path) };
-    if let Some(r) = guarded(|| posix::open(dirfd, p, flags, mode)) {
-        return r.c();
+    if !path.is_null() {
+        let open = |p: &std::ffi::CStr| posix::open(dirfd, p, flags, mode);
+        if let Some(r) = guarded(|| crate::with_path(path, open)) {
+            return r.c();
+        }
     }
     raw!(
         libc::SYS_openat,

@@ -10,6 +10,8 @@ compile_error!("libflex.so targets x86_64 Linux (variadic calls rely on the SysV
 
 use engine::sys::{Errno, Res};
 use std::cell::Cell;
+use std::ffi::{c_char, CStr};
+use std::mem::MaybeUninit;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 mod io;
@@ -56,6 +58,35 @@ pub(crate) fn hook(f: impl FnOnce()) {
         f();
         Some(Ok(()))
     });
+}
+
+/// The program's NUL-terminated string at `p` (a path, a mode), copied into `buf` with the
+/// fault-safe copy (at most `buf.len()` bytes, NUL included). `None` when it cannot be read
+/// whole (NULL, unreadable memory, no NUL within the bound): the caller then passes the
+/// original pointer to the kernel (or libc), whose answer (EFAULT, ENAMETOOLONG, a crash in
+/// libc) is the one the program gets without flex. It may install the fault handler, so
+/// call it inside [`guarded`] where the engine may not exist yet.
+#[inline]
+pub(crate) fn user_str(p: *const c_char, buf: &mut [MaybeUninit<u8>]) -> Option<&CStr> {
+    // SAFETY: copy_cstr accepts any address; a bad one faults inside the guarded copy.
+    unsafe { engine::fault::copy_cstr(p, buf) }.ok()
+}
+
+/// Run `f` on the program's path at `p`, copied as [`user_str`] does, up to PATH_MAX bytes.
+/// `None` (without calling `f`) when it cannot be read whole: pass the original pointer to
+/// the kernel. Paths up to 512 bytes are copied to the stack, longer ones to the heap: a
+/// 4 KiB buffer in every open would weigh on small thread stacks and signal stacks.
+pub(crate) fn with_path<R>(p: *const c_char, f: impl FnOnce(&CStr) -> Option<R>) -> Option<R> {
+    let mut small = [MaybeUninit::uninit(); 512];
+    // SAFETY: copy_cstr accepts any address; a bad one faults inside the guarded copy.
+    match unsafe { engine::fault::copy_cstr(p, &mut small) } {
+        Ok(s) => f(s),
+        Err(e) if e == Errno::NAMETOOLONG => {
+            let mut big = Box::<[u8]>::new_uninit_slice(engine::fault::PATH_MAX);
+            f(user_str(p, &mut big)?)
+        }
+        Err(_) => None,
+    }
 }
 
 #[inline]

@@ -7,7 +7,6 @@ use crate::{guarded, hook, raw, real};
 use engine::posix;
 use engine::stats::Call;
 use libc::{c_char, c_int, c_uint, sighandler_t};
-use std::ffi::CStr;
 
 fn fix(st: *mut libc::stat) {
     if st.is_null() {
@@ -58,13 +57,27 @@ stat_call! {
 
 /// fstatat with AT_EMPTY_PATH on a descriptor is an fstat.
 fn at_fix(dirfd: c_int, p: *const c_char, st: *mut libc::stat, flags: c_int) {
-    // SAFETY: a successful fstatat had a valid path (or AT_EMPTY_PATH with "").
-    let empty = flags & libc::AT_EMPTY_PATH != 0 && (p.is_null() || unsafe { *p } == 0);
-    if empty {
+    if empty_path(p, flags) {
         fix_fd(dirfd, st)
     } else {
         fix(st)
     }
+}
+
+/// AT_EMPTY_PATH with a NULL or empty path: the call is about `dirfd` itself. The first
+/// byte is read fault-safely (the kernel succeeded, but another thread may have unmapped
+/// the string since); unreadable counts as not empty.
+fn empty_path(p: *const c_char, flags: c_int) -> bool {
+    if flags & libc::AT_EMPTY_PATH == 0 {
+        return false;
+    }
+    if p.is_null() {
+        return true;
+    }
+    let mut first = [std::mem::MaybeUninit::uninit(); 1];
+    let mut empty = false;
+    hook(|| empty = crate::user_str(p, &mut first).is_some());
+    empty
 }
 
 #[no_mangle]
@@ -81,9 +94,7 @@ pub unsafe extern "C" fn statx(
         let s = unsafe { &mut *stx };
         let dev = libc::makedev(s.stx_dev_major, s.stx_dev_minor);
         let mut size = s.stx_size as i64;
-        // SAFETY: as in at_fix.
-        let empty = flags & libc::AT_EMPTY_PATH != 0 && (p.is_null() || unsafe { *p } == 0);
-        if empty {
+        if empty_path(p, flags) {
             hook(|| posix::fstat_fix(dirfd, dev, s.stx_ino, &mut size));
         } else {
             hook(|| posix::fix_stat(dev, s.stx_ino, &mut size));
@@ -102,11 +113,10 @@ fn identity_call(
     f: impl FnOnce() -> c_int,
 ) -> c_int {
     let mut id = None;
-    if !path.is_null() {
-        // SAFETY: a non-null path from the application, NUL-terminated by contract.
-        let p = unsafe { CStr::from_ptr(path) };
+    if !path.is_null() && engine::engine::engine_if_started().is_some() {
         let _ = guarded(|| {
-            id = posix::path_identity(dirfd, p);
+            // An unreadable path: the kernel answers EFAULT, no name goes away.
+            id = crate::with_path(path, |p| posix::path_identity(dirfd, p));
             Some(Ok(()))
         });
     }
@@ -185,10 +195,9 @@ pub unsafe extern "C" fn renameat2(
 
 #[no_mangle]
 pub unsafe extern "C" fn truncate(p: *const c_char, len: libc::off_t) -> c_int {
-    if !p.is_null() {
-        // SAFETY: a non-null path from the application, NUL-terminated by contract.
-        let path = unsafe { CStr::from_ptr(p) };
-        if let Some(r) = guarded(|| posix::truncate(path, len)) {
+    if !p.is_null() && engine::engine::engine_if_started().is_some() {
+        // An unreadable path goes to the kernel as given (EFAULT, ENAMETOOLONG).
+        if let Some(r) = guarded(|| crate::with_path(p, |p| posix::truncate(p, len))) {
             return crate::CRet::c(r);
         }
     }

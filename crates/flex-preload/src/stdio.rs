@@ -6,6 +6,7 @@ use crate::{guarded, real};
 use libc::{c_char, c_int, c_void, size_t, ssize_t, FILE};
 use std::collections::HashMap;
 use std::ffi::CStr;
+use std::mem::MaybeUninit;
 use std::sync::Mutex;
 
 #[repr(C)]
@@ -117,6 +118,10 @@ fn cookie_stream(fd: c_int, mode: &[u8]) -> *mut FILE {
 
 type FopenFn = unsafe extern "C" fn(*const c_char, *const c_char) -> *mut FILE;
 
+/// The longest fopen/fdopen mode string flex parses; a longer one (or an unreadable one)
+/// is libc's to judge.
+const MODE_MAX: usize = 256;
+
 fn open_stream(path: *const c_char, mode: *const c_char, real_fopen: Option<FopenFn>) -> *mut FILE {
     let fallback = || match real_fopen {
         // SAFETY: libc's fopen with the application's arguments.
@@ -126,12 +131,20 @@ fn open_stream(path: *const c_char, mode: *const c_char, real_fopen: Option<Fope
     if path.is_null() || mode.is_null() {
         return fallback();
     }
-    // SAFETY: non-null NUL-terminated strings from the application (fopen's contract).
-    let (p, m) = unsafe { (CStr::from_ptr(path), CStr::from_ptr(mode).to_bytes()) };
-    let Some((flags, append_only)) = mode_flags(m) else {
-        return fallback();
-    };
-    let Some(r) = guarded(|| engine::posix::open(libc::AT_FDCWD, p, flags, 0o666)) else {
+    // Both strings are copied fault-safely; one that cannot be read goes to libc as given
+    // (a bad path: its open answers EFAULT; a bad mode: it faults, as without flex).
+    let mut mbuf = [MaybeUninit::uninit(); MODE_MAX];
+    let mut m: &[u8] = &[];
+    let mut append_only = false;
+    let r = guarded(|| {
+        let mb = crate::user_str(mode, &mut mbuf)?.to_bytes();
+        let (flags, ao) = mode_flags(mb)?;
+        (m, append_only) = (mb, ao);
+        crate::with_path(path, |p| {
+            engine::posix::open(libc::AT_FDCWD, p, flags, 0o666)
+        })
+    });
+    let Some(r) = r else {
         return fallback();
     };
     let fd = match r {
@@ -177,9 +190,14 @@ pub unsafe extern "C" fn fopen64(path: *const c_char, mode: *const c_char) -> *m
 #[no_mangle]
 pub unsafe extern "C" fn fdopen(fd: c_int, mode: *const c_char) -> *mut FILE {
     if !mode.is_null() && engine::posix::is_managed(fd) {
-        // SAFETY: NUL-terminated mode string (fdopen's contract).
-        let m = unsafe { CStr::from_ptr(mode) }.to_bytes();
-        if mode_flags(m).is_some() {
+        // An unreadable mode goes to libc as given (it faults there, as without flex).
+        let mut mbuf = [MaybeUninit::uninit(); MODE_MAX];
+        let mut m: Option<&[u8]> = None;
+        crate::hook(|| m = crate::user_str(mode, &mut mbuf).map(|s| s.to_bytes()));
+        if let Some((m, (flags, _))) = m.and_then(|m| Some((m, mode_flags(m)?))) {
+            if !fdopen_check(fd, m, flags) {
+                return core::ptr::null_mut();
+            }
             return cookie_stream(fd, m);
         }
     }
@@ -188,6 +206,33 @@ pub unsafe extern "C" fn fdopen(fd: c_int, mode: *const c_char) -> *mut FILE {
         Some(f) => unsafe { f(fd, mode) },
         None => core::ptr::null_mut(),
     }
+}
+
+/// glibc's fdopen checks before it builds a stream: the descriptor's access mode must
+/// allow the mode's (EINVAL), and an "a" mode sets O_APPEND on the description. False
+/// with errno set when the stream must not be made.
+fn fdopen_check(fd: c_int, m: &[u8], flags: c_int) -> bool {
+    // SAFETY: fcntl with integer arguments (ours: the engine answers for its descriptor).
+    let fl = unsafe { crate::io::fcntl(fd, libc::F_GETFL, 0) };
+    if fl < 0 {
+        return false;
+    }
+    let (have, want) = (fl & libc::O_ACCMODE, flags & libc::O_ACCMODE);
+    if (have == libc::O_RDONLY && want != libc::O_RDONLY)
+        || (have == libc::O_WRONLY && want != libc::O_WRONLY)
+    {
+        crate::set_errno(libc::EINVAL);
+        return false;
+    }
+    if m.first() == Some(&b'a') && fl & libc::O_APPEND == 0 {
+        // SAFETY: as above.
+        let r =
+            unsafe { crate::io::fcntl(fd, libc::F_SETFL, (fl | libc::O_APPEND) as libc::c_long) };
+        if r < 0 {
+            return false;
+        }
+    }
+    true
 }
 
 /// freopen: a stream of ours stops being ours (libc reopens it on a kernel descriptor).

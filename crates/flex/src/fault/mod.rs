@@ -15,10 +15,14 @@
 //! may have been written too.
 //!
 //! Without [`install`], a fault kills the process as an ordinary memory access would.
+//!
+//! [`copy_cstr`] reads a NUL-terminated string (a path) out of program memory the same way.
 
+mod cstr;
 mod kernels;
 mod signal;
 
+pub use cstr::{copy_cstr, PATH_MAX};
 pub(crate) use signal::install_info_handler;
 pub use signal::{app_sigaction, app_signal, install, is_installed};
 
