@@ -30,6 +30,11 @@ pub struct Config {
     pub populate_max: u64,
     /// Mappings kept after the last close, for reuse by the next open (`FLEX_MAP_CACHE`).
     pub map_cache: usize,
+    /// A closed file's mapping is released in the background after this idle time
+    /// (`FLEX_IDLE_UNMAP`, seconds, fractions allowed).
+    pub idle_unmap: std::time::Duration,
+    /// Idle mapped bytes beyond this are released at once, oldest first (`FLEX_IDLE_BYTES`).
+    pub idle_bytes: u64,
     /// Smallest growth step of an appended file (`FLEX_GROW_MIN`).
     pub grow_min: u64,
     /// Disable the engine entirely (`FLEX_DISABLE=1`): everything passes through.
@@ -58,6 +63,8 @@ impl Default for Config {
             adopt_after: 2,
             populate_max: 4 << 30,
             map_cache: 16384,
+            idle_unmap: std::time::Duration::from_secs(1),
+            idle_bytes: 1 << 30,
             grow_min: 1 << 20,
             disabled: false,
             atomic: false,
@@ -78,6 +85,11 @@ fn parse_size(v: &OsStr) -> Option<u64> {
         _ => (s, 1),
     };
     num.parse::<u64>().ok()?.checked_mul(mul)
+}
+
+/// Seconds, fractions allowed (`0.001`).
+fn parse_secs(v: &OsStr) -> Option<std::time::Duration> {
+    std::time::Duration::try_from_secs_f64(v.to_str()?.trim().parse().ok()?).ok()
 }
 
 /// Lexically normalise an absolute path: collapse `//`, `.` and `..` (no symlinks resolved).
@@ -132,6 +144,12 @@ impl Config {
         if let Some(v) = get("FLEX_MAP_CACHE").as_deref().and_then(parse_size) {
             c.map_cache = v as usize;
         }
+        if let Some(v) = get("FLEX_IDLE_UNMAP").as_deref().and_then(parse_secs) {
+            c.idle_unmap = v;
+        }
+        if let Some(v) = get("FLEX_IDLE_BYTES").as_deref().and_then(parse_size) {
+            c.idle_bytes = v;
+        }
         if let Some(v) = get("FLEX_GROW_MIN").as_deref().and_then(parse_size) {
             c.grow_min = v.max(64 << 10).next_power_of_two();
         }
@@ -177,5 +195,10 @@ mod tests {
         assert_eq!(parse_size(OsStr::new("4k")), Some(4096));
         assert_eq!(parse_size(OsStr::new("2M")), Some(2 << 20));
         assert_eq!(parse_size(OsStr::new("x")), None);
+        assert_eq!(
+            parse_secs(OsStr::new("0.001")),
+            Some(std::time::Duration::from_millis(1))
+        );
+        assert_eq!(parse_secs(OsStr::new("-1")), None);
     }
 }

@@ -925,7 +925,17 @@ impl Inode {
         self.trim(fd)
     }
 
-    /// Unmap (cache eviction, unlink).
+    /// Bytes of address space the mapping holds (0: unmapped).
+    pub fn mapped_len(&self) -> u64 {
+        let m = self.map_r();
+        if m.base.is_null() {
+            0
+        } else {
+            m.len as u64
+        }
+    }
+
+    /// Unmap (cache eviction, unlink, idle release).
     pub fn unmap(&self) {
         let mut m = self.map_w();
         if !m.base.is_null() {
