@@ -927,6 +927,11 @@ impl Inode {
 
     /// Bytes of address space the mapping holds (0: unmapped).
     pub fn mapped_len(&self) -> u64 {
+        if self.state.load(Acquire) & MAPPED == 0 {
+            // Published as the map lock is released: an IO that mapped the file before
+            // this close is seen (never-mapped small files skip the lock).
+            return 0;
+        }
         let m = self.map_r();
         if m.base.is_null() {
             0
