@@ -36,6 +36,11 @@ pub struct Config {
     pub populate_max: u64,
     /// Mappings kept after the last close, for reuse by the next open (`FLEX_MAP_CACHE`).
     pub map_cache: usize,
+    /// A closed file's mapping is released in the background after this idle time
+    /// (`FLEX_IDLE_UNMAP`, seconds, fractions allowed).
+    pub idle_unmap: std::time::Duration,
+    /// Idle mapped bytes beyond this are released at once, oldest first (`FLEX_IDLE_BYTES`).
+    pub idle_bytes: u64,
     /// Smallest growth step of an appended file (`FLEX_GROW_MIN`).
     pub grow_min: u64,
     /// Disable the engine entirely (`FLEX_DISABLE=1`): everything passes through.
@@ -64,6 +69,8 @@ impl Default for Config {
             adopt_after: 2,
             populate_max: 4 << 30,
             map_cache: 16384,
+            idle_unmap: std::time::Duration::from_secs(1),
+            idle_bytes: 1 << 30,
             grow_min: 1 << 20,
             disabled: false,
             atomic: false,
@@ -79,13 +86,15 @@ impl Default for Config {
 /// (spelled as a value the variable accepts, where there is one: `FLEX_MODE=off`). The
 /// warnings name it. `FLEX_CPU` and `FLEX_FLUSH` are read by `persist` (which falls back to
 /// the detected instruction); their values are checked here all the same.
-pub const VARS: [(&str, &str); 15] = [
+pub const VARS: [(&str, &str); 17] = [
     ("FLEX_PATHS", "none"),
     ("FLEX_STATS", "off"),
     ("FLEX_LOG", "off"),
     ("FLEX_ADOPT_AFTER", "2"),
     ("FLEX_POPULATE_MAX", "4G"),
     ("FLEX_MAP_CACHE", "16384"),
+    ("FLEX_IDLE_UNMAP", "1"),
+    ("FLEX_IDLE_BYTES", "1G"),
     ("FLEX_GROW_MIN", "1M"),
     ("FLEX_MODE", "off"),
     ("FLEX_ATOMIC", "fsync"),
@@ -250,6 +259,16 @@ impl<G: Fn(&str) -> Option<OsString>> Reader<G> {
     }
 }
 
+/// Seconds, fractions allowed (`0.001`).
+fn parse_secs(v: &OsStr) -> Rule<std::time::Duration> {
+    text(v)?
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .and_then(|f| std::time::Duration::try_from_secs_f64(f).ok())
+        .ok_or_else(|| "not a time (use seconds, fractions allowed: 0.5)".to_string())
+}
+
 /// Lexically normalise an absolute path: collapse `//`, `.` and `..` (no symlinks resolved).
 pub fn normalize(path: &[u8]) -> Vec<u8> {
     let mut parts: Vec<&[u8]> = Vec::new();
@@ -324,6 +343,12 @@ impl Config {
         }
         if let Some(n) = r.take("FLEX_POPULATE_MAX", parse_size) {
             c.populate_max = n;
+        }
+        if let Some(v) = r.take("FLEX_IDLE_UNMAP", parse_secs) {
+            c.idle_unmap = v;
+        }
+        if let Some(v) = r.take("FLEX_IDLE_BYTES", parse_size) {
+            c.idle_bytes = v;
         }
         if let Some(n) = r.take("FLEX_MAP_CACHE", |v| parse_count(v, usize::MAX as u64)) {
             c.map_cache = n as usize;
@@ -490,5 +515,10 @@ mod tests {
                 "FLEX_MODE=bogus: not a mode (use atomic or off)",
             ]
         );
+        assert_eq!(
+            parse_secs(OsStr::new("0.001")),
+            Ok(std::time::Duration::from_millis(1))
+        );
+        assert!(parse_secs(OsStr::new("-1")).is_err());
     }
 }

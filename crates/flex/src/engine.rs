@@ -1,19 +1,24 @@
 //! The process-wide engine: configuration, statistics, the descriptor table and the
-//! inode cache (which keeps mappings alive across close, so reopening is cheap).
+//! inode cache (which keeps mappings alive across close, so reopening is cheap), and the
+//! background thread that releases idle mappings.
 
 use crate::config::{Config, LogLevel};
 use crate::desc::Table;
 use crate::inode::Inode;
+use crate::log::flex_log;
 use crate::stats::Stats;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, Ordering::*};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::Instant;
 
 pub struct Engine {
     pub config: Config,
     pub stats: Stats,
     pub table: Table,
     inodes: Mutex<Inodes>,
+    /// Wakes the unmapper (paired with `inodes`).
+    unmapper_cv: Condvar,
     /// Inodes of this process currently over-allocated (in trailer mode).
     pub trailer_files: AtomicI64,
     /// Files in atomic mode in this process (stat by path reports their size).
@@ -46,16 +51,63 @@ struct Inodes {
     /// Inodes with no open description (the mapping cache), by the time they went idle:
     /// oldest first, O(log n) to find and to remove.
     idle: BTreeMap<u64, (u64, u64)>,
-    /// When each idle inode went idle (its key in `idle`).
-    idle_since: HashMap<(u64, u64), u64>,
+    /// The idle inodes that hold a mapping, by the same key, with the instant they went
+    /// idle: the unmapper's queue.
+    mapped: BTreeMap<u64, ((u64, u64), Instant)>,
+    /// When each idle inode went idle (its key in `idle`), and the bytes its mapping holds.
+    idle_since: HashMap<(u64, u64), (u64, u64)>,
+    /// Address space held by idle mappings (the sum over `mapped`).
+    idle_bytes: u64,
     clock: u64,
+    /// The process whose unmapper thread runs (0: none; another pid: inherited by fork,
+    /// the thread did not survive it).
+    unmapper: u32,
+    /// The thread could not be created: closes release due mappings themselves.
+    no_unmapper: bool,
+    unmapper_wait: Wait,
+}
+
+/// What the unmapper thread is doing: a close wakes it only when it has to.
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// Running (it looks at the queue again before it sleeps).
+    #[default]
+    Awake,
+    /// Until the oldest idle mapping is due.
+    Timed,
+    /// Until woken (nothing was due at any time it can compute).
+    Forever,
 }
 
 impl Inodes {
     fn unidle(&mut self, k: (u64, u64)) {
-        if let Some(t) = self.idle_since.remove(&k) {
+        if let Some((t, bytes)) = self.idle_since.remove(&k) {
             self.idle.remove(&t);
+            if bytes > 0 {
+                self.mapped.remove(&t);
+                self.idle_bytes = self.idle_bytes.saturating_sub(bytes);
+            }
         }
+    }
+
+    /// Take an idle inode out of the cache (the caller unmaps it, outside the lock).
+    fn take(&mut self, k: (u64, u64)) -> Option<Arc<Inode>> {
+        self.unidle(k);
+        self.map.remove(&k)
+    }
+
+    /// Idle mappings due for release: the oldest while idle mapped bytes exceed the bound,
+    /// and every one idle for longer than the idle time.
+    fn due(&mut self, now: Instant, c: &Config) -> Vec<Arc<Inode>> {
+        let mut out = Vec::new();
+        while let Some((&t, &(k, at))) = self.mapped.first_key_value() {
+            if self.idle_bytes <= c.idle_bytes && now.saturating_duration_since(at) < c.idle_unmap {
+                break;
+            }
+            self.mapped.remove(&t);
+            out.extend(self.take(k));
+        }
+        out
     }
 }
 
@@ -98,6 +150,7 @@ impl Engine {
             stats: Stats::default(),
             table: Table::new(),
             inodes: Mutex::new(Inodes::default()),
+            unmapper_cv: Condvar::new(),
             trailer_files: AtomicI64::new(0),
             atomic_files: AtomicI64::new(0),
             exiting: std::sync::atomic::AtomicBool::new(false),
@@ -200,6 +253,7 @@ impl Engine {
     }
 
     /// A description of this inode closed: keep it cached, evicting the oldest idle ones.
+    /// Its mapping is released later by the unmapper thread (idle time, idle bytes).
     pub fn release(&self, inode: &Arc<Inode>) {
         let mut g = self.inodes.lock().unwrap_or_else(|p| p.into_inner());
         if inode
@@ -211,22 +265,165 @@ impl Engine {
         }
         g.clock += 1;
         let (t, k) = (g.clock, (inode.dev, inode.ino));
+        let bytes = inode.mapped_len();
         g.idle.insert(t, k);
-        g.idle_since.insert(k, t);
+        g.idle_since.insert(k, (t, bytes));
+        if bytes > 0 {
+            g.mapped.insert(t, (k, Instant::now()));
+            g.idle_bytes += bytes;
+        }
         let mut evicted = Vec::new();
         while g.idle.len() > self.config.map_cache {
             let Some((_, k)) = g.idle.pop_first() else {
                 break;
             };
-            g.idle_since.remove(&k);
-            if let Some(i) = g.map.remove(&k) {
-                evicted.push(i);
+            evicted.extend(g.take(k));
+        }
+        let (mut wake, mut spawn) = (false, false);
+        if bytes > 0 && g.idle_since.contains_key(&k) {
+            let pid = self.pid.load(Relaxed);
+            if g.no_unmapper {
+                evicted.extend(g.due(Instant::now(), &self.config));
+            } else if g.unmapper != pid {
+                // First idle mapping of this process (or of this forked child).
+                if !self.exiting.load(Relaxed) {
+                    g.unmapper = pid;
+                    g.unmapper_wait = Wait::Awake;
+                    spawn = true;
+                }
+            } else if (g.unmapper_wait == Wait::Forever && g.mapped.len() == 1)
+                || (g.unmapper_wait != Wait::Awake && g.idle_bytes > self.config.idle_bytes)
+            {
+                // Its queue was empty, or the bound is passed: the thread's timeout does
+                // not cover this one. (Otherwise the oldest entry's deadline comes first.)
+                g.unmapper_wait = Wait::Awake;
+                wake = true;
             }
         }
         drop(g);
+        if wake {
+            self.unmapper_cv.notify_one();
+        }
         for i in evicted {
             i.unmap();
         }
+        if spawn {
+            self.start_unmapper();
+        }
+    }
+
+    /// Start this process's unmapper thread. Signals stay blocked in it (they are the
+    /// application's, for its own threads), except glibc's internal cancellation and
+    /// set*id signals (32, 33: setuid waits for every thread to take the latter).
+    fn start_unmapper(&self) {
+        let all: u64 = !((1 << 31) | (1 << 32));
+        let mut old: u64 = 0;
+        // SAFETY: rt_sigprocmask with two valid 8-byte sets (the kernel's sigset size).
+        let masked = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigprocmask,
+                libc::SIG_SETMASK,
+                &all as *const u64,
+                &mut old as *mut u64,
+                8usize,
+            )
+        } == 0;
+        let spawned = std::thread::Builder::new()
+            .name("flex-unmap".into())
+            .stack_size(128 << 10)
+            .spawn(|| engine().unmapper())
+            .is_ok();
+        if masked {
+            // SAFETY: as above; restores this thread's own mask.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_rt_sigprocmask,
+                    libc::SIG_SETMASK,
+                    &old as *const u64,
+                    core::ptr::null_mut::<u64>(),
+                    8usize,
+                )
+            };
+        }
+        if !spawned {
+            flex_log!(
+                LogLevel::Info,
+                "no unmapper thread: closes release idle mappings"
+            );
+            let mut g = self.inodes.lock().unwrap_or_else(|p| p.into_inner());
+            g.no_unmapper = true;
+            let due = g.due(Instant::now(), &self.config);
+            drop(g);
+            for i in due {
+                i.unmap();
+            }
+        }
+    }
+
+    /// The unmapper thread: sleeps until the oldest idle mapping is due (or a close wakes
+    /// it), takes every due inode out of the cache under the lock, unmaps them outside it.
+    /// An open that finds an inode before that revives it (the thread no longer sees it);
+    /// one that comes after creates a fresh inode. Never joined: exit does not wait.
+    fn unmapper(&self) {
+        let mut g = self.inodes.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            let now = Instant::now();
+            let batch = g.due(now, &self.config);
+            if !batch.is_empty() {
+                drop(g);
+                let (n, t0) = (batch.len(), Instant::now());
+                let mut bytes = 0;
+                for i in &batch {
+                    bytes += i.mapped_len();
+                    i.unmap();
+                }
+                drop(batch);
+                flex_log!(
+                    LogLevel::Debug,
+                    "idle unmap: {n} files, {bytes} bytes in {} us",
+                    t0.elapsed().as_micros()
+                );
+                g = self.inodes.lock().unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            let deadline = g
+                .mapped
+                .first_key_value()
+                .and_then(|(_, &(_, at))| at.checked_add(self.config.idle_unmap));
+            g = match deadline {
+                Some(d) => {
+                    g.unmapper_wait = Wait::Timed;
+                    let wait = d.saturating_duration_since(now);
+                    self.unmapper_cv
+                        .wait_timeout(g, wait)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+                None => {
+                    g.unmapper_wait = Wait::Forever;
+                    self.unmapper_cv.wait(g).unwrap_or_else(|p| p.into_inner())
+                }
+            };
+            g.unmapper_wait = Wait::Awake;
+        }
+    }
+
+    /// In a forked child: the parent's unmapper did not survive fork; start the child's
+    /// own if it inherited idle mappings. (A lock held at the fork by a thread that is
+    /// gone stays held: then nothing is started here.)
+    pub fn after_fork_child(&self) {
+        let mut g = match self.inodes.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
+        if g.mapped.is_empty() || g.no_unmapper {
+            return;
+        }
+        g.unmapper = self.pid.load(Relaxed);
+        g.unmapper_wait = Wait::Awake;
+        drop(g);
+        self.start_unmapper();
     }
 
     /// A path is unlinked or replaced: drop its cached mapping if no description uses it,
@@ -238,8 +435,7 @@ impl Engine {
             .get(&(dev, ino))
             .is_some_and(|i| i.descs.load(std::sync::atomic::Ordering::Acquire) == 0);
         if idle {
-            let i = g.map.remove(&(dev, ino));
-            g.unidle((dev, ino));
+            let i = g.take((dev, ino));
             drop(g);
             if let Some(i) = i {
                 i.unmap();

@@ -1060,7 +1060,22 @@ impl Inode {
         self.trim(fd)
     }
 
-    /// Unmap (cache eviction, unlink).
+    /// Bytes of address space the mapping holds (0: unmapped).
+    pub fn mapped_len(&self) -> u64 {
+        if self.state.load(Acquire) & MAPPED == 0 {
+            // Published as the map lock is released: an IO that mapped the file before
+            // this close is seen (never-mapped small files skip the lock).
+            return 0;
+        }
+        let m = self.map_r();
+        if m.base.is_null() {
+            0
+        } else {
+            m.len as u64
+        }
+    }
+
+    /// Unmap (cache eviction, unlink, idle release).
     pub fn unmap(&self) {
         let mut m = self.map_w();
         if !m.base.is_null() {

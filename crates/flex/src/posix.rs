@@ -1246,6 +1246,7 @@ pub fn after_fork_child() {
             rustix::process::getpid().as_raw_nonzero().get() as u32,
             Relaxed,
         );
+        e.after_fork_child();
     }
 }
 
