@@ -10,6 +10,7 @@
 
 pub mod core;
 pub mod log;
+pub mod site;
 
 #[cfg(test)]
 mod tests;
@@ -422,22 +423,6 @@ impl Slot {
     }
 }
 
-/// The log's path for a data file opened as `path`: `<dir>/.<name>.flexlog`.
-pub fn log_path(path: &[u8]) -> Option<CString> {
-    let (dir, name) = match path.iter().rposition(|&b| b == b'/') {
-        Some(i) => (&path[..=i], &path[i + 1..]),
-        None => (&b""[..], path),
-    };
-    if name.is_empty() {
-        return None;
-    }
-    let mut v = dir.to_vec();
-    v.push(b'.');
-    v.extend_from_slice(name);
-    v.extend_from_slice(b".flexlog");
-    CString::new(v).ok()
-}
-
 fn fresh_gen() -> u64 {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -504,29 +489,118 @@ fn unlink_log(path: &CStr, ino: u64) {
     }
 }
 
-/// Recover through a plain descriptor (read-only opens, `flexio recover`): replay the
-/// committed transactions of the log, if any, then remove the log. Ok(None): no log.
-pub fn recover_fd(dirfd: RawFd, path: &CStr, fd: RawFd) -> Res<Option<Replayed>> {
-    let Some(lpath) = log_path(path.to_bytes()) else {
+/// A data file's log, open and locked (see [`site`]).
+struct LogFile {
+    fd: RawFd,
+    /// The log's own inode number (it is removed only if still the same file).
+    ino: u64,
+    /// Absolute path.
+    path: CString,
+    /// The data file's identity in the header ([`site::ident`]).
+    ident: u64,
+}
+
+/// Find the log of the data file `fd` (status `st`) in its flex directory, or with
+/// `create` make one. Ok(None): none found (`create` false), or no flex directory can be
+/// made (the caller serves the file plainly). EBUSY: another live process holds it.
+/// Where the log lives is decided here only ([`site`]); [`attach`] and recovery call it.
+fn find_log(fd: RawFd, st: &rustix::fs::Stat, create: bool) -> Res<Option<LogFile>> {
+    let ident = site::ident(fd, st.st_ino);
+    let dirs = site::dirs(fd, st.st_dev);
+    let found = |lfd: RawFd, ino: u64, path: CString| LogFile {
+        fd: lfd,
+        ino,
+        path,
+        ident,
+    };
+    // An existing log first, in whichever directory it is.
+    for (d, _) in &dirs {
+        let Some(p) = site::log_in(d, st.st_ino) else {
+            continue;
+        };
+        if sys::fstatat(libc::AT_FDCWD, &p, libc::AT_SYMLINK_NOFOLLOW).is_err() {
+            continue;
+        }
+        if let Some((lfd, ino)) = open_log(libc::AT_FDCWD, &p, st.st_mode, false)? {
+            return Ok(Some(found(lfd, ino, p)));
+        }
+    }
+    if !create {
+        return Ok(None);
+    }
+    for (d, mode) in &dirs {
+        if site::make_dir(d, *mode).is_err() {
+            continue;
+        }
+        let Some(p) = site::log_in(d, st.st_ino) else {
+            continue;
+        };
+        match open_log(libc::AT_FDCWD, &p, st.st_mode, true) {
+            Ok(Some((lfd, ino))) => return Ok(Some(found(lfd, ino, p))),
+            Err(Errno::BUSY) => return Err(Errno::BUSY),
+            Ok(None) | Err(_) => {}
+        }
+    }
+    Ok(None)
+}
+
+/// Is there a log of the data file (a new-location one, or an old `.<name>.flexlog`)?
+fn has_log(fd: RawFd, st: &rustix::fs::Stat, dirfd: RawFd, path: &CStr) -> bool {
+    let exists = |p: &CStr| sys::fstatat(dirfd, p, libc::AT_SYMLINK_NOFOLLOW).is_ok();
+    site::legacy_path(path.to_bytes()).is_some_and(|p| exists(&p))
+        || site::dirs(fd, st.st_dev)
+            .iter()
+            .filter_map(|(d, _)| site::log_in(d, st.st_ino))
+            .any(|p| exists(&p))
+}
+
+/// Replay the log `lfd` into the data file `fd` through plain system calls.
+fn replay_plain(lfd: RawFd, ident: u64, fd: RawFd) -> Res<Replayed> {
+    let m = FileLog {
+        fd: lfd,
+        len: sys::fstat(lfd)?.st_size as u64,
+    };
+    let (_log, r) = core::recover(m, ident, &mut FdData(fd), fresh_gen())?;
+    Ok(r)
+}
+
+/// A log of an older version, `<dir>/.<name>.flexlog` beside the data file (its header
+/// names the data file by inode number only): recover from it and remove it. Such logs
+/// are never created any more.
+fn recover_legacy(dirfd: RawFd, path: &CStr, fd: RawFd) -> Res<Option<Replayed>> {
+    let Some(lpath) = site::legacy_path(path.to_bytes()) else {
         return Ok(None);
     };
+    if sys::fstatat(dirfd, &lpath, libc::AT_SYMLINK_NOFOLLOW).is_err() {
+        return Ok(None);
+    }
     let st = sys::fstat(fd)?;
     let Some((lfd, _)) = open_log(dirfd, &lpath, st.st_mode, false)? else {
         return Ok(None);
     };
-    let r = (|| {
-        let m = FileLog {
-            fd: lfd,
-            len: sys::fstat(lfd)?.st_size as u64,
-        };
-        let (_log, r) = core::recover(m, st.st_ino, &mut FdData(fd), fresh_gen())?;
-        Ok(r)
-    })();
+    let r = replay_plain(lfd, st.st_ino, fd);
     if r.is_ok() {
         // SAFETY: a raw system call with a valid path string.
         unsafe { libc::syscall(libc::SYS_unlinkat, dirfd, lpath.as_ptr(), 0) };
     }
     let _ = sys::close(lfd);
+    r.map(Some)
+}
+
+/// Recover through a plain read-write descriptor (read-only opens, `flexio recover`):
+/// replay the committed transactions of the file's log, if any, then remove the log (an
+/// old-location log first, see [`recover_legacy`]). Ok(None): no log.
+pub fn recover_fd(dirfd: RawFd, path: &CStr, fd: RawFd) -> Res<Option<Replayed>> {
+    let old = recover_legacy(dirfd, path, fd)?;
+    let st = sys::fstat(fd)?;
+    let Some(l) = find_log(fd, &st, false)? else {
+        return Ok(old);
+    };
+    let r = replay_plain(l.fd, l.ident, fd);
+    if r.is_ok() {
+        unlink_log(&l.path, l.ino);
+    }
+    let _ = sys::close(l.fd);
     r.map(Some)
 }
 
@@ -618,16 +692,18 @@ pub fn attach(inode: &Arc<Inode>, fd: RawFd, writable: bool, dirfd: RawFd, path:
             Err(err) => Err(err),
         };
     }
-    let lpath = log_path(path.to_bytes()).ok_or(Errno::INVAL)?;
+    // A crash under an older version left its log beside the file: recover it first.
+    if let Some(r) = recover_legacy(dirfd, path, fd)? {
+        inode.adopt_size(r.size);
+        e.stats.recoveries.fetch_add(1, Relaxed);
+    }
     let st = sys::fstat(fd)?;
-    let Some((lfd, lino)) = open_log(dirfd, &lpath, st.st_mode, true)? else {
-        return Err(Errno::NOENT);
+    let Some(l) = find_log(fd, &st, true)? else {
+        // Never a log in the program's directories: the file is served plainly.
+        e.stats.fallback("atomic: no place for the log");
+        return Ok(());
     };
-    let lfd = e.keep_private(lfd);
-    let abs = std::fs::read_link(format!("/proc/self/fd/{lfd}"))
-        .ok()
-        .and_then(|p| CString::new(std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str())).ok())
-        .unwrap_or_else(|| lpath.clone());
+    let (lfd, lino, abs, ident) = (e.keep_private(l.fd), l.ino, l.path, l.ident);
     let mut m = match MapLog::new(lfd) {
         Ok(m) => m,
         Err(err) => {
@@ -641,7 +717,7 @@ pub fn attach(inode: &Arc<Inode>, fd: RawFd, writable: bool, dirfd: RawFd, path:
         inode.set_nomap();
     }
     let mut data = InodeData { inode, fd };
-    let (log, r) = core::recover(m, st.st_ino, &mut data, fresh_gen())?;
+    let (log, r) = core::recover(m, ident, &mut data, fresh_gen())?;
     if r.txns > 0 || r.discarded > 0 {
         e.stats.recoveries.fetch_add(1, Relaxed);
     }
@@ -672,8 +748,7 @@ pub fn attach(inode: &Arc<Inode>, fd: RawFd, writable: bool, dirfd: RawFd, path:
 }
 
 fn recover_read_only(dirfd: RawFd, path: &CStr, fd: RawFd) -> Res<Option<Replayed>> {
-    let lpath = log_path(path.to_bytes()).ok_or(Errno::INVAL)?;
-    if sys::fstatat(dirfd, &lpath, libc::AT_SYMLINK_NOFOLLOW).is_err() {
+    if !has_log(fd, &sys::fstat(fd)?, dirfd, path) {
         return Ok(None);
     }
     let p = CString::new(format!("/proc/self/fd/{fd}")).map_err(|_| Errno::INVAL)?;
@@ -1120,6 +1195,25 @@ pub fn detach(inode: &Inode) -> Res<()> {
         e.stats.fallback("atomic: early commit (log full)");
     }
     Ok(())
+}
+
+/// Does this process have a file in atomic mode (one load; the timestamp calls ask)?
+pub fn any_attached() -> bool {
+    crate::engine::engine_if_started().is_some_and(|e| e.atomic_files.load(Relaxed) > 0)
+}
+
+/// The program is about to set the timestamps of the file `(dev, ino)` (`utimensat`,
+/// `futimens`, ...): if it is in atomic mode here, commit and apply what is logged, so
+/// that no change flex makes to the data file later (a redo transaction's writes, the
+/// truncation of an `O_TRUNC` open) bumps the times the program sets. A commit point, as
+/// the other calls that hand the file to the kernel.
+pub fn before_set_times(dev: u64, ino: u64) {
+    let Some(e) = crate::engine::engine_if_started() else {
+        return;
+    };
+    if let Some(inode) = e.lookup(dev, ino) {
+        commit_for_kernel(&inode);
+    }
 }
 
 /// Commit without leaving atomic mode (fsync hooks use `AtomicFile::commit`; this is for
