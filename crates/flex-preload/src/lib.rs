@@ -12,10 +12,12 @@ use engine::sys::{Errno, Res};
 use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+mod dir;
 mod io;
 mod meta;
 mod proc;
 mod stdio;
+mod times;
 
 thread_local! {
     /// Set while this thread runs engine code: a libc call made from inside the engine
