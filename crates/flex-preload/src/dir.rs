@@ -128,3 +128,118 @@ readdir_call!(readdir, dirent);
 readdir_call!(readdir64, dirent64);
 readdir_r_call!(readdir_r, dirent);
 readdir_r_call!(readdir64_r, dirent64);
+
+/// glibc's `scandir` reads with its internal readdir: drop flex's entry from the list it
+/// made (the application's filter and comparison ran on it; neither can see it after).
+///
+/// # Safety
+/// `list`/`n` as a successful scandir returned them; `dirfd`/`path` name the directory.
+unsafe fn scan_filter<E>(
+    dirfd: c_int,
+    path: *const libc::c_char,
+    list: *mut *mut *mut E,
+    n: c_int,
+    name_at: usize,
+) -> c_int {
+    if n <= 0 || list.is_null() {
+        return n;
+    }
+    let e = crate::errno();
+    // SAFETY: scandir filled *list with n entries.
+    let v = unsafe { *list };
+    let mut n = n as usize;
+    let mut i = 0;
+    let mut dfd = -1;
+    while i < n {
+        // SAFETY: entry i of the list; its name is NUL-terminated at name_at.
+        let name =
+            unsafe { CStr::from_ptr((*v.add(i) as *const u8).add(name_at).cast()) }.to_bytes();
+        if name == site::DIR {
+            if dfd < 0 {
+                dfd = raw!(
+                    libc::SYS_openat,
+                    dirfd,
+                    path,
+                    libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+                    0
+                ) as c_int;
+            }
+            if dfd >= 0 && hidden(dfd, name) {
+                // SAFETY: the entry was malloc'ed by scandir and is ours to drop; the
+                // rest of the list moves down one slot.
+                unsafe {
+                    libc::free((*v.add(i)).cast());
+                    std::ptr::copy(v.add(i + 1), v.add(i), n - i - 1);
+                }
+                n -= 1;
+                continue;
+            }
+        }
+        i += 1;
+    }
+    if dfd >= 0 {
+        raw!(libc::SYS_close, dfd);
+    }
+    crate::set_errno(e);
+    n as c_int
+}
+
+macro_rules! scandir_call {
+    ($name:ident, $ent:ty, at) => {
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(
+            dfd: c_int,
+            path: *const libc::c_char,
+            list: *mut *mut *mut $ent,
+            filt: Option<unsafe extern "C" fn(*const $ent) -> c_int>,
+            cmp: Option<unsafe extern "C" fn(*mut *const $ent, *mut *const $ent) -> c_int>,
+        ) -> c_int {
+            type F = unsafe extern "C" fn(
+                c_int,
+                *const libc::c_char,
+                *mut *mut *mut $ent,
+                Option<unsafe extern "C" fn(*const $ent) -> c_int>,
+                Option<unsafe extern "C" fn(*mut *const $ent, *mut *const $ent) -> c_int>,
+            ) -> c_int;
+            let Some(f) = real!(@ident $name: F) else {
+                crate::set_errno(libc::ENOSYS);
+                return -1;
+            };
+            // SAFETY: libc's definition with the application's own arguments.
+            let n = unsafe { f(dfd, path, list, filt, cmp) };
+            // SAFETY: a successful scandir's list.
+            unsafe { scan_filter(dfd, path, list, n, std::mem::offset_of!($ent, d_name)) }
+        }
+    };
+    ($name:ident, $ent:ty) => {
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(
+            path: *const libc::c_char,
+            list: *mut *mut *mut $ent,
+            filt: Option<unsafe extern "C" fn(*const $ent) -> c_int>,
+            cmp: Option<unsafe extern "C" fn(*mut *const $ent, *mut *const $ent) -> c_int>,
+        ) -> c_int {
+            type F = unsafe extern "C" fn(
+                *const libc::c_char,
+                *mut *mut *mut $ent,
+                Option<unsafe extern "C" fn(*const $ent) -> c_int>,
+                Option<unsafe extern "C" fn(*mut *const $ent, *mut *const $ent) -> c_int>,
+            ) -> c_int;
+            let Some(f) = real!(@ident $name: F) else {
+                crate::set_errno(libc::ENOSYS);
+                return -1;
+            };
+            // SAFETY: libc's definition with the application's own arguments.
+            let n = unsafe { f(path, list, filt, cmp) };
+            // SAFETY: a successful scandir's list.
+            unsafe {
+                scan_filter(libc::AT_FDCWD, path, list, n, std::mem::offset_of!($ent, d_name))
+            }
+        }
+    };
+}
+
+scandir_call!(scandir, dirent);
+scandir_call!(scandir64, dirent64);
+scandir_call!(scandirat, dirent, at);
+scandir_call!(scandirat64, dirent64, at);
