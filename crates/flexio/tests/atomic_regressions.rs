@@ -1172,3 +1172,88 @@ fn a_log_left_by_an_older_version_is_recovered_once() {
     }
     assert_eq!(names_in(&t.path), ["o", "r"]);
 }
+
+/// A mount root the user cannot write: the log goes to `$HOME/.flex-atomic` when `$HOME`
+/// is on the same file system (hidden from the listing of `$HOME` too), else the file is
+/// served plainly (stats: `atomic: no place for the log`); never a file in the program's
+/// directory. Runs as `nobody` on a fresh root-owned tmpfs (needs root, mount and setpriv;
+/// skipped without them).
+#[test]
+fn log_fallbacks_never_use_the_programs_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    run::require("python3", "python3");
+    let t = run::TestDir::new("atomic-fallback");
+    std::fs::set_permissions(&t.path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let m = t.path.join("mnt");
+    std::fs::create_dir(&m).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m,mode=0755", "flex-test"])
+        .arg(&m)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted || Command::new("setpriv").arg("--help").output().is_err() {
+        eprintln!("skipped: needs mount -t tmpfs and setpriv");
+        return;
+    }
+    let r = std::panic::catch_unwind(|| {
+        let (w, home) = (m.join("w"), m.join("home"));
+        for d in [&w, &home] {
+            std::fs::create_dir(d).unwrap();
+            std::os::unix::fs::chown(d, Some(65534), Some(65534)).unwrap();
+        }
+        let script = r#"
+import os, sys
+d, name, want = sys.argv[1], sys.argv[2], sys.argv[3]
+p = os.path.join(d, name)
+fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o600)
+os.write(fd, b"abc")
+home = os.environ["HOME"]
+lg = os.path.join(home, ".flex-atomic", "%d.log" % os.fstat(fd).st_ino)
+assert os.path.exists(lg) == (want == "home"), (lg, want)
+assert name in os.listdir(d) and not [n for n in os.listdir(d) if "flex" in n], os.listdir(d)
+if want == "home":
+    assert ".flex-atomic" not in os.listdir(home), os.listdir(home)
+os.close(fd)
+assert open(p, "rb").read() == b"abc"
+assert not os.path.exists(lg)
+print("ok")
+"#;
+        let stats = home.join("stats.json");
+        for (name, h, want) in [
+            ("f", home.to_str().unwrap(), "home"),
+            ("g", "/nonexistent", "none"),
+        ] {
+            let out = Command::new("setpriv")
+                .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+                .arg(run::flexio())
+                .args(["run", "--stats-file"])
+                .arg(&stats)
+                .arg("--paths")
+                .arg(&w)
+                .args(["--", "python3", "-c", script])
+                .arg(&w)
+                .args([name, want])
+                .env("FLEX_MODE", "atomic")
+                .env("HOME", h)
+                .current_dir("/")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let s = std::fs::read_to_string(&stats).unwrap_or_default();
+        assert!(s.contains("atomic: no place for the log"), "{s}");
+        assert_eq!(names_in(&w), ["f", "g"]);
+        assert!(
+            !m.join(".flex-atomic").exists(),
+            "created in a root-owned mount root"
+        );
+    });
+    let _ = Command::new("umount").arg(&m).status();
+    if let Err(p) = r {
+        std::panic::resume_unwind(p);
+    }
+}
