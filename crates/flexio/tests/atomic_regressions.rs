@@ -1257,3 +1257,65 @@ print("ok")
         std::panic::resume_unwind(p);
     }
 }
+
+/// The flex directory at a mount root is shared by every user: a log another user
+/// planted there for a file (valid header, a committed write) is never replayed; the
+/// file is served plainly instead (stats: `atomic: untrusted log`), its bytes unchanged.
+#[test]
+fn a_log_planted_by_another_user_is_never_replayed() {
+    use flex::atomic::log;
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root (chown)");
+        return;
+    }
+    let t = run::TestDir::new("atomic-planted");
+    let p = t.path.join("victim");
+    std::fs::write(&p, b"0123456789").unwrap();
+    let f = std::fs::File::open(&p).unwrap();
+    let ino = f.metadata().unwrap().ino();
+    let ident = flex::atomic::site::ident(std::os::fd::AsRawFd::as_raw_fd(&f), ino);
+    drop(f);
+    let lp = log_of(&p);
+    // Where the log would go (the directory exists once any atomic file was open there).
+    std::fs::create_dir_all(lp.parent().unwrap()).ok();
+    let mut img = log::header_bytes(ident, 7).to_vec();
+    let mut w = log::rec_header(log::WRITE, 7, 1, 0, 4);
+    log::seal(&mut w);
+    let mut rec = vec![0u8; log::rec_len(4) as usize];
+    rec[..w.len()].copy_from_slice(&w);
+    rec[log::PAYLOAD_AT as usize..][..4].copy_from_slice(b"EVIL");
+    img.extend_from_slice(&rec);
+    let mut c = log::rec_header(log::COMMIT, 7, 2, 10, 0);
+    log::seal(&mut c);
+    let mut rec = vec![0u8; log::rec_len(0) as usize];
+    rec[..c.len()].copy_from_slice(&c);
+    img.extend_from_slice(&rec);
+    img.resize(64 << 10, 0);
+    std::fs::write(&lp, &img).unwrap();
+    std::fs::set_permissions(&lp, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    std::os::unix::fs::chown(&lp, Some(65534), Some(65534)).unwrap();
+    let r = std::panic::catch_unwind(|| {
+        py_atomic(
+            &t.path,
+            r#"
+fd = os.open(os.path.join(d, "victim"), os.O_RDWR)
+assert os.pread(fd, 16, 0) == b"0123456789", os.pread(fd, 16, 0)
+os.pwrite(fd, b"ab", 0)
+os.close(fd)
+print("ok")
+"#,
+        );
+        assert!(
+            flexio::recover_atomic(&p).is_err(),
+            "flexio recover trusted it"
+        );
+        assert_eq!(std::fs::read(&p).unwrap(), b"ab23456789");
+        assert_eq!(names_in(&t.path), ["victim"]);
+    });
+    let _ = std::fs::remove_file(&lp);
+    if let Err(e) = r {
+        std::panic::resume_unwind(e);
+    }
+}

@@ -431,9 +431,18 @@ fn fresh_gen() -> u64 {
     (t ^ (std::process::id() as u64) << 40) >> 1
 }
 
-/// Open (or create) the log of the data file `fd` and lock it. None: no log and `create`
-/// is false. EBUSY: another live process holds it.
-fn open_log(dirfd: RawFd, lpath: &CStr, data_mode: u32, create: bool) -> Res<Option<(RawFd, u64)>> {
+/// Open (or create) the log of the data file (mode `data_mode`) and lock it. None: no log
+/// and `create` is false. EBUSY: another live process holds it. EPERM: not a regular
+/// file; or, in a shared flex directory (`shared`: the data file's owner), a log flex may
+/// not trust: other links, or owned by someone else than this process's user, the data
+/// file's owner or root (replaying a planted log would write into the data file).
+fn open_log(
+    dirfd: RawFd,
+    lpath: &CStr,
+    data_mode: u32,
+    shared: Option<u32>,
+    create: bool,
+) -> Res<Option<(RawFd, u64)>> {
     for _ in 0..4 {
         let flags = libc::O_RDWR | libc::O_NOFOLLOW | libc::O_CLOEXEC;
         let fd = match sys::openat(dirfd, lpath, flags, 0) {
@@ -455,7 +464,8 @@ fn open_log(dirfd: RawFd, lpath: &CStr, data_mode: u32, create: bool) -> Res<Opt
                 return Err(e);
             }
         };
-        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        let planted = shared.is_some_and(|u| st.st_nlink != 1 || !site::trusted(st.st_uid, u));
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG || planted {
             let _ = sys::close(fd);
             return Err(Errno::PERM);
         }
@@ -515,13 +525,19 @@ fn find_log(fd: RawFd, st: &rustix::fs::Stat, create: bool) -> Res<Option<LogFil
     };
     // An existing log first, in whichever directory it is.
     for (d, _) in &dirs {
+        if !site::trusted_dir(d, st.st_uid) {
+            continue;
+        }
         let Some(p) = site::log_in(d, st.st_ino) else {
             continue;
         };
         if sys::fstatat(libc::AT_FDCWD, &p, libc::AT_SYMLINK_NOFOLLOW).is_err() {
             continue;
         }
-        if let Some((lfd, ino)) = open_log(libc::AT_FDCWD, &p, st.st_mode, false)? {
+        // A log this process cannot open (another user's) is not one to replace either.
+        let r = open_log(libc::AT_FDCWD, &p, st.st_mode, Some(st.st_uid), false);
+        let r = r.map_err(|e| if e == Errno::ACCESS { Errno::PERM } else { e });
+        if let Some((lfd, ino)) = r? {
             return Ok(Some(found(lfd, ino, p)));
         }
     }
@@ -529,15 +545,15 @@ fn find_log(fd: RawFd, st: &rustix::fs::Stat, create: bool) -> Res<Option<LogFil
         return Ok(None);
     }
     for (d, mode) in &dirs {
-        if site::make_dir(d, *mode).is_err() {
+        if site::make_dir(d, *mode).is_err() || !site::trusted_dir(d, st.st_uid) {
             continue;
         }
         let Some(p) = site::log_in(d, st.st_ino) else {
             continue;
         };
-        match open_log(libc::AT_FDCWD, &p, st.st_mode, true) {
+        match open_log(libc::AT_FDCWD, &p, st.st_mode, Some(st.st_uid), true) {
             Ok(Some((lfd, ino))) => return Ok(Some(found(lfd, ino, p))),
-            Err(Errno::BUSY) => return Err(Errno::BUSY),
+            Err(e @ (Errno::BUSY | Errno::PERM)) => return Err(e),
             Ok(None) | Err(_) => {}
         }
     }
@@ -575,7 +591,7 @@ fn recover_legacy(dirfd: RawFd, path: &CStr, fd: RawFd) -> Res<Option<Replayed>>
         return Ok(None);
     }
     let st = sys::fstat(fd)?;
-    let Some((lfd, _)) = open_log(dirfd, &lpath, st.st_mode, false)? else {
+    let Some((lfd, _)) = open_log(dirfd, &lpath, st.st_mode, None, false)? else {
         return Ok(None);
     };
     let r = replay_plain(lfd, st.st_ino, fd);
@@ -665,6 +681,9 @@ impl Media for FileLog {
     }
 }
 
+/// Fallback reason: the file's log is not one flex may use (see [`open_log`]).
+const UNTRUSTED: &str = "atomic: untrusted log (not flex's, or another user's)";
+
 /// At open in atomic mode: find or create the file's log, recover what a crash left, and
 /// attach the atomic state to the inode. EBUSY when another process has the file in
 /// atomic mode (README, "Failure-atomic mode").
@@ -689,6 +708,10 @@ pub fn attach(inode: &Arc<Inode>, fd: RawFd, writable: bool, dirfd: RawFd, path:
                     .fallback("atomic: reader while another process writes");
                 Ok(())
             }
+            Err(Errno::PERM) => {
+                e.stats.fallback(UNTRUSTED);
+                Ok(())
+            }
             Err(err) => Err(err),
         };
     }
@@ -698,10 +721,18 @@ pub fn attach(inode: &Arc<Inode>, fd: RawFd, writable: bool, dirfd: RawFd, path:
         e.stats.recoveries.fetch_add(1, Relaxed);
     }
     let st = sys::fstat(fd)?;
-    let Some(l) = find_log(fd, &st, true)? else {
-        // Never a log in the program's directories: the file is served plainly.
-        e.stats.fallback("atomic: no place for the log");
-        return Ok(());
+    let l = match find_log(fd, &st, true) {
+        Ok(Some(l)) => l,
+        Ok(None) => {
+            // Never a log in the program's directories: the file is served plainly.
+            e.stats.fallback("atomic: no place for the log");
+            return Ok(());
+        }
+        Err(Errno::PERM) => {
+            e.stats.fallback(UNTRUSTED);
+            return Ok(());
+        }
+        Err(err) => return Err(err),
     };
     let (lfd, lino, abs, ident) = (e.keep_private(l.fd), l.ino, l.path, l.ident);
     let mut m = match MapLog::new(lfd) {

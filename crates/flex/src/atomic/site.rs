@@ -230,6 +230,25 @@ pub fn make_dir(dir: &[u8], mode: u32) -> Res<()> {
     }
 }
 
+/// May a log or flex directory owned by `uid` be trusted for a data file owned by
+/// `data_uid`: this process's user, the data file's owner, or root.
+pub fn trusted(uid: u32, data_uid: u32) -> bool {
+    uid == 0 || uid == data_uid || uid == rustix::process::geteuid().as_raw()
+}
+
+/// Is the flex directory `dir` one whose logs may be trusted: a real directory owned as
+/// [`trusted`] says, and sticky if others may write it (nobody swaps another's log).
+pub fn trusted_dir(dir: &[u8], data_uid: u32) -> bool {
+    let Ok(c) = CString::new(dir) else {
+        return false;
+    };
+    sys::fstatat(libc::AT_FDCWD, &c, libc::AT_SYMLINK_NOFOLLOW).is_ok_and(|st| {
+        st.st_mode & libc::S_IFMT == libc::S_IFDIR
+            && trusted(st.st_uid, data_uid)
+            && (st.st_mode & 0o022 == 0 || st.st_mode & libc::S_ISVTX != 0)
+    })
+}
+
 /// The log path of older versions: `<dir>/.<name>.flexlog` beside the data file opened as
 /// `path` (recovered and removed once, never created).
 pub fn legacy_path(path: &[u8]) -> Option<CString> {
