@@ -14,10 +14,12 @@ use std::ffi::{c_char, CStr};
 use std::mem::MaybeUninit;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+mod dir;
 mod io;
 mod meta;
 mod proc;
 mod stdio;
+mod times;
 
 thread_local! {
     /// Set while this thread runs engine code: a libc call made from inside the engine

@@ -314,8 +314,10 @@ pub fn recover<P: AsRef<Path>>(path: P) -> io::Result<Recovery> {
     flex::trailer::recover_path(&p).map_err(err)
 }
 
-/// Replay the failure-atomic log of `path` (`.<name>.flexlog` beside it), if any: the
-/// file becomes exactly its last committed state and the log is removed. Idempotent.
+/// Replay the failure-atomic log of `path`, if any (`<mount root>/.flex-atomic/<ino>.log`,
+/// or `$HOME/.flex-atomic/` as a fallback; a `.<name>.flexlog` beside the file left by an
+/// older version is replayed first): the file becomes exactly its last committed state
+/// and the log is removed. Idempotent.
 /// `Ok(None)`: no log. EBUSY: a live process has the file open in atomic mode.
 pub fn recover_atomic<P: AsRef<Path>>(path: P) -> io::Result<Option<flex::atomic::core::Replayed>> {
     let p = CString::new(path.as_ref().as_os_str().as_bytes())

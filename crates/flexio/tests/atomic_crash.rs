@@ -133,11 +133,9 @@ fn writer_child() {
     std::thread::sleep(Duration::from_secs(30));
 }
 
+/// The log of `p`, at its file system's mount root (README, "The log").
 fn log_of(p: &Path) -> std::path::PathBuf {
-    p.with_file_name(format!(
-        ".{}.flexlog",
-        p.file_name().unwrap().to_string_lossy()
-    ))
+    flex::atomic::site::log_location(p).unwrap_or_else(|| p.with_extension("no-such-log"))
 }
 
 #[test]

@@ -15,11 +15,28 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The log of the data file `p`: in the flex directory at its file system's mount root
+/// (README, "The log"); a path that does not exist when `p` does not.
 fn log_of(p: &Path) -> PathBuf {
+    flex::atomic::site::log_location(p).unwrap_or_else(|| p.with_extension("no-such-log"))
+}
+
+/// The log location of older versions, beside the data file.
+fn legacy_log_of(p: &Path) -> PathBuf {
     p.with_file_name(format!(
         ".{}.flexlog",
         p.file_name().unwrap().to_string_lossy()
     ))
+}
+
+/// The names in directory `d` (what the test process, without flex, sees).
+fn names_in(d: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
 }
 
 fn atomic_rw(p: &Path) -> flexio::File {
@@ -75,7 +92,18 @@ const PY: &str = r#"
 import os, sys
 d = sys.argv[1]
 def log(name):
-    return os.path.join(d, "." + name + ".flexlog")
+    # In the flex directory at the mount root of the file's file system.
+    try:
+        st = os.stat(os.path.join(d, name))
+    except FileNotFoundError:
+        return os.path.join(d, "." + name + ".no-such-log")
+    r = os.path.realpath(d)
+    while True:
+        up = os.path.dirname(r)
+        if up == r or os.stat(up).st_dev != st.st_dev:
+            break
+        r = up
+    return os.path.join(r, ".flex-atomic", "%d.log" % st.st_ino)
 def atomic(name):
     assert os.path.exists(log(name)), "not in atomic mode: no log for " + name
 def content(name):
@@ -221,14 +249,9 @@ assert content("exists") == b"xyz"
 print("alive")
 "#,
     );
-    let names: Vec<String> = std::fs::read_dir(&t.path)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    assert!(
-        !names.iter().any(|n| n.ends_with(".flexlog")),
-        "log left: {names:?}"
-    );
+    let names = names_in(&t.path);
+    assert_eq!(names, ["exists", "sub"], "flex left a file: {names:?}");
+    assert!(!log_of(&t.path.join("exists")).exists(), "log left");
     assert_eq!(std::fs::read(t.path.join("exists")).unwrap(), b"xyz");
 }
 
@@ -878,4 +901,422 @@ assert content("other") == b"x", content("other")
 "#,
     );
     assert!(!log_of(&t.path.join("a")).exists());
+}
+
+/// Flex's files never show in the program's directories: while a file is open in atomic
+/// mode (its log exists), listing its directory, by `readdir` (os.listdir, os.scandir) or
+/// the raw `getdents64`, gives the program's names only; so does the mount root (here
+/// /dev/shm's, where the flex directory is), and a fresh tmpfs mount where the program
+/// works at the root itself.
+#[test]
+fn flex_files_never_show_in_the_programs_directories() {
+    const LIST: &str = r#"
+import ctypes, stat
+libc = ctypes.CDLL(None, use_errno=True)
+libc.getdents64.restype = ctypes.c_ssize_t
+libc.getdents64.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
+def raw_names(path):
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    buf = ctypes.create_string_buffer(256)
+    out = []
+    while True:
+        n = libc.getdents64(fd, buf, 256)
+        assert n >= 0, ctypes.get_errno()
+        if n == 0:
+            break
+        raw = buf.raw[:n]
+        i = 0
+        while i < n:
+            reclen = int.from_bytes(raw[i + 16:i + 18], "little")
+            name = raw[i + 19:i + reclen].split(b"\0")[0].decode()
+            if name not in (".", ".."):
+                out.append(name)
+            i += reclen
+    os.close(fd)
+    return sorted(out)
+def listings(path):
+    return [sorted(os.listdir(path)), sorted(e.name for e in os.scandir(path)), raw_names(path)]
+def check(where, root):
+    fd = os.open(os.path.join(where, "f"), os.O_RDWR | os.O_CREAT, 0o644)
+    atomic_at(where, "f")
+    os.write(fd, b"data")
+    for l in listings(where):
+        assert l == ["f"], (where, l)
+    for l in listings(root):
+        assert ".flex-atomic" not in l, (root, l)
+    # The directory itself can still be looked up by name (it is only not listed).
+    assert stat.S_ISDIR(os.stat(os.path.join(root, ".flex-atomic")).st_mode)
+    os.close(fd)
+    for l in listings(where):
+        assert l == ["f"], (where, l)
+def atomic_at(where, name):
+    global d
+    old, d = d, where
+    try:
+        atomic(name)
+    finally:
+        d = old
+"#;
+    let t = run::TestDir::new("atomic-hidden");
+    let root = mount_root(&t.path);
+    py_atomic(
+        &t.path,
+        &format!(
+            "{LIST}\ncheck(d, {:?})\nprint('ok')\n",
+            root.to_str().unwrap()
+        ),
+    );
+    assert_eq!(names_in(&t.path), ["f"]);
+    // The program at a mount root: a fresh tmpfs (needs mount(2); skipped without it).
+    let m = t.path.join("mnt");
+    std::fs::create_dir(&m).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m", "flex-test"])
+        .arg(&m)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipping the fresh-mount part: mount -t tmpfs failed");
+        return;
+    }
+    let r = std::panic::catch_unwind(|| {
+        py_atomic(&m, &format!("{LIST}\ncheck(d, d)\nprint('ok')\n"));
+        // Without flex the flex directory is there (it stays, empty, for the next file).
+        assert_eq!(names_in(&m), [".flex-atomic", "f"]);
+    });
+    let _ = Command::new("umount").arg(&m).status();
+    if let Err(p) = r {
+        std::panic::resume_unwind(p);
+    }
+}
+
+/// The mount root of the file system of `p` (the topmost directory with its st_dev).
+fn mount_root(p: &Path) -> PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(p).unwrap().dev();
+    let mut r = p.canonicalize().unwrap();
+    while let Some(up) = r.parent() {
+        if std::fs::metadata(up).unwrap().dev() != dev {
+            break;
+        }
+        r = up.to_path_buf();
+    }
+    r
+}
+
+/// A data file unlinked while open in atomic mode: its directory can be removed at once
+/// (no log beside it), the file stays usable, and its log goes at the last close.
+#[test]
+fn rmdir_after_unlinking_an_open_atomic_file() {
+    let t = run::TestDir::new("atomic-rmdir");
+    py_atomic(
+        &t.path,
+        r#"
+sub = os.path.join(d, "sub")
+os.mkdir(sub)
+p = os.path.join(sub, "f")
+fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
+os.write(fd, b"before")
+os.fsync(fd)
+d0 = d
+d = sub
+atomic("f")
+lg = log("f")
+d = d0
+os.unlink(p)
+assert os.listdir(sub) == [], os.listdir(sub)
+os.rmdir(sub)
+assert not os.path.exists(sub)
+os.write(fd, b" after")
+assert os.pread(fd, 64, 0) == b"before after"
+assert os.path.exists(lg), "log gone while the file is open"
+os.close(fd)
+assert not os.path.exists(lg), "log left after the last close: " + lg
+print("ok")
+"#,
+    );
+    assert_eq!(names_in(&t.path), Vec::<String>::new());
+}
+
+/// futimens/utimensat after an O_TRUNC atomic open: the times the program set survive
+/// the close (the deferred truncation and the logged writes are applied before the times
+/// are set); mode and owner stay the kernel's.
+#[test]
+fn futimens_after_o_trunc_survives_close() {
+    let t = run::TestDir::new("atomic-times");
+    for n in ["a", "b", "c"] {
+        std::fs::write(t.path.join(n), b"old contents, longer than the new").unwrap();
+    }
+    py_atomic(
+        &t.path,
+        r#"
+def check(name, how):
+    p = os.path.join(d, name)
+    os.chmod(p, 0o640)
+    before = os.stat(p)
+    fd = os.open(p, os.O_RDWR | os.O_TRUNC)
+    atomic(name)
+    assert os.fstat(fd).st_size == 0
+    os.write(fd, b"new")
+    how(fd, p)
+    os.close(fd)
+    st = os.stat(p)
+    assert (st.st_atime_ns, st.st_mtime_ns) == (1_000_000_123, 2_000_000_456), (name, st)
+    assert st.st_mode == before.st_mode and st.st_uid == before.st_uid and st.st_gid == before.st_gid, (name, st, before)
+    assert content(name) == b"new", content(name)
+check("a", lambda fd, p: os.utime(fd, ns=(1_000_000_123, 2_000_000_456)))
+check("b", lambda fd, p: os.utime(p, ns=(1_000_000_123, 2_000_000_456)))
+def both(fd, p):
+    os.fsync(fd)
+    os.utime(p, ns=(1_000_000_123, 2_000_000_456), follow_symlinks=False)
+check("c", both)
+print("ok")
+"#,
+    );
+    use std::os::unix::fs::MetadataExt;
+    for n in ["a", "b", "c"] {
+        let m = std::fs::metadata(t.path.join(n)).unwrap();
+        assert_eq!((m.atime(), m.atime_nsec()), (1, 123), "{n}");
+        assert_eq!((m.mtime(), m.mtime_nsec()), (2, 456), "{n}");
+        assert_eq!(std::fs::read(t.path.join(n)).unwrap(), b"new");
+    }
+}
+
+/// kill -9 of an atomic writer: its log is at the new location (none beside the data
+/// file), and recovery from there gives the last commit (under undo the uncommitted
+/// in-place write is rolled back, under redo it was never applied).
+#[test]
+fn kill_9_then_recovery_from_the_new_location() {
+    let t = run::TestDir::new("atomic-kill9");
+    let p = t.path.join("f");
+    std::fs::write(&p, b"xxxxxxxxxxxxxxxx").unwrap();
+    let script = format!(
+        r#"{PY}
+import signal
+p = os.path.join(d, "f")
+fd = os.open(p, os.O_RDWR)
+atomic("f")
+os.pwrite(fd, b"committed", 0)
+os.fsync(fd)
+os.pwrite(fd, b"UNCOMMITTED-TAIL-BYTES", 0)
+os.kill(os.getpid(), signal.SIGKILL)
+"#
+    );
+    run::require("python3", "python3");
+    let out = Command::new(run::flexio())
+        .args(["run", "--paths"])
+        .arg(&t.path)
+        .args(["--", "python3", "-c", &script])
+        .arg(&t.path)
+        .env("FLEX_MODE", "atomic")
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert!(
+        out.status.signal() == Some(libc::SIGKILL)
+            || out.status.code() == Some(128 + libc::SIGKILL),
+        "{:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(names_in(&t.path), ["f"], "flex left a file beside the data");
+    assert!(!legacy_log_of(&p).exists());
+    let log = log_of(&p);
+    assert!(log.exists(), "no log at {}", log.display());
+    let r = flexio::recover_atomic(&p).unwrap();
+    assert!(r.is_some(), "recovery found no log");
+    assert_eq!(std::fs::read(&p).unwrap(), b"committedxxxxxxx");
+    assert!(!log.exists(), "log left after recovery");
+    assert_eq!(flexio::recover_atomic(&p).unwrap().map(|r| r.txns), None);
+}
+
+/// A log an older version left beside the data file (`.<name>.flexlog`, header naming the
+/// data file by inode number) is still recovered, once, by `flexio recover` and by an
+/// atomic open, and removed.
+#[test]
+fn a_log_left_by_an_older_version_is_recovered_once() {
+    use flex::atomic::log;
+    use std::os::unix::fs::MetadataExt;
+    let t = run::TestDir::new("atomic-legacy");
+    for (n, by_open) in [("r", false), ("o", true)] {
+        let p = t.path.join(n);
+        std::fs::write(&p, b"0123456789").unwrap();
+        let ino = std::fs::metadata(&p).unwrap().ino();
+        // Header, WRITE "abc" at 2, COMMIT (size 10): the format older versions wrote.
+        let mut img = log::header_bytes(ino, 7).to_vec();
+        let mut w = log::rec_header(log::WRITE, 7, 1, 2, 3);
+        log::seal(&mut w);
+        let mut rec = vec![0u8; log::rec_len(3) as usize];
+        rec[..w.len()].copy_from_slice(&w);
+        rec[log::PAYLOAD_AT as usize..][..3].copy_from_slice(b"abc");
+        img.extend_from_slice(&rec);
+        let mut c = log::rec_header(log::COMMIT, 7, 2, 10, 0);
+        log::seal(&mut c);
+        let mut rec = vec![0u8; log::rec_len(0) as usize];
+        rec[..c.len()].copy_from_slice(&c);
+        img.extend_from_slice(&rec);
+        img.resize(64 << 10, 0);
+        std::fs::write(legacy_log_of(&p), &img).unwrap();
+        if by_open {
+            let f = atomic_rw(&p);
+            let mut got = Vec::new();
+            (&f).read_to_end(&mut got).unwrap();
+            assert_eq!(got, b"01abc56789", "{n}");
+            drop(f);
+        } else {
+            let r = flexio::recover_atomic(&p).unwrap().expect("no log found");
+            assert_eq!(r.txns, 1);
+        }
+        assert_eq!(std::fs::read(&p).unwrap(), b"01abc56789", "{n}");
+        assert!(!legacy_log_of(&p).exists(), "{n}: old log left");
+        assert!(!log_of(&p).exists(), "{n}: log left");
+    }
+    assert_eq!(names_in(&t.path), ["o", "r"]);
+}
+
+/// A mount root the user cannot write: the log goes to `$HOME/.flex-atomic` when `$HOME`
+/// is on the same file system (hidden from the listing of `$HOME` too), else the file is
+/// served plainly (stats: `atomic: no place for the log`); never a file in the program's
+/// directory. Runs as `nobody` on a fresh root-owned tmpfs (needs root, mount and setpriv;
+/// skipped without them).
+#[test]
+fn log_fallbacks_never_use_the_programs_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    run::require("python3", "python3");
+    let t = run::TestDir::new("atomic-fallback");
+    std::fs::set_permissions(&t.path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let m = t.path.join("mnt");
+    std::fs::create_dir(&m).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m,mode=0755", "flex-test"])
+        .arg(&m)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted || Command::new("setpriv").arg("--help").output().is_err() {
+        eprintln!("skipped: needs mount -t tmpfs and setpriv");
+        return;
+    }
+    let r = std::panic::catch_unwind(|| {
+        let (w, home) = (m.join("w"), m.join("home"));
+        for d in [&w, &home] {
+            std::fs::create_dir(d).unwrap();
+            std::os::unix::fs::chown(d, Some(65534), Some(65534)).unwrap();
+        }
+        let script = r#"
+import os, sys
+d, name, want = sys.argv[1], sys.argv[2], sys.argv[3]
+p = os.path.join(d, name)
+fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o600)
+os.write(fd, b"abc")
+home = os.environ["HOME"]
+lg = os.path.join(home, ".flex-atomic", "%d.log" % os.fstat(fd).st_ino)
+assert os.path.exists(lg) == (want == "home"), (lg, want)
+assert name in os.listdir(d) and not [n for n in os.listdir(d) if "flex" in n], os.listdir(d)
+if want == "home":
+    assert ".flex-atomic" not in os.listdir(home), os.listdir(home)
+os.close(fd)
+assert open(p, "rb").read() == b"abc"
+assert not os.path.exists(lg)
+print("ok")
+"#;
+        let stats = home.join("stats.json");
+        for (name, h, want) in [
+            ("f", home.to_str().unwrap(), "home"),
+            ("g", "/nonexistent", "none"),
+        ] {
+            let out = Command::new("setpriv")
+                .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+                .arg(run::flexio())
+                .args(["run", "--stats-file"])
+                .arg(&stats)
+                .arg("--paths")
+                .arg(&w)
+                .args(["--", "python3", "-c", script])
+                .arg(&w)
+                .args([name, want])
+                .env("FLEX_MODE", "atomic")
+                .env("HOME", h)
+                .current_dir("/")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let s = std::fs::read_to_string(&stats).unwrap_or_default();
+        assert!(s.contains("atomic: no place for the log"), "{s}");
+        assert_eq!(names_in(&w), ["f", "g"]);
+        assert!(
+            !m.join(".flex-atomic").exists(),
+            "created in a root-owned mount root"
+        );
+    });
+    let _ = Command::new("umount").arg(&m).status();
+    if let Err(p) = r {
+        std::panic::resume_unwind(p);
+    }
+}
+
+/// The flex directory at a mount root is shared by every user: a log another user
+/// planted there for a file (valid header, a committed write) is never replayed; the
+/// file is served plainly instead (stats: `atomic: untrusted log`), its bytes unchanged.
+#[test]
+fn a_log_planted_by_another_user_is_never_replayed() {
+    use flex::atomic::log;
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root (chown)");
+        return;
+    }
+    let t = run::TestDir::new("atomic-planted");
+    let p = t.path.join("victim");
+    std::fs::write(&p, b"0123456789").unwrap();
+    let f = std::fs::File::open(&p).unwrap();
+    let ino = f.metadata().unwrap().ino();
+    let ident = flex::atomic::site::ident(std::os::fd::AsRawFd::as_raw_fd(&f), ino);
+    drop(f);
+    let lp = log_of(&p);
+    // Where the log would go (the directory exists once any atomic file was open there).
+    std::fs::create_dir_all(lp.parent().unwrap()).ok();
+    let mut img = log::header_bytes(ident, 7).to_vec();
+    let mut w = log::rec_header(log::WRITE, 7, 1, 0, 4);
+    log::seal(&mut w);
+    let mut rec = vec![0u8; log::rec_len(4) as usize];
+    rec[..w.len()].copy_from_slice(&w);
+    rec[log::PAYLOAD_AT as usize..][..4].copy_from_slice(b"EVIL");
+    img.extend_from_slice(&rec);
+    let mut c = log::rec_header(log::COMMIT, 7, 2, 10, 0);
+    log::seal(&mut c);
+    let mut rec = vec![0u8; log::rec_len(0) as usize];
+    rec[..c.len()].copy_from_slice(&c);
+    img.extend_from_slice(&rec);
+    img.resize(64 << 10, 0);
+    std::fs::write(&lp, &img).unwrap();
+    std::fs::set_permissions(&lp, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    std::os::unix::fs::chown(&lp, Some(65534), Some(65534)).unwrap();
+    let r = std::panic::catch_unwind(|| {
+        py_atomic(
+            &t.path,
+            r#"
+fd = os.open(os.path.join(d, "victim"), os.O_RDWR)
+assert os.pread(fd, 16, 0) == b"0123456789", os.pread(fd, 16, 0)
+os.pwrite(fd, b"ab", 0)
+os.close(fd)
+print("ok")
+"#,
+        );
+        assert!(
+            flexio::recover_atomic(&p).is_err(),
+            "flexio recover trusted it"
+        );
+        assert_eq!(std::fs::read(&p).unwrap(), b"ab23456789");
+        assert_eq!(names_in(&t.path), ["victim"]);
+    });
+    let _ = std::fs::remove_file(&lp);
+    if let Err(e) = r {
+        std::panic::resume_unwind(e);
+    }
 }

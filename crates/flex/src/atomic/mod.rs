@@ -10,6 +10,7 @@
 
 pub mod core;
 pub mod log;
+pub mod site;
 
 #[cfg(test)]
 mod tests;
@@ -431,22 +432,6 @@ impl Slot {
     }
 }
 
-/// The log's path for a data file opened as `path`: `<dir>/.<name>.flexlog`.
-pub fn log_path(path: &[u8]) -> Option<CString> {
-    let (dir, name) = match path.iter().rposition(|&b| b == b'/') {
-        Some(i) => (&path[..=i], &path[i + 1..]),
-        None => (&b""[..], path),
-    };
-    if name.is_empty() {
-        return None;
-    }
-    let mut v = dir.to_vec();
-    v.push(b'.');
-    v.extend_from_slice(name);
-    v.extend_from_slice(b".flexlog");
-    CString::new(v).ok()
-}
-
 fn fresh_gen() -> u64 {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -455,9 +440,18 @@ fn fresh_gen() -> u64 {
     (t ^ (std::process::id() as u64) << 40) >> 1
 }
 
-/// Open (or create) the log of the data file `fd` and lock it. None: no log and `create`
-/// is false. EBUSY: another live process holds it.
-fn open_log(dirfd: RawFd, lpath: &CStr, data_mode: u32, create: bool) -> Res<Option<(RawFd, u64)>> {
+/// Open (or create) the log of the data file (mode `data_mode`) and lock it. None: no log
+/// and `create` is false. EBUSY: another live process holds it. EPERM: not a regular
+/// file; or, in a shared flex directory (`shared`: the data file's owner), a log flex may
+/// not trust: other links, or owned by someone else than this process's user, the data
+/// file's owner or root (replaying a planted log would write into the data file).
+fn open_log(
+    dirfd: RawFd,
+    lpath: &CStr,
+    data_mode: u32,
+    shared: Option<u32>,
+    create: bool,
+) -> Res<Option<(RawFd, u64)>> {
     for _ in 0..4 {
         let flags = libc::O_RDWR | libc::O_NOFOLLOW | libc::O_CLOEXEC;
         let fd = match sys::openat(dirfd, lpath, flags, 0) {
@@ -479,7 +473,8 @@ fn open_log(dirfd: RawFd, lpath: &CStr, data_mode: u32, create: bool) -> Res<Opt
                 return Err(e);
             }
         };
-        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        let planted = shared.is_some_and(|u| st.st_nlink != 1 || !site::trusted(st.st_uid, u));
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG || planted {
             let _ = sys::close(fd);
             return Err(Errno::PERM);
         }
@@ -513,29 +508,152 @@ fn unlink_log(path: &CStr, ino: u64) {
     }
 }
 
-/// Recover through a plain descriptor (read-only opens, `flexio recover`): replay the
-/// committed transactions of the log, if any, then remove the log. Ok(None): no log.
-pub fn recover_fd(dirfd: RawFd, path: &CStr, fd: RawFd) -> Res<Option<Replayed>> {
-    let Some(lpath) = log_path(path.to_bytes()) else {
-        return Ok(None);
+/// A data file's log, open and locked (see [`site`]).
+struct LogFile {
+    fd: RawFd,
+    /// The log's own inode number (it is removed only if still the same file).
+    ino: u64,
+    /// Absolute path.
+    path: CString,
+    /// The data file's identity in the header ([`site::ident`]).
+    ident: u64,
+}
+
+/// Find the log of the data file `fd` (status `st`) in its flex directory, or with
+/// `create` make one. Ok(None): none found (`create` false), or no flex directory can be
+/// made (the caller serves the file plainly). EBUSY: another live process holds it.
+/// Where the log lives is decided here only ([`site`]); [`attach`] and recovery call it.
+fn find_log(fd: RawFd, st: &rustix::fs::Stat, create: bool) -> Res<Option<LogFile>> {
+    let ident = site::ident(fd, st.st_ino);
+    let dirs = site::dirs(fd, st.st_dev);
+    let found = |lfd: RawFd, ino: u64, path: CString| LogFile {
+        fd: lfd,
+        ino,
+        path,
+        ident,
     };
-    let st = sys::fstat(fd)?;
-    let Some((lfd, _)) = open_log(dirfd, &lpath, st.st_mode, false)? else {
-        return Ok(None);
-    };
-    let r = (|| {
-        let m = FileLog {
-            fd: lfd,
-            len: sys::fstat(lfd)?.st_size as u64,
+    // An existing log first, in whichever directory it is.
+    for (d, _) in &dirs {
+        if !site::trusted_dir(d, st.st_uid) {
+            continue;
+        }
+        let Some(p) = site::log_in(d, st.st_ino) else {
+            continue;
         };
-        let (_log, r) = core::recover(m, st.st_ino, &mut FdData(fd), fresh_gen())?;
-        Ok(r)
-    })();
+        if sys::fstatat(libc::AT_FDCWD, &p, libc::AT_SYMLINK_NOFOLLOW).is_err() {
+            continue;
+        }
+        // A log this process cannot open (another user's) is not one to replace either.
+        let r = open_log(libc::AT_FDCWD, &p, st.st_mode, Some(st.st_uid), false);
+        let r = r.map_err(|e| if e == Errno::ACCESS { Errno::PERM } else { e });
+        if let Some((lfd, ino)) = r? {
+            return Ok(Some(found(lfd, ino, p)));
+        }
+    }
+    if !create {
+        return Ok(None);
+    }
+    for (d, mode) in &dirs {
+        if site::make_dir(d, *mode).is_err() || !site::trusted_dir(d, st.st_uid) {
+            continue;
+        }
+        let Some(p) = site::log_in(d, st.st_ino) else {
+            continue;
+        };
+        match open_log(libc::AT_FDCWD, &p, st.st_mode, Some(st.st_uid), true) {
+            Ok(Some((lfd, ino))) => return Ok(Some(found(lfd, ino, p))),
+            Err(e @ (Errno::BUSY | Errno::PERM)) => return Err(e),
+            Ok(None) | Err(_) => {}
+        }
+    }
+    Ok(None)
+}
+
+/// The main log of the data file is held by another live process (the file is shared):
+/// a log of this process's own beside it, and the main log's path.
+fn find_sibling_log(fd: RawFd, st: &rustix::fs::Stat) -> Res<Option<(LogFile, CString)>> {
+    let ident = site::ident(fd, st.st_ino);
+    for (d, _) in &site::dirs(fd, st.st_dev) {
+        if !site::trusted_dir(d, st.st_uid) {
+            continue;
+        }
+        let Some(main) = site::log_in(d, st.st_ino) else {
+            continue;
+        };
+        if sys::fstatat(libc::AT_FDCWD, &main, libc::AT_SYMLINK_NOFOLLOW).is_err() {
+            continue;
+        }
+        let own = sibling_path(&main)?;
+        if let Some((lfd, ino)) = open_log(libc::AT_FDCWD, &own, st.st_mode, Some(st.st_uid), true)? {
+            let l = LogFile {
+                fd: lfd,
+                ino,
+                path: own,
+                ident,
+            };
+            return Ok(Some((l, main)));
+        }
+    }
+    Ok(None)
+}
+
+/// Is there a log of the data file (a new-location one, or an old `.<name>.flexlog`)?
+fn has_log(fd: RawFd, st: &rustix::fs::Stat, dirfd: RawFd, path: &CStr) -> bool {
+    let exists = |p: &CStr| sys::fstatat(dirfd, p, libc::AT_SYMLINK_NOFOLLOW).is_ok();
+    site::legacy_path(path.to_bytes()).is_some_and(|p| exists(&p))
+        || site::dirs(fd, st.st_dev)
+            .iter()
+            .filter_map(|(d, _)| site::log_in(d, st.st_ino))
+            .any(|p| exists(&p))
+}
+
+/// Replay the log `lfd` into the data file `fd` through plain system calls.
+fn replay_plain(lfd: RawFd, ident: u64, fd: RawFd) -> Res<Replayed> {
+    let m = FileLog {
+        fd: lfd,
+        len: sys::fstat(lfd)?.st_size as u64,
+    };
+    let (_log, r) = core::recover(m, ident, &mut FdData(fd), fresh_gen())?;
+    Ok(r)
+}
+
+/// A log of an older version, `<dir>/.<name>.flexlog` beside the data file (its header
+/// names the data file by inode number only): recover from it and remove it. Such logs
+/// are never created any more.
+fn recover_legacy(dirfd: RawFd, path: &CStr, fd: RawFd) -> Res<Option<Replayed>> {
+    let Some(lpath) = site::legacy_path(path.to_bytes()) else {
+        return Ok(None);
+    };
+    if sys::fstatat(dirfd, &lpath, libc::AT_SYMLINK_NOFOLLOW).is_err() {
+        return Ok(None);
+    }
+    let st = sys::fstat(fd)?;
+    let Some((lfd, _)) = open_log(dirfd, &lpath, st.st_mode, None, false)? else {
+        return Ok(None);
+    };
+    let r = replay_plain(lfd, st.st_ino, fd);
     if r.is_ok() {
         // SAFETY: a raw system call with a valid path string.
         unsafe { libc::syscall(libc::SYS_unlinkat, dirfd, lpath.as_ptr(), 0) };
     }
     let _ = sys::close(lfd);
+    r.map(Some)
+}
+
+/// Recover through a plain read-write descriptor (read-only opens, `flexio recover`):
+/// replay the committed transactions of the file's log, if any, then remove the log (an
+/// old-location log first, see [`recover_legacy`]). Ok(None): no log.
+pub fn recover_fd(dirfd: RawFd, path: &CStr, fd: RawFd) -> Res<Option<Replayed>> {
+    let old = recover_legacy(dirfd, path, fd)?;
+    let st = sys::fstat(fd)?;
+    let Some(l) = find_log(fd, &st, false)? else {
+        return Ok(old);
+    };
+    let r = replay_plain(l.fd, l.ident, fd);
+    if r.is_ok() {
+        unlink_log(&l.path, l.ino);
+    }
+    let _ = sys::close(l.fd);
     r.map(Some)
 }
 
@@ -600,6 +718,9 @@ impl Media for FileLog {
     }
 }
 
+/// Fallback reason: the file's log is not one flex may use (see [`open_log`]).
+const UNTRUSTED: &str = "atomic: untrusted log (not flex's, or another user's)";
+
 /// At open in atomic mode: find or create the file's log, recover what a crash left, and
 /// attach the atomic state to the inode. EBUSY when another process has the file in
 /// atomic mode (README, "Failure-atomic mode").
@@ -624,30 +745,45 @@ pub fn attach(inode: &Arc<Inode>, fd: RawFd, writable: bool, dirfd: RawFd, path:
                     .fallback("atomic: reader while another process writes");
                 Ok(())
             }
+            Err(Errno::PERM) => {
+                e.stats.fallback(UNTRUSTED);
+                Ok(())
+            }
             Err(err) => Err(err),
         };
     }
-    let main = log_path(path.to_bytes()).ok_or(Errno::INVAL)?;
+    // A crash under an older version left its log beside the file: recover it first.
+    if let Some(r) = recover_legacy(dirfd, path, fd)? {
+        inode.adopt_size(r.size);
+        e.stats.recoveries.fetch_add(1, Relaxed);
+    }
     let st = sys::fstat(fd)?;
     // The file's main log, or (another live process holds it: the file is shared) a log
     // of this process's own beside it.
-    let (lpath, lfd, lino, owner) = match open_log(dirfd, &main, st.st_mode, true) {
-        Ok(Some((lfd, lino))) => (main.clone(), lfd, lino, true),
-        Ok(None) => return Err(Errno::NOENT),
-        Err(Errno::BUSY) => {
-            let own = sibling_path(&main)?;
-            match open_log(dirfd, &own, st.st_mode, true)? {
-                Some((lfd, lino)) => (own, lfd, lino, false),
-                None => return Err(Errno::NOENT),
+    let (l, main, owner) = match find_log(fd, &st, true) {
+        Ok(Some(l)) => {
+            let main = l.path.clone();
+            (l, main, true)
+        }
+        Ok(None) => {
+            // Never a log in the program's directories: the file is served plainly.
+            e.stats.fallback("atomic: no place for the log");
+            return Ok(());
+        }
+        Err(Errno::BUSY) => match find_sibling_log(fd, &st)? {
+            Some((l, main)) => (l, main, false),
+            None => {
+                e.stats.fallback("atomic: no place for the log");
+                return Ok(());
             }
+        },
+        Err(Errno::PERM) => {
+            e.stats.fallback(UNTRUSTED);
+            return Ok(());
         }
         Err(err) => return Err(err),
     };
-    let lfd = e.keep_private(lfd);
-    let abs = std::fs::read_link(format!("/proc/self/fd/{lfd}"))
-        .ok()
-        .and_then(|p| CString::new(std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str())).ok())
-        .unwrap_or_else(|| lpath.clone());
+    let (lfd, lino, abs, ident) = (e.keep_private(l.fd), l.ino, l.path, l.ident);
     let mut m = match MapLog::new(lfd) {
         Ok(m) => m,
         Err(err) => {
@@ -683,7 +819,7 @@ pub fn attach(inode: &Arc<Inode>, fd: RawFd, writable: bool, dirfd: RawFd, path:
         inode.set_nomap();
     }
     let mut data = InodeData { inode, fd: dfd };
-    let (log, r) = match core::recover(m, st.st_ino, &mut data, fresh_gen()) {
+    let (log, r) = match core::recover(m, ident, &mut data, fresh_gen()) {
         Ok(v) => v,
         Err(err) => {
             if leased {
@@ -698,7 +834,7 @@ pub fn attach(inode: &Arc<Inode>, fd: RawFd, writable: bool, dirfd: RawFd, path:
     }
     // Logs of processes that died while sharing the file: roll their uncommitted
     // transactions back (none of them can be ours: each holds its owner's lock).
-    recover_siblings(dirfd, &main, st.st_ino, st.st_mode, &mut data);
+    recover_siblings(&main, ident, &st, &mut data);
     let mut core = Core::new(log, inode.lsize(), e.config.atomic_log);
     core.policy = e.config.atomic_policy;
     core.background = !e.config.atomic_apply_inline && worker().is_some();
@@ -750,7 +886,7 @@ fn sibling_path(main: &CStr) -> Res<CString> {
 /// Recover and remove every sibling log of `main` whose owner is gone (its lock can be
 /// taken). A crash of a sharing process leaves one; its uncommitted undo transaction is
 /// rolled back, its committed ones (a sibling only ever logs undo) are in the data file.
-fn recover_siblings(dirfd: RawFd, main: &CStr, ino: u64, mode: u32, data: &mut InodeData<'_>) {
+fn recover_siblings(main: &CStr, ident: u64, st: &rustix::fs::Stat, data: &mut InodeData<'_>) {
     let bytes = main.to_bytes();
     let (dir, name) = match bytes.iter().rposition(|&b| b == b'/') {
         Some(i) => (&bytes[..i.max(1)], &bytes[i + 1..]),
@@ -758,18 +894,6 @@ fn recover_siblings(dirfd: RawFd, main: &CStr, ino: u64, mode: u32, data: &mut I
     };
     let Ok(dirc) = CString::new(dir.to_vec()) else {
         return;
-    };
-    let dirc = if dir.first() != Some(&b'/') && dirfd != libc::AT_FDCWD {
-        // A relative log path under an openat directory: name it through /proc.
-        match CString::new(format!(
-            "/proc/self/fd/{dirfd}/{}",
-            String::from_utf8_lossy(dir)
-        )) {
-            Ok(c) => c,
-            Err(_) => return,
-        }
-    } else {
-        dirc
     };
     let Ok(names) = sys::list_dir(&dirc) else {
         return;
@@ -782,11 +906,13 @@ fn recover_siblings(dirfd: RawFd, main: &CStr, ino: u64, mode: u32, data: &mut I
         p.extend_from_slice(&n);
         let Ok(pc) = CString::new(p) else { continue };
         // Only a log nobody holds (open_log takes its owner's lock, never creates).
-        let Ok(Some((lfd, lino))) = open_log(libc::AT_FDCWD, &pc, mode, false) else {
+        let Ok(Some((lfd, lino))) =
+            open_log(libc::AT_FDCWD, &pc, st.st_mode, Some(st.st_uid), false)
+        else {
             continue;
         };
         if let Ok(m) = MapLog::new(lfd) {
-            if let Ok((_log, r)) = core::recover(m, ino, data, fresh_gen()) {
+            if let Ok((_log, r)) = core::recover(m, ident, data, fresh_gen()) {
                 if r.txns > 0 || r.discarded > 0 {
                     engine().stats.recoveries.fetch_add(1, Relaxed);
                 }
@@ -799,8 +925,7 @@ fn recover_siblings(dirfd: RawFd, main: &CStr, ino: u64, mode: u32, data: &mut I
 }
 
 fn recover_read_only(dirfd: RawFd, path: &CStr, fd: RawFd) -> Res<Option<Replayed>> {
-    let lpath = log_path(path.to_bytes()).ok_or(Errno::INVAL)?;
-    if sys::fstatat(dirfd, &lpath, libc::AT_SYMLINK_NOFOLLOW).is_err() {
+    if !has_log(fd, &sys::fstat(fd)?, dirfd, path) {
         return Ok(None);
     }
     let p = CString::new(format!("/proc/self/fd/{fd}")).map_err(|_| Errno::INVAL)?;
@@ -1331,6 +1456,25 @@ pub fn detach(inode: &Inode) -> Res<()> {
         e.stats.fallback("atomic: early commit (log full)");
     }
     Ok(())
+}
+
+/// Does this process have a file in atomic mode (one load; the timestamp calls ask)?
+pub fn any_attached() -> bool {
+    crate::engine::engine_if_started().is_some_and(|e| e.atomic_files.load(Relaxed) > 0)
+}
+
+/// The program is about to set the timestamps of the file `(dev, ino)` (`utimensat`,
+/// `futimens`, ...): if it is in atomic mode here, commit and apply what is logged, so
+/// that no change flex makes to the data file later (a redo transaction's writes, the
+/// truncation of an `O_TRUNC` open) bumps the times the program sets. A commit point, as
+/// the other calls that hand the file to the kernel.
+pub fn before_set_times(dev: u64, ino: u64) {
+    let Some(e) = crate::engine::engine_if_started() else {
+        return;
+    };
+    if let Some(inode) = e.lookup(dev, ino) {
+        commit_for_kernel(&inode);
+    }
 }
 
 /// Commit without leaving atomic mode (fsync hooks use `AtomicFile::commit`; this is for
