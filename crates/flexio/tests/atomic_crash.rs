@@ -271,11 +271,14 @@ fn applied_eventually(p: &std::path::Path, want: &[u8]) {
     }
 }
 
-/// In one process: writes stay in the log (the data file keeps its committed contents)
-/// until fsync; reads, the size and O_TRUNC see them at once; close commits and removes
-/// the log; a second atomic open of a file another description holds shares its state.
+/// In one process, alone with the file (it holds the write lease): reads, the size and
+/// truncations see its uncommitted writes at once; a commit applies them. The moment
+/// another description opens the file (here a plain read, then a second atomic open), the
+/// lease breaks and the file goes shared before that open returns: the opener reads
+/// every write, committed or not, as the kernel would show it; from then on writes and
+/// O_TRUNC are in place (undo-logged). Close commits; the last close removes the log.
 #[test]
-fn writes_reach_the_file_only_at_commit() {
+fn writes_reach_the_file_at_commit_or_when_shared() {
     let dir = tempfile::tempdir_in("/dev/shm").unwrap();
     let p = dir.path().join("a");
     std::fs::write(&p, b"0123456789").unwrap();
@@ -291,11 +294,6 @@ fn writes_reach_the_file_only_at_commit() {
     f.read_exact_at(&mut b, 0).unwrap();
     assert_eq!(&b, b"01234567abc");
     assert_eq!(f.len().unwrap(), 11);
-    assert_eq!(
-        std::fs::read(&p).unwrap(),
-        b"0123456789",
-        "uncommitted bytes reached the file"
-    );
     f.sync_data().unwrap();
     applied_eventually(&p, b"01234567abc");
     f.set_len(4).unwrap();
@@ -304,8 +302,9 @@ fn writes_reach_the_file_only_at_commit() {
     let mut b = vec![9u8; 7];
     f.read_exact_at(&mut b, 0).unwrap();
     assert_eq!(&b, b"0123\0\0Z");
-    assert_eq!(std::fs::read(&p).unwrap(), b"01234567abc");
-    // O_TRUNC in atomic mode is a logged truncation, committed with the rest.
+    // Another opener (this read's open) sees the uncommitted state, in place.
+    assert_eq!(std::fs::read(&p).unwrap(), b"0123\0\0Z");
+    // O_TRUNC through a second description: in place too now.
     let g = OpenOptions::new()
         .read(true)
         .write(true)
@@ -315,10 +314,10 @@ fn writes_reach_the_file_only_at_commit() {
         .unwrap();
     assert_eq!(g.len().unwrap(), 0);
     assert_eq!(f.len().unwrap(), 0);
-    assert_eq!(std::fs::read(&p).unwrap(), b"01234567abc");
+    assert_eq!(std::fs::read(&p).unwrap(), b"");
     g.write_all_at(b"new", 0).unwrap();
+    assert_eq!(std::fs::read(&p).unwrap(), b"new");
     drop(g); // a close commits
-    applied_eventually(&p, b"new");
     assert!(log_of(&p).exists());
     drop(f); // the last close removes the log
     assert!(!log_of(&p).exists(), "log left after the last close");
