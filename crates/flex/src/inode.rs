@@ -43,16 +43,23 @@ pub struct Mapping {
     trailer: bool,
     /// tmpfs or DAX: populating page tables ahead is cheap and never dirties disk pages.
     populate_ok: bool,
-    /// Reads and single-buffer overwrites that end at or below this copy straight from or
-    /// to the mapping: its length, or on tmpfs the end of the file's hole-free prefix.
-    /// 0 while unmapped.
-    fast: u64,
-    /// tmpfs only: what this process knows of the file's holes. A read fault on a tmpfs
-    /// hole allocates a page (the kernel's read of a hole allocates nothing), so reads
-    /// that touch a hole, or a part of the file not looked at yet, go to the kernel.
-    /// On other file systems a read fault on a hole allocates no block (page cache: a
-    /// zero-filled page, DAX: the zero page), and this is `None`.
+    /// Reads that end at or below this copy straight from the mapping: its length, or on
+    /// tmpfs the end of the file's hole-free prefix. 0 while unmapped.
+    rfast: u64,
+    /// The same for single-buffer overwrites (the hole-free prefix wherever holes are
+    /// tracked).
+    wfast: u64,
+    /// What this process knows of the file's holes, where a fault on one allocates what
+    /// the kernel's call would not. tmpfs: a read fault on a hole allocates a page (the
+    /// kernel's read of a hole allocates nothing), so reads that touch a hole, or a part
+    /// of the file not looked at yet, go to the kernel. Blocks smaller than a page (ext4
+    /// -b 1024...): a write fault allocates the page's every block, the kernel's write only
+    /// those it touches, so writes into holes go to the kernel. Elsewhere `None`: a read
+    /// fault on a hole allocates no block (page cache: a zero-filled page; DAX: the zero
+    /// page), a write fault the page the kernel's write would.
     holes: Option<Holes>,
+    /// tmpfs: reads must not fault holes in (`holes` is then set).
+    hole_reads: bool,
 }
 
 /// Most data extents remembered per file (16 bytes each); past them the file is "not
@@ -68,6 +75,8 @@ const PAGE_SZ: u64 = 4096;
 struct Holes {
     data: Vec<(u64, u64)>,
     known: u64,
+    /// What a write allocates around its bytes: the page on tmpfs, the block elsewhere.
+    gran: u64,
     /// st_blocks when last seen: fewer means something was freed (a hole punched, the
     /// file truncated and extended again) and the knowledge is dropped.
     blocks: u64,
@@ -133,8 +142,9 @@ impl Holes {
             // Known up to the old size: a write past it leaves a new hole before it.
             self.known = self.known.max(end);
         }
-        // The pages the bytes landed in are allocated.
-        self.mark_data(off / PAGE_SZ * PAGE_SZ, round_up(end, PAGE_SZ));
+        // The pages (blocks) the bytes landed in are allocated.
+        let g = self.gran.max(1);
+        self.mark_data(off / g * g, round_up(end, g));
     }
 
     /// The file is cut to `len` (what lies past it is gone).
@@ -170,16 +180,47 @@ unsafe impl Send for Mapping {}
 unsafe impl Sync for Mapping {}
 
 impl Mapping {
-    /// Recompute the fast bound after the mapping or the hole knowledge changed.
+    /// Recompute the fast bounds after the mapping or the hole knowledge changed.
     fn refast(&mut self) {
-        self.fast = if self.base.is_null() {
+        let len = if self.base.is_null() {
             0
         } else {
-            match &self.holes {
-                None => self.len as u64,
-                Some(h) => h.prefix().min(self.len as u64),
+            self.len as u64
+        };
+        (self.rfast, self.wfast) = match &self.holes {
+            None => (len, len),
+            Some(h) if self.hole_reads => (h.prefix().min(len), h.prefix().min(len)),
+            Some(h) => {
+                // A write fault allocates the whole page: only whole pages of the prefix
+                // (or up to the end of file, past which no block is allocated).
+                let p = h.prefix();
+                let p = if p >= self.ksize {
+                    p
+                } else {
+                    p / PAGE_SZ * PAGE_SZ
+                };
+                (len, p.min(len))
             }
         };
+    }
+
+    /// A single-buffer overwrite of `[off, end)` (below the logical size `ls`) may go
+    /// through the mapping: it allocates what the kernel's write would.
+    fn write_in_place(&self, off: u64, end: u64, ls: u64) -> bool {
+        if end <= self.wfast {
+            return true;
+        }
+        match &self.holes {
+            Some(_) if end > self.len as u64 => false,
+            Some(h) if self.hole_reads => h.span(off, end) == Span::Data,
+            // Every block of the pages the write faults in must be allocated already.
+            Some(h) => {
+                let a = off / PAGE_SZ * PAGE_SZ;
+                let b = round_up(end, PAGE_SZ).min(ls.max(end));
+                h.span(a, b) == Span::Data
+            }
+            None => end <= self.len as u64,
+        }
     }
 }
 
@@ -288,8 +329,10 @@ impl Inode {
                 ksize: size,
                 trailer: false,
                 populate_ok: false,
-                fast: 0,
+                rfast: 0,
+                wfast: 0,
                 holes: None,
+                hole_reads: false,
             }),
             descs: AtomicUsize::new(0),
             exact_only: AtomicBool::new(false),
@@ -510,16 +553,19 @@ impl Inode {
         m.writable = write;
         m.gran = gran;
         m.map_sync = sync;
-        let tmpfs = rustix::fs::fstatfs(sys::bfd(fd))
-            .map(|s| s.f_type == TMPFS_MAGIC)
-            .unwrap_or(false);
+        let (tmpfs, bsize) = rustix::fs::fstatfs(sys::bfd(fd))
+            .map(|s| (s.f_type == TMPFS_MAGIC, s.f_bsize as u64))
+            .unwrap_or((false, PAGE_SZ));
         m.populate_ok = sync || tmpfs;
         // The file is looked at anew with each new mapping (the knowledge of the old one
-        // may be stale).
-        m.holes = tmpfs.then(Holes::default);
-        if tmpfs {
-            self.learn_holes(m, fd, m.ksize);
-        }
+        // may be stale). DAX maps in pages or 2 MiB extents, never below a page.
+        let small_blocks = !sync && bsize < PAGE_SZ;
+        m.hole_reads = tmpfs;
+        m.holes = (tmpfs || small_blocks).then(|| Holes {
+            gran: if tmpfs { PAGE_SZ } else { bsize.max(512) },
+            ..Holes::default()
+        });
+        self.learn_holes(m, fd, m.ksize);
         m.refast();
         e.stats.maps.fetch_add(1, Relaxed);
         e.stats.file(
@@ -543,7 +589,7 @@ impl Inode {
             // this one is writable), where the kernel's read would not: only the hole-free
             // prefix of the file.
             ks = match &m.holes {
-                Some(_) => ks.min(m.fast),
+                Some(_) => ks.min(m.wfast),
                 None => ks.min(first_hole(fd, ks)),
             };
         }
@@ -626,10 +672,10 @@ impl Inode {
             let m = self.map_r();
             // One bound for the dense case: past it lies the end of the mapping or, on
             // tmpfs, a hole or a part of the file not looked at yet.
-            if pos + n as u64 > m.fast && !m.base.is_null() && pos + n as u64 <= m.len as u64 {
+            if pos + n as u64 > m.rfast && !m.base.is_null() && pos + n as u64 <= m.len as u64 {
                 let span = match &m.holes {
-                    Some(h) => h.span(pos, pos + n as u64),
-                    None => Span::Data,
+                    Some(h) if m.hole_reads => h.span(pos, pos + n as u64),
+                    _ => Span::Data,
                 };
                 match span {
                     Span::Data => {}
@@ -654,7 +700,7 @@ impl Inode {
                         continue;
                     }
                 }
-            } else if pos + n as u64 > m.fast {
+            } else if pos + n as u64 > m.rfast {
                 drop(m);
                 // A mapping that cannot cover the file (a sparse file of exabytes): the
                 // kernel reads.
@@ -769,15 +815,12 @@ impl Inode {
         if !append && bufs.len() == 1 {
             let end = off.saturating_add(total as u64);
             let m = self.map_r();
-            // `fast` (not the mapping's length): on tmpfs a write into a hole takes the
-            // locked path below, which records the hole filled; an overwrite of data past
-            // the first hole stays here.
-            let plain = end <= m.fast
-                || (end <= m.len as u64
-                    && m.holes
-                        .as_ref()
-                        .is_some_and(|h| h.span(off, end) == Span::Data));
-            if !m.base.is_null() && m.writable && plain && end <= self.lsize() {
+            // `wfast` (not the mapping's length): a write into a hole takes the locked
+            // path below, which records the hole filled (or, with blocks smaller than a
+            // page, lets the kernel write); an overwrite of data past the first hole
+            // stays here.
+            let ls = self.lsize();
+            if !m.base.is_null() && m.writable && end <= ls && m.write_in_place(off, end, ls) {
                 let rem = self.copy_in(&m, bufs, off, total, stream);
                 drop(m);
                 if rem == 0 {
@@ -823,6 +866,21 @@ impl Inode {
             e.stats.fallback("cannot map");
             drop(m);
             return self.kernel_write_locked(fd, bufs, off);
+        }
+        if m.holes.is_some() && !m.hole_reads && !m.write_in_place(off, end, self.lsize()) {
+            // Blocks smaller than a page: a write fault would allocate all of the page's.
+            drop(m);
+            e.stats.fallback("write into a hole");
+            let r = self.kernel_write_locked(fd, bufs, off);
+            if let Ok((n, _)) = r {
+                let mut m = self.map_w();
+                let k = m.ksize;
+                if let Some(h) = m.holes.as_mut() {
+                    h.wrote(off, off + n as u64, k);
+                }
+                m.refast();
+            }
+            return r;
         }
         let rem = self.copy_in(&m, bufs, off, total, stream);
         let reached = off + (total - rem) as u64;
@@ -1358,6 +1416,7 @@ mod tests {
         let mut h = Holes {
             data: vec![(0, 8192), (1 << 20, (1 << 20) + 4096)],
             known: 2 << 20,
+            gran: 4096,
             blocks: 0,
         };
         assert_eq!(h.prefix(), 8192);
@@ -1389,6 +1448,7 @@ mod tests {
         let mut u = Holes {
             data: vec![(0, 4096)],
             known: 4096,
+            gran: 4096,
             blocks: 0,
         };
         u.wrote(1 << 20, (1 << 20) + 1, 2 << 20);
