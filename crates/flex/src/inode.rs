@@ -681,21 +681,18 @@ impl Inode {
                     Span::Data => {}
                     Span::Hole => {
                         drop(m);
-                        // A read fault on a tmpfs hole would allocate a page; the kernel's
-                        // read copies zeros (or what another process wrote meanwhile).
-                        e.stats.fallback("read over a hole");
                         // SAFETY: forwarded contract of read_at.
-                        return unsafe { self.kernel_read(fd, buf, len, off, done) };
+                        return unsafe { self.hole_read(fd, buf, len, off, done) };
                     }
                     Span::Unknown => {
                         drop(m);
-                        let _s = self.lock_size();
+                        let s = self.lock_size();
                         let mut m = self.map_w();
                         if !self.learn_holes(&mut m, fd, pos + n as u64) {
                             drop(m);
-                            e.stats.fallback("read over a hole");
+                            drop(s);
                             // SAFETY: forwarded contract of read_at.
-                            return unsafe { self.kernel_read(fd, buf, len, off, done) };
+                            return unsafe { self.hole_read(fd, buf, len, off, done) };
                         }
                         continue;
                     }
@@ -753,6 +750,29 @@ impl Inode {
         }
         e.stats.bytes_read.fetch_add(done as u64, Relaxed);
         Ok(done)
+    }
+
+    /// A read that touches a hole on tmpfs (a read fault there would allocate a page): the
+    /// kernel's read copies zeros, or what another process wrote meanwhile. Short (another
+    /// process truncated the file): the size is re-read, as after a fault in the copy.
+    ///
+    /// # Safety
+    /// As [`Inode::read_at`].
+    unsafe fn hole_read(
+        &self,
+        fd: RawFd,
+        buf: *mut u8,
+        len: usize,
+        off: u64,
+        done: usize,
+    ) -> Res<usize> {
+        engine().stats.fallback("read over a hole");
+        // SAFETY: forwarded contract of read_at.
+        let r = unsafe { self.kernel_read(fd, buf, len, off, done) };
+        if matches!(r, Ok(n) if n < len) {
+            let _ = self.refresh_as(fd, false);
+        }
+        r
     }
 
     /// # Safety
