@@ -43,6 +43,134 @@ pub struct Mapping {
     trailer: bool,
     /// tmpfs or DAX: populating page tables ahead is cheap and never dirties disk pages.
     populate_ok: bool,
+    /// Reads that end at or below this copy straight from the mapping: its length, or on
+    /// tmpfs the end of the file's hole-free prefix. 0 while unmapped.
+    rfast: u64,
+    /// The same for single-buffer overwrites (the hole-free prefix wherever holes are
+    /// tracked).
+    wfast: u64,
+    /// What this process knows of the file's holes, where a fault on one allocates what
+    /// the kernel's call would not. tmpfs: a read fault on a hole allocates a page (the
+    /// kernel's read of a hole allocates nothing), so reads that touch a hole, or a part
+    /// of the file not looked at yet, go to the kernel. Blocks smaller than a page (ext4
+    /// -b 1024...): a write fault allocates the page's every block, the kernel's write only
+    /// those it touches, so writes into holes go to the kernel. Elsewhere `None`: a read
+    /// fault on a hole allocates no block (page cache: a zero-filled page; DAX: the zero
+    /// page), a write fault the page the kernel's write would.
+    holes: Option<Holes>,
+    /// tmpfs: reads must not fault holes in (`holes` is then set).
+    hole_reads: bool,
+}
+
+/// Most data extents remembered per file (16 bytes each); past them the file is "not
+/// looked at" and reads there go to the kernel.
+const MAX_EXTENTS: usize = 1 << 16;
+const PAGE_SZ: u64 = 4096;
+
+/// The data extents of `[0, known)` (sorted, disjoint, not adjacent); the rest of that
+/// range is a hole; `[known, ..)` has not been looked at. Data may be remembered as hole
+/// (a write of another process filled it: the kernel then reads it, correctly), never a
+/// hole as data (a read through the mapping would allocate it).
+#[derive(Default)]
+struct Holes {
+    data: Vec<(u64, u64)>,
+    known: u64,
+    /// What a write allocates around its bytes: the page on tmpfs, the block elsewhere.
+    gran: u64,
+    /// st_blocks when last seen: fewer means something was freed (a hole punched, the
+    /// file truncated and extended again) and the knowledge is dropped.
+    blocks: u64,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Span {
+    /// All data: the mapping serves it.
+    Data,
+    /// Touches a hole: the kernel reads.
+    Hole,
+    /// Reaches past what is known: look first.
+    Unknown,
+}
+
+impl Holes {
+    /// End of the hole-free prefix.
+    fn prefix(&self) -> u64 {
+        match self.data.first() {
+            Some(&(0, e)) => e.min(self.known),
+            _ => 0,
+        }
+    }
+
+    fn span(&self, a: u64, b: u64) -> Span {
+        if a >= self.known {
+            return Span::Unknown;
+        }
+        let i = self.data.partition_point(|e| e.0 <= a);
+        if i == 0 || self.data[i - 1].1 < b.min(self.known) {
+            return Span::Hole;
+        }
+        if b > self.known {
+            Span::Unknown
+        } else {
+            Span::Data
+        }
+    }
+
+    /// `[a, b)` is data now (clipped to what is known).
+    fn mark_data(&mut self, a: u64, b: u64) {
+        let b = b.min(self.known);
+        if a >= b {
+            return;
+        }
+        let i = self.data.partition_point(|e| e.1 < a);
+        let j = self.data.partition_point(|e| e.0 <= b);
+        if i < j {
+            let a = a.min(self.data[i].0);
+            let b = b.max(self.data[j - 1].1);
+            self.data.splice(i..j, [(a, b)]);
+        } else if self.data.len() < MAX_EXTENTS {
+            self.data.insert(i, (a, b));
+        }
+    }
+
+    /// This process wrote `[off, end)` into a file whose size was `old` before.
+    fn wrote(&mut self, off: u64, end: u64, old: u64) {
+        if off >= end {
+            return;
+        }
+        if self.known >= old || off <= self.known {
+            // Known up to the old size: a write past it leaves a new hole before it.
+            self.known = self.known.max(end);
+        }
+        // The pages (blocks) the bytes landed in are allocated.
+        let g = self.gran.max(1);
+        self.mark_data(off / g * g, round_up(end, g));
+    }
+
+    /// The file is cut to `len` (what lies past it is gone).
+    fn cut(&mut self, len: u64) {
+        self.known = self.known.min(len);
+        let i = self.data.partition_point(|e| e.0 < len);
+        self.data.truncate(i);
+        if let Some(last) = self.data.last_mut() {
+            last.1 = last.1.min(len);
+        }
+    }
+
+    /// This process truncated or extended the file from `old` to `new` (an extension is a
+    /// hole).
+    fn resized(&mut self, old: u64, new: u64) {
+        let full = self.known >= old;
+        self.cut(new);
+        if full {
+            self.known = new;
+        }
+    }
+
+    fn forget(&mut self) {
+        self.data.clear();
+        self.known = 0;
+    }
 }
 
 // SAFETY: `base` points to a shared file mapping owned by this struct; all access to the
@@ -50,6 +178,51 @@ pub struct Mapping {
 unsafe impl Send for Mapping {}
 // SAFETY: as above; shared references only read the fields.
 unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Recompute the fast bounds after the mapping or the hole knowledge changed.
+    fn refast(&mut self) {
+        let len = if self.base.is_null() {
+            0
+        } else {
+            self.len as u64
+        };
+        (self.rfast, self.wfast) = match &self.holes {
+            None => (len, len),
+            Some(h) if self.hole_reads => (h.prefix().min(len), h.prefix().min(len)),
+            Some(h) => {
+                // A write fault allocates the whole page: only whole pages of the prefix
+                // (or up to the end of file, past which no block is allocated).
+                let p = h.prefix();
+                let p = if p >= self.ksize {
+                    p
+                } else {
+                    p / PAGE_SZ * PAGE_SZ
+                };
+                (len, p.min(len))
+            }
+        };
+    }
+
+    /// A single-buffer overwrite of `[off, end)` (below the logical size `ls`) may go
+    /// through the mapping: it allocates what the kernel's write would.
+    fn write_in_place(&self, off: u64, end: u64, ls: u64) -> bool {
+        if end <= self.wfast {
+            return true;
+        }
+        match &self.holes {
+            Some(_) if end > self.len as u64 => false,
+            Some(h) if self.hole_reads => h.span(off, end) == Span::Data,
+            // Every block of the pages the write faults in must be allocated already.
+            Some(h) => {
+                let a = off / PAGE_SZ * PAGE_SZ;
+                let b = round_up(end, PAGE_SZ).min(ls.max(end));
+                h.span(a, b) == Span::Data
+            }
+            None => end <= self.len as u64,
+        }
+    }
+}
 
 /// The exclusive map guard; publishes the lock-free state mirror when released.
 struct MapWrite<'a> {
@@ -162,6 +335,10 @@ impl Inode {
                 ksize: size,
                 trailer: false,
                 populate_ok: false,
+                rfast: 0,
+                wfast: 0,
+                holes: None,
+                hole_reads: false,
             }),
             descs: AtomicUsize::new(0),
             exact_only: AtomicBool::new(false),
@@ -292,9 +469,17 @@ impl Inode {
         }
     }
 
-    /// Re-read the kernel's size when this process does not own it (no trailer). Called
-    /// when a read comes up short: another process may have extended the file.
+    /// The kernel changed the file for this process (fallocate, a call flex left to the
+    /// kernel): re-read its size, and on tmpfs look at its holes again if its allocation
+    /// changed (preallocated pages are holes to SEEK_DATA until written).
     pub fn refresh(&self, fd: RawFd) -> Res<u64> {
+        self.refresh_as(fd, true)
+    }
+
+    /// Re-read the kernel's size when this process does not own it (no trailer). Called
+    /// when a read comes up short: another process may have extended the file. The hole
+    /// knowledge is dropped if blocks were freed (holes punched, a truncation).
+    fn refresh_as(&self, fd: RawFd, changed: bool) -> Res<u64> {
         let _s = self.lock_size();
         let mut m = self.map_w();
         if m.trailer {
@@ -304,6 +489,17 @@ impl Inode {
         let k = st.st_size as u64;
         m.ksize = k;
         self.lsize.store(k, Release);
+        if let Some(h) = m.holes.as_mut() {
+            let blocks = st.st_blocks as u64;
+            if blocks < h.blocks || (changed && blocks != h.blocks) {
+                // Freed blocks (a punched hole, a truncation by someone else) or new ones
+                // of unknown kind: look again.
+                h.forget();
+            }
+            h.blocks = blocks;
+            h.cut(k);
+            m.refast();
+        }
         Ok(k)
     }
 
@@ -351,6 +547,10 @@ impl Inode {
         }
         m.ksize = ksize;
         self.lsize.store(ksize, Release);
+        if let Some(h) = m.holes.as_mut() {
+            h.cut(ksize);
+            m.refast();
+        }
     }
 
     /// Write through the kernel (unmapped file, or a fallback). An append is the kernel's
@@ -387,7 +587,7 @@ impl Inode {
         self.trim_locked(fd)?;
         // SAFETY: forwarded contract.
         let (n, end) = unsafe { sys::append(fd, bufs) }?;
-        self.saw_end(end);
+        self.saw_end(end - n as u64, end);
         if n > 0 && self.state.load(Acquire) & (MAPPED | PAGE) == MAPPED {
             // Cache-line granularity promises a write durable on return: the kernel's
             // DAX write stored the bytes durably, the new size needs the journal.
@@ -397,12 +597,19 @@ impl Inode {
         Ok((n, end))
     }
 
-    /// The kernel's file reaches at least `end` (a write through it returned there).
-    fn saw_end(&self, end: u64) {
+    /// The kernel's file holds `[off, end)` now and reaches at least `end` (a write
+    /// through it returned there).
+    fn saw_end(&self, off: u64, end: u64) {
         if end > self.lsize() {
             self.lsize.store(end, Release);
             let mut m = self.map_w();
+            let old = m.ksize;
             m.ksize = m.ksize.max(end);
+            if let Some(h) = m.holes.as_mut() {
+                // An append keeps a hole-free file hole-free, and the fast path with it.
+                h.wrote(off, end, old);
+                m.refast();
+            }
         }
     }
 
@@ -442,6 +649,7 @@ impl Inode {
             }?;
             m.base = p.cast();
             m.len = want;
+            m.refast();
             e.stats.remaps.fetch_add(1, Relaxed);
             return Ok(());
         }
@@ -456,10 +664,20 @@ impl Inode {
         m.writable = write;
         m.gran = gran;
         m.map_sync = sync;
-        m.populate_ok = sync
-            || rustix::fs::fstatfs(sys::bfd(fd))
-                .map(|s| s.f_type == TMPFS_MAGIC)
-                .unwrap_or(false);
+        let (tmpfs, bsize) = rustix::fs::fstatfs(sys::bfd(fd))
+            .map(|s| (s.f_type == TMPFS_MAGIC, s.f_bsize as u64))
+            .unwrap_or((false, PAGE_SZ));
+        m.populate_ok = sync || tmpfs;
+        // The file is looked at anew with each new mapping (the knowledge of the old one
+        // may be stale). DAX maps in pages or 2 MiB extents, never below a page.
+        let small_blocks = !sync && bsize < PAGE_SZ;
+        m.hole_reads = tmpfs;
+        m.holes = (tmpfs || small_blocks).then(|| Holes {
+            gran: if tmpfs { PAGE_SZ } else { bsize.max(512) },
+            ..Holes::default()
+        });
+        self.learn_holes(m, fd, m.ksize);
+        m.refast();
         e.stats.maps.fetch_add(1, Relaxed);
         e.stats.file(
             &self.path,
@@ -476,7 +694,16 @@ impl Inode {
             gran.as_str(),
             write
         );
-        let ks = m.ksize.min(m.len as u64);
+        let mut ks = m.ksize.min(m.len as u64);
+        if m.populate_ok && ks > 64 << 10 && ks <= e.config.populate_max {
+            // Pre-faulting a hole allocates it (tmpfs: any fault; DAX: a write fault, and
+            // this one is writable), where the kernel's read would not: only the hole-free
+            // prefix of the file.
+            ks = match &m.holes {
+                Some(_) => ks.min(m.wfast),
+                None => ks.min(first_hole(fd, ks)),
+            };
+        }
         if m.populate_ok && ks > 64 << 10 && ks <= e.config.populate_max {
             // tmpfs and DAX have no writeback to dirty: pre-faulting writable spares the
             // first store to each page a write fault.
@@ -489,6 +716,31 @@ impl Inode {
             let _ = unsafe { rustix::mm::madvise(base.cast(), round_up(ks, 4096) as usize, adv) };
         }
         Ok(())
+    }
+
+    /// Look at the file's holes until `[0, need)` is known, if it can be (tmpfs only; the
+    /// caller holds the size lock and the exclusive map lock). Returns whether it is.
+    fn learn_holes(&self, m: &mut Mapping, fd: RawFd, need: u64) -> bool {
+        let Some(h) = m.holes.as_mut() else {
+            return true;
+        };
+        if h.known < need {
+            if let Ok(st) = sys::fstat(fd) {
+                let (size, blocks) = (st.st_size as u64, st.st_blocks as u64);
+                if blocks < h.blocks {
+                    h.forget();
+                }
+                h.blocks = blocks;
+                h.cut(size);
+                // st_blocks cannot tell a dense file: tmpfs counts preallocated pages
+                // (fallocate), which SEEK_DATA reports as holes until written, and which
+                // a read fault would turn into data.
+                walk_extents(h, fd, size);
+            }
+        }
+        let known = h.known >= need;
+        m.refast();
+        known
     }
 
     /// Make sure a mapping exists for reading or writing (used at adoption and by the paths).
@@ -521,7 +773,7 @@ impl Inode {
             let ls = self.lsize();
             if pos >= ls {
                 // At our idea of EOF: another process may have extended the file.
-                if refreshed || self.refresh(fd)? <= pos {
+                if refreshed || self.refresh_as(fd, false)? <= pos {
                     break;
                 }
                 refreshed = true;
@@ -529,7 +781,34 @@ impl Inode {
             }
             let n = ((ls - pos) as usize).min(len - done);
             let m = self.map_r();
-            if m.base.is_null() || pos + n as u64 > m.len as u64 {
+            // One bound for the dense case: past it lies the end of the mapping or, on
+            // tmpfs, a hole or a part of the file not looked at yet.
+            if pos + n as u64 > m.rfast && !m.base.is_null() && pos + n as u64 <= m.len as u64 {
+                let span = match &m.holes {
+                    Some(h) if m.hole_reads => h.span(pos, pos + n as u64),
+                    _ => Span::Data,
+                };
+                match span {
+                    Span::Data => {}
+                    Span::Hole => {
+                        drop(m);
+                        // SAFETY: forwarded contract of read_at.
+                        return unsafe { self.hole_read(fd, buf, len, off, done) };
+                    }
+                    Span::Unknown => {
+                        drop(m);
+                        let s = self.lock_size();
+                        let mut m = self.map_w();
+                        if !self.learn_holes(&mut m, fd, pos + n as u64) {
+                            drop(m);
+                            drop(s);
+                            // SAFETY: forwarded contract of read_at.
+                            return unsafe { self.hole_read(fd, buf, len, off, done) };
+                        }
+                        continue;
+                    }
+                }
+            } else if pos + n as u64 > m.rfast {
                 drop(m);
                 // A mapping that cannot cover the file (a sparse file of exabytes): the
                 // kernel reads.
@@ -557,7 +836,7 @@ impl Inode {
                 if !owned {
                     // Truncated: the bytes copied before the fault may lie past the new
                     // end (the zero-filled tail of its last page).
-                    let k = self.refresh(fd)?;
+                    let k = self.refresh_as(fd, false)?;
                     done = done.min(k.saturating_sub(off) as usize);
                 }
                 // SAFETY: forwarded contract of read_at.
@@ -569,7 +848,7 @@ impl Inode {
             // below it; otherwise ask the kernel (unless this process owns the size).
             // SAFETY: `done >= n > 0` bytes of the buffer were just written by the copy.
             if !owned && unsafe { *buf.add(done - 1) } == 0 {
-                let k = self.refresh(fd)?;
+                let k = self.refresh_as(fd, false)?;
                 if k < pos + n as u64 {
                     done = done.min(k.saturating_sub(off) as usize);
                     break;
@@ -582,6 +861,29 @@ impl Inode {
         }
         e.stats.bytes_read.fetch_add(done as u64, Relaxed);
         Ok(done)
+    }
+
+    /// A read that touches a hole on tmpfs (a read fault there would allocate a page): the
+    /// kernel's read copies zeros, or what another process wrote meanwhile. Short (another
+    /// process truncated the file): the size is re-read, as after a fault in the copy.
+    ///
+    /// # Safety
+    /// As [`Inode::read_at`].
+    unsafe fn hole_read(
+        &self,
+        fd: RawFd,
+        buf: *mut u8,
+        len: usize,
+        off: u64,
+        done: usize,
+    ) -> Res<usize> {
+        engine().stats.fallback("read over a hole");
+        // SAFETY: forwarded contract of read_at.
+        let r = unsafe { self.kernel_read(fd, buf, len, off, done) };
+        if matches!(r, Ok(n) if n < len) {
+            let _ = self.refresh_as(fd, false);
+        }
+        r
     }
 
     /// # Safety
@@ -644,7 +946,12 @@ impl Inode {
         if !append && bufs.len() == 1 {
             let end = off.saturating_add(total as u64);
             let m = self.map_r();
-            if !m.base.is_null() && m.writable && end <= m.len as u64 && end <= self.lsize() {
+            // `wfast` (not the mapping's length): a write into a hole takes the locked
+            // path below, which records the hole filled (or, with blocks smaller than a
+            // page, lets the kernel write); an overwrite of data past the first hole
+            // stays here.
+            let ls = self.lsize();
+            if !m.base.is_null() && m.writable && end <= ls && m.write_in_place(off, end, ls) {
                 let rem = self.copy_in(&m, bufs, off, total, stream);
                 drop(m);
                 if rem == 0 {
@@ -672,6 +979,7 @@ impl Inode {
             return self.kernel_write_locked(fd, bufs, off);
         }
         let mut m = self.map_w();
+        let old = m.ksize;
         if end > self.lsize() {
             let grown = if !m.trailer && !self.own_size(fd) {
                 self.grow_exact(&mut m, fd, end)
@@ -695,8 +1003,27 @@ impl Inode {
             drop(m);
             return self.kernel_write_locked(fd, bufs, off);
         }
+        if m.holes.is_some() && !m.hole_reads && !m.write_in_place(off, end, self.lsize()) {
+            // Blocks smaller than a page: a write fault would allocate all of the page's.
+            drop(m);
+            e.stats.fallback("write into a hole");
+            let r = self.kernel_write_locked(fd, bufs, off);
+            if let Ok((n, _)) = r {
+                let mut m = self.map_w();
+                let k = m.ksize;
+                if let Some(h) = m.holes.as_mut() {
+                    h.wrote(off, off + n as u64, k);
+                }
+                m.refast();
+            }
+            return r;
+        }
         let rem = self.copy_in(&m, bufs, off, total, stream);
         let reached = off + (total - rem) as u64;
+        if let Some(h) = m.holes.as_mut() {
+            h.wrote(off, reached, old);
+            m.refast();
+        }
         // A write that copied nothing (a bad buffer) must not extend the file.
         if rem < total && reached > self.lsize() {
             self.publish_size(&m, reached);
@@ -824,7 +1151,7 @@ impl Inode {
         // SAFETY: the buffers come from write_at/kernel_write, whose contract they carry.
         let n = unsafe { sys::pwritev(fd, bufs, off) }?;
         let end = off + n as u64;
-        self.saw_end(end);
+        self.saw_end(off, end);
         engine().stats.bytes_written.fetch_add(n as u64, Relaxed);
         Ok((n, end))
     }
@@ -1046,7 +1373,12 @@ impl Inode {
         }
         kernel()?;
         let mut m = self.map_w();
+        let old = m.ksize;
         m.ksize = len;
+        if let Some(h) = m.holes.as_mut() {
+            h.resized(old, len);
+            m.refast();
+        }
         self.lsize.store(len, Release);
         self.meta_dirty.store(true, Relaxed);
         Ok(())
@@ -1083,6 +1415,7 @@ impl Inode {
             let _ = unsafe { rustix::mm::munmap(m.base.cast(), m.len) };
             m.base = core::ptr::null_mut();
             m.len = 0;
+            m.refast();
             engine().stats.unmaps.fetch_add(1, Relaxed);
         }
     }
@@ -1125,6 +1458,59 @@ fn map_through(fd: RawFd, len: usize, write: bool) -> Res<(*mut u8, Granularity,
     let r = map_file(rw, len, write);
     let _ = sys::close(rw);
     r
+}
+
+/// Learn the data extents of `[h.known, size)` with SEEK_DATA and SEEK_HOLE, at most
+/// MAX_EXTENTS in all. Stops early (leaving the rest unknown) on any error.
+fn walk_extents(h: &mut Holes, fd: RawFd, size: u64) {
+    let Some(rfd) = Seeker::new(fd) else { return };
+    let rfd = rfd.0;
+    let mut off = h.known;
+    while off < size && h.data.len() < MAX_EXTENTS {
+        let d = match sys::lseek(rfd, off as i64, libc::SEEK_DATA) {
+            Ok(d) => d.min(size),
+            Err(Errno::NXIO) => size,
+            Err(_) => break,
+        };
+        if d >= size {
+            off = size;
+            break;
+        }
+        let end = match sys::lseek(rfd, d as i64, libc::SEEK_HOLE) {
+            Ok(e) if e > d => e.min(size),
+            _ => break,
+        };
+        match h.data.last_mut() {
+            Some(last) if last.1 >= d => last.1 = last.1.max(end),
+            _ => h.data.push((d, end)),
+        }
+        off = end;
+    }
+    h.known = h.known.max(off);
+}
+
+/// The first hole below `limit` (`limit` if none; 0 if the file cannot be looked at).
+fn first_hole(fd: RawFd, limit: u64) -> u64 {
+    let Some(s) = Seeker::new(fd) else { return 0 };
+    sys::lseek(s.0, 0, libc::SEEK_HOLE).map_or(0, |h| h.min(limit))
+}
+
+/// SEEK_DATA and SEEK_HOLE move the kernel descriptor's offset, which a description
+/// that keeps its offset in the kernel (a coherent one, on 0-2) relies on: put it back.
+struct Seeker(RawFd, u64);
+
+impl Seeker {
+    fn new(fd: RawFd) -> Option<Seeker> {
+        sys::lseek(fd, 0, libc::SEEK_CUR)
+            .ok()
+            .map(|at| Seeker(fd, at))
+    }
+}
+
+impl Drop for Seeker {
+    fn drop(&mut self) {
+        let _ = sys::lseek(self.0, self.1 as i64, libc::SEEK_SET);
+    }
 }
 
 /// Map `len` bytes of the file, 2 MiB aligned. Tries MAP_SYNC first: accepted only on DAX.
@@ -1186,6 +1572,50 @@ fn map_file(fd: RawFd, len: usize, write: bool) -> Res<(*mut u8, Granularity, bo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn holes_never_call_a_hole_data() {
+        let mut h = Holes {
+            data: vec![(0, 8192), (1 << 20, (1 << 20) + 4096)],
+            known: 2 << 20,
+            gran: 4096,
+            blocks: 0,
+        };
+        assert_eq!(h.prefix(), 8192);
+        assert_eq!(h.span(0, 8192), Span::Data);
+        assert_eq!(h.span(100, 8193), Span::Hole);
+        assert_eq!(h.span(8192, 8193), Span::Hole);
+        assert_eq!(h.span(1 << 20, (1 << 20) + 10), Span::Data);
+        assert_eq!(h.span((2 << 20) - 1, 2 << 20), Span::Hole);
+        assert_eq!(h.span(2 << 20, (2 << 20) + 1), Span::Unknown);
+        // A write into the hole after the prefix joins it (whole pages).
+        h.wrote(8192, 8193, 2 << 20);
+        assert_eq!(h.data[0], (0, 12288));
+        // A write bridging two extents merges them.
+        h.wrote(12288, (1 << 20) + 1, 2 << 20);
+        assert_eq!(h.data, vec![(0, (1 << 20) + 4096)]);
+        // An append past the known end of a fully known file: the gap is a hole.
+        h.wrote(3 << 20, (3 << 20) + 5, 2 << 20);
+        assert_eq!(h.known, (3 << 20) + 5);
+        assert_eq!(h.span((3 << 20) - 1, 3 << 20), Span::Hole);
+        assert_eq!(h.span(3 << 20, (3 << 20) + 5), Span::Data);
+        // Truncate inside an extent, then extend: the extension is a hole.
+        h.resized((3 << 20) + 5, 5000);
+        h.resized(5000, 1 << 20);
+        assert_eq!(h.data, vec![(0, 5000)]);
+        assert_eq!(h.known, 1 << 20);
+        assert_eq!(h.span(4096, 5000), Span::Data);
+        assert_eq!(h.span(4096, 5001), Span::Hole);
+        // Not fully known: a write past the known end stays unknown.
+        let mut u = Holes {
+            data: vec![(0, 4096)],
+            known: 4096,
+            gran: 4096,
+            blocks: 0,
+        };
+        u.wrote(1 << 20, (1 << 20) + 1, 2 << 20);
+        assert_eq!((u.known, u.data.len()), (4096, 1));
+    }
 
     #[test]
     fn grow_target_is_page_aligned_and_fits_the_trailer() {

@@ -3,10 +3,15 @@
 //! twin file B). After every step: identical return values and errno, identical file
 //! offsets of every open descriptor, identical logical sizes; at check points and at the
 //! end: identical bytes, and after the last close identical kernel sizes and contents.
+//! On tmpfs outside atomic mode also after every step: identical st_blocks and data
+//! extents (SEEK_DATA/SEEK_HOLE): reading through the engine allocates nothing, writing
+//! allocates what the kernel's write does (FLEX_DIFF_BLOCKS=1 compares st_blocks on
+//! other file systems too).
 //!
 //! Files live in /dev/shm (tmpfs) unless `FLEX_TEST_DIR` says otherwise. `PROPTEST_CASES`
 //! raises the number of cases. Deliberate differences from the kernel are listed where
-//! they are tolerated (SEEK_DATA/SEEK_HOLE: see `seek_data_hole`).
+//! they are tolerated (SEEK_DATA/SEEK_HOLE in atomic mode and on DAX: see
+//! `seek_data_hole`).
 
 mod common;
 
@@ -398,6 +403,67 @@ struct Runner<'m> {
     /// the background applier or not.
     atomic: bool,
     applier: bool,
+    /// Compare what the files have allocated (st_blocks) after every step: the engine
+    /// must allocate exactly what the kernel does. On tmpfs outside atomic mode (the log
+    /// applies later); elsewhere only with FLEX_DIFF_BLOCKS=1, as a disk file system's
+    /// st_blocks also counts what its own timing decides (ext4's delayed allocation and
+    /// extent-tree blocks, xfs's speculative preallocation past the end).
+    alloc: bool,
+    /// And the SEEK_DATA/SEEK_HOLE extents, on tmpfs. Elsewhere SEEK_DATA also reports
+    /// preallocated (unwritten) blocks as data where clean pages are cached over them,
+    /// and a fault's readahead caches more of them than the kernel's read.
+    extents: bool,
+}
+
+/// The data extents of a file as SEEK_DATA/SEEK_HOLE tell them, and its st_blocks.
+fn allocation(path: &std::path::Path) -> Result<(u64, Vec<(u64, u64)>), String> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    let f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(x) if x.kind() == std::io::ErrorKind::NotFound => return Ok((0, vec![])),
+        Err(x) => return Err(format!("open {}: {x}", path.display())),
+    };
+    let md = f.metadata().map_err(|x| x.to_string())?;
+    let mut v = vec![];
+    let mut at = 0u64;
+    while at < md.len() {
+        let Ok(d) = Side::Kernel.lseek(f.as_raw_fd(), at as i64, libc::SEEK_DATA) else {
+            break;
+        };
+        let h = Side::Kernel
+            .lseek(f.as_raw_fd(), d, libc::SEEK_HOLE)
+            .map_err(|x| format!("SEEK_HOLE: {x}"))?;
+        v.push((d as u64, h as u64));
+        at = h as u64;
+    }
+    Ok((md.blocks(), v))
+}
+
+fn on_tmpfs(dir: &std::path::Path) -> bool {
+    let p = cstr(dir);
+    // SAFETY: statfs is plain old data; `p` is a valid path string.
+    unsafe {
+        let mut st: libc::statfs = core::mem::zeroed();
+        libc::statfs(p.as_ptr(), &mut st) == 0 && st.f_type == libc::TMPFS_MAGIC
+    }
+}
+
+/// Whether files in `dir` are on DAX (statx's STATX_ATTR_DAX on the directory).
+fn on_dax(dir: &std::path::Path) -> bool {
+    let p = cstr(dir);
+    // SAFETY: statx is plain old data; `p` is a valid path string.
+    unsafe {
+        let mut st: libc::statx = core::mem::zeroed();
+        libc::statx(
+            libc::AT_FDCWD,
+            p.as_ptr(),
+            0,
+            libc::STATX_BASIC_STATS,
+            &mut st,
+        ) == 0
+            && st.stx_attributes & libc::STATX_ATTR_DAX as u64 != 0
+    }
 }
 
 type Out = Result<(), String>;
@@ -418,6 +484,11 @@ impl<'m> Runner<'m> {
             )
         };
         assert!(dirfd >= 0, "open the test directory");
+        let atomic = std::env::var_os("FLEX_DIFF_ATOMIC").is_some();
+        let tmpfs = on_tmpfs(dir.path());
+        let alloc = !atomic
+            && (tmpfs || std::env::var_os("FLEX_DIFF_BLOCKS").is_some() && !on_dax(dir.path()));
+        let extents = alloc && tmpfs;
         let paths = core::array::from_fn(|i| {
             (
                 dir.path().join(format!("k{i}")),
@@ -441,8 +512,10 @@ impl<'m> Runner<'m> {
             touched: Default::default(),
             mem,
             step: 0,
-            atomic: std::env::var_os("FLEX_DIFF_ATOMIC").is_some(),
+            atomic,
             applier: std::env::var("FLEX_ATOMIC_APPLY").is_ok_and(|v| v == "background"),
+            alloc,
+            extents,
         }
     }
 
@@ -569,6 +642,31 @@ impl<'m> Runner<'m> {
                         self.step
                     ));
                 }
+            }
+        }
+        self.check_allocation()
+    }
+
+    /// The engine allocated exactly what the kernel did: the same st_blocks and the same
+    /// data extents (a read fault on a tmpfs hole allocates a page, the kernel's read of
+    /// a hole allocates nothing).
+    fn check_allocation(&self) -> Out {
+        if !self.alloc {
+            return Ok(());
+        }
+        for (file, (a, b)) in self.paths.iter().enumerate() {
+            let (ka, kb) = (allocation(a)?, allocation(b)?);
+            if ka.0 != kb.0 {
+                return fail(format!(
+                    "step {}: st_blocks of file {file}: kernel {} engine {}",
+                    self.step, ka.0, kb.0
+                ));
+            }
+            if self.extents && ka.1 != kb.1 {
+                return fail(format!(
+                    "step {}: data extents of file {file}: kernel {:?} engine {:?}",
+                    self.step, ka.1, kb.1
+                ));
             }
         }
         Ok(())
@@ -783,7 +881,10 @@ impl<'m> Runner<'m> {
                 let off = off.eval(size);
                 let rk = Side::Kernel.lseek(k, off, whence);
                 let re = self.eside.lseek(e, off, whence);
-                if (whence == libc::SEEK_DATA || whence == libc::SEEK_HOLE) && rk != re {
+                if (whence == libc::SEEK_DATA || whence == libc::SEEK_HOLE)
+                    && rk != re
+                    && !self.extents
+                {
                     return self.seek_data_hole(file, k, e, off, whence, size, rk, re);
                 }
                 self.cmp(&format!("lseek {off} whence {whence}"), rk, re)
@@ -1070,10 +1171,12 @@ impl<'m> Runner<'m> {
         Ok(())
     }
 
-    /// SEEK_DATA/SEEK_HOLE may legitimately differ: a file system may report a hole as
-    /// data (lseek(2)), and the engine's file has its holes allocated (growth reserves
-    /// blocks, mapped writes populate pages). Both answers must be consistent with the
-    /// bytes; then the engine's offset is set to the kernel's so the sequence goes on.
+    /// SEEK_DATA/SEEK_HOLE may legitimately differ outside tmpfs and in atomic mode: a
+    /// file system may report a hole as data (lseek(2)), cached clean pages over
+    /// preallocated blocks count as data, and the engine's file has holes allocated in
+    /// atomic mode and on DAX (growth reserves blocks; the log applies whole ranges).
+    /// Both answers must be consistent with the bytes; then the engine's offset is set
+    /// to the kernel's so the sequence goes on.
     #[allow(clippy::too_many_arguments)]
     fn seek_data_hole(
         &self,
@@ -1673,6 +1776,101 @@ fn regressions() {
                     buf: Buf::Good,
                     seed: 0,
                 },
+            ],
+        ),
+        (
+            "reads over holes allocate nothing (tmpfs: a read fault on a hole allocates)",
+            (300 << 10) + 5,
+            vec![
+                // Sparse writes far apart, an ftruncate-extend, reads across the holes.
+                Op::Ftruncate {
+                    slot: 0,
+                    len: Off::At(8 << 20),
+                },
+                Op::Pwrite {
+                    slot: 0,
+                    len: 5000,
+                    off: Off::At((4 << 20) + 7),
+                    buf: Buf::Good,
+                    seed: 3,
+                },
+                Op::Pread {
+                    slot: 0,
+                    len: 300 << 10,
+                    off: Off::At(1 << 20),
+                    buf: Buf::Good,
+                },
+                Op::Pread {
+                    slot: 0,
+                    len: 65537,
+                    off: Off::At((4 << 20) - 4096),
+                    buf: Buf::Good,
+                },
+                Op::Pwrite {
+                    slot: 0,
+                    len: 100,
+                    off: Off::At((6 << 20) + 1),
+                    buf: Buf::Good,
+                    seed: 4,
+                },
+                Op::Ftruncate {
+                    slot: 0,
+                    len: Off::End(3 << 20),
+                },
+                Op::Lseek {
+                    slot: 0,
+                    off: Off::At(0),
+                    whence: libc::SEEK_SET,
+                },
+                Op::Read {
+                    slot: 0,
+                    len: 300 << 10,
+                    buf: Buf::Good,
+                },
+                Op::Pread {
+                    slot: 0,
+                    len: 300 << 10,
+                    off: Off::End(-(200 << 10)),
+                    buf: Buf::Good,
+                },
+                Op::Lseek {
+                    slot: 0,
+                    off: Off::At(4096),
+                    whence: libc::SEEK_DATA,
+                },
+                Op::Lseek {
+                    slot: 0,
+                    off: Off::At((4 << 20) + 10),
+                    whence: libc::SEEK_HOLE,
+                },
+                Op::Pwrite {
+                    slot: 0,
+                    len: 1,
+                    off: Off::At((2 << 20) + 4095),
+                    buf: Buf::Good,
+                    seed: 5,
+                },
+                Op::Pread {
+                    slot: 0,
+                    len: 300 << 10,
+                    off: Off::At(2 << 20),
+                    buf: Buf::Good,
+                },
+                Op::Ftruncate {
+                    slot: 0,
+                    len: Off::At((5 << 20) + 3),
+                },
+                Op::Ftruncate {
+                    slot: 0,
+                    len: Off::At(9 << 20),
+                },
+                Op::Pread {
+                    slot: 0,
+                    len: 300 << 10,
+                    off: Off::At(5 << 20),
+                    buf: Buf::Good,
+                },
+                Op::Check,
             ],
         ),
         (

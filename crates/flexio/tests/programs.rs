@@ -464,3 +464,42 @@ fn bash_redirections() {
     }
     r.stats.assert_served(&["read"], "in.txt");
 }
+
+/// A sparse 1 GiB file with three data blocks, read whole by `cat` and archived by
+/// `tar --sparse`: reading through flex must allocate nothing (a read fault on a tmpfs
+/// hole allocates a page, the kernel's read of a hole does not), so st_blocks, the data
+/// extents tar finds with SEEK_DATA/SEEK_HOLE and the archive's size are the kernel's.
+#[test]
+fn sparse_file_read_by_cat_and_tar_stays_sparse() {
+    require("cat", "coreutils");
+    require("tar", "tar");
+    let t = TestDir::new("sparse");
+    let (p, f) = (t.sub("plain"), t.sub("flex"));
+    for d in [&p, &f] {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::File::create(d.join("sparse.img")).expect("create");
+        file.set_len(1 << 30).expect("set_len");
+        for (i, at) in [0u64, (300 << 20) + 123, (1 << 30) - 5000]
+            .into_iter()
+            .enumerate()
+        {
+            file.write_all_at(&noise(4096, 40 + i as u64), at)
+                .expect("write a data block");
+        }
+    }
+    let script = "cat sparse.img > /dev/null && cat sparse.img sparse.img | wc -c && \
+                  tar --format=gnu --sparse --mtime=@0 -cf - sparse.img | wc -c && \
+                  stat -c '%s %b' sparse.img";
+    let spec = Spec::new("bash", &["-c", script], &p);
+    let (a, r) = both("cat and tar --sparse of a sparse file", &spec, &p, &f);
+    r.stats.assert_served(&["read"], "sparse.img");
+    // The plain run's numbers, for the record: the file stayed sparse there.
+    let out = String::from_utf8_lossy(a.stdout()).to_string();
+    let blocks: u64 = out
+        .split_whitespace()
+        .last()
+        .and_then(|b| b.parse().ok())
+        .expect("st_blocks in the output");
+    assert!(blocks < 1024, "the plain run filled the holes? {out}");
+    assert_eq!(ksize(&f.join("sparse.img")), 1 << 30);
+}
