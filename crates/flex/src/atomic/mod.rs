@@ -584,7 +584,8 @@ fn find_sibling_log(fd: RawFd, st: &rustix::fs::Stat) -> Res<Option<(LogFile, CS
             continue;
         }
         let own = sibling_path(&main)?;
-        if let Some((lfd, ino)) = open_log(libc::AT_FDCWD, &own, st.st_mode, Some(st.st_uid), true)? {
+        if let Some((lfd, ino)) = open_log(libc::AT_FDCWD, &own, st.st_mode, Some(st.st_uid), true)?
+        {
             let l = LogFile {
                 fd: lfd,
                 ino,
