@@ -198,12 +198,23 @@ pub unsafe extern "C" fn posix_fallocate(fd: c_int, off: off_t, len: off_t) -> c
                 return libc::EINVAL;
             }
         } else if let Some(r) = guarded(|| posix::fallocate(fd, 0, off, len)) {
-            return match r {
-                Ok(()) => 0,
-                Err(e) => e.raw_os_error(),
-            };
+            match r {
+                Ok(()) => return 0,
+                // No fallocate here (FUSE, NFS...): glibc emulates it by writing, with
+                // its own internal calls, so the file is handed to the kernel around it.
+                Err(e) if e.raw_os_error() == libc::EOPNOTSUPP => {
+                    return handoff(&[(fd, false)], engine::stats::Call::fallocate, || {
+                        real_posix_fallocate(fd, off, len)
+                    });
+                }
+                Err(e) => return e.raw_os_error(),
+            }
         }
     }
+    real_posix_fallocate(fd, off, len)
+}
+
+fn real_posix_fallocate(fd: c_int, off: off_t, len: off_t) -> c_int {
     match real!("posix_fallocate": unsafe extern "C" fn(c_int, off_t, off_t) -> c_int) {
         // SAFETY: libc's implementation with the application's arguments.
         Some(f) => unsafe { f(fd, off, len) },
@@ -342,6 +353,11 @@ pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: c_long) -> c_int {
             | libc::F_OFD_GETLK => {
                 // The kernel resolves SEEK_CUR against the descriptor's own offset.
                 hook(|| posix::offset_to_kernel(fd));
+            }
+            libc::F_GETFL => {
+                if let Some(r) = guarded(|| posix::fcntl_getfl(fd)) {
+                    return r.c();
+                }
             }
             libc::F_SETFL => {
                 if let Some(r) = guarded(|| posix::fcntl_setfl(fd, arg as c_int)) {

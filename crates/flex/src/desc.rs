@@ -27,6 +27,10 @@ pub struct Desc {
     pub coherent: AtomicBool,
     /// The file offset; the mutex is also the position lock of read/write/lseek.
     pos: Mutex<u64>,
+    /// The kernel's file position holds the offset (an append the kernel placed moved it
+    /// to the end), not `pos`: read back when needed ([`Desc::pos_at`]), so a run of
+    /// appends costs one system call each, as without flex.
+    pos_in_kernel: AtomicBool,
     /// Descriptors in the table that point here.
     pub fds: AtomicU32,
     /// The application opened it with O_FLEX (map at once).
@@ -42,12 +46,37 @@ impl Desc {
             demoted: AtomicBool::new(false),
             coherent: AtomicBool::new(false),
             pos: Mutex::new(0),
+            pos_in_kernel: AtomicBool::new(false),
             fds: AtomicU32::new(0),
             explicit,
         }
     }
+    /// The position lock, with the offset as flex last set it (see [`Desc::pos_at`]).
     pub fn pos(&self) -> MutexGuard<'_, u64> {
         self.pos.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    /// The position lock with the current offset (read back from the kernel through `fd`,
+    /// one of this description's descriptors, if an append left it there).
+    pub fn pos_at(&self, fd: i32) -> MutexGuard<'_, u64> {
+        let mut g = self.pos();
+        self.sync_pos(&mut g, fd);
+        g
+    }
+    /// Take the offset back from the kernel if it holds it (caller holds the lock).
+    pub fn sync_pos(&self, g: &mut MutexGuard<'_, u64>, fd: i32) {
+        if self.pos_in_kernel.load(Acquire) {
+            if let Ok(k) = crate::sys::lseek(fd, 0, libc::SEEK_CUR) {
+                **g = k;
+                self.pos_in_kernel.store(false, Release);
+            }
+        }
+    }
+    pub fn pos_is_in_kernel(&self) -> bool {
+        self.pos_in_kernel.load(Acquire)
+    }
+    /// `in_kernel`: the kernel's file position now holds the offset (caller holds the lock).
+    pub fn set_pos_in_kernel(&self, in_kernel: bool) {
+        self.pos_in_kernel.store(in_kernel, Release);
     }
     pub fn readable(&self) -> bool {
         self.acc != libc::O_WRONLY

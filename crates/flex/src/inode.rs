@@ -26,6 +26,21 @@ use std::sync::{Mutex, MutexGuard, RwLock};
 const HUGE: u64 = 2 << 20;
 /// Largest count one read or write moves, as the kernel (MAX_RW_COUNT).
 pub const MAX_RW: usize = 0x7fff_f000;
+/// How an append goes to the kernel (see [`Inode::kernel_write`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppendAt {
+    /// write(2) and friends on the program's descriptor: the kernel checks (and then
+    /// moves) the file position, set to flex's position first. The end is not read back
+    /// (the caller learns it from the file position when it needs it).
+    Position(u64),
+    /// The same, with the file position holding the description's offset already.
+    KernelPos,
+    /// pwrite(2) and friends: the offset is checked and ignored, the position stays.
+    Offset(u64),
+    /// flex's own descriptor (atomic mode's data duplicate): its position is flex's.
+    Private,
+}
+
 /// Offsets beyond this go to the kernel, which knows each file system's size limits.
 pub const FAST_LIMIT: u64 = 1 << 40;
 const TMPFS_MAGIC: i64 = 0x0102_1994;
@@ -462,6 +477,14 @@ impl Inode {
         }
         if crate::lease::acquire(fd) {
             self.lease_fd.store(fd, Release);
+            // Sole opener now: the kernel's size is final (appends the kernel placed
+            // before, whose ends flex did not read back, are in it).
+            if let Ok(st) = sys::fstat(fd) {
+                let k = st.st_size as u64;
+                if k > self.lsize() {
+                    self.lsize.store(k, Release);
+                }
+            }
             true
         } else {
             self.lease_refused.store(true, Relaxed);
@@ -564,12 +587,12 @@ impl Inode {
         fd: RawFd,
         bufs: &[(*const u8, usize)],
         off: u64,
-        append: bool,
+        append: Option<AppendAt>,
     ) -> Res<(usize, u64)> {
         let _s = self.lock_size();
-        if append {
+        if let Some(how) = append {
             // SAFETY: forwarded contract.
-            return unsafe { self.kernel_append_locked(fd, bufs) };
+            return unsafe { self.kernel_append_locked(fd, bufs, how) };
         }
         self.kernel_write_locked(fd, bufs, off)
     }
@@ -583,10 +606,39 @@ impl Inode {
         &self,
         fd: RawFd,
         bufs: &[(*const u8, usize)],
+        how: AppendAt,
     ) -> Res<(usize, u64)> {
         self.trim_locked(fd)?;
-        // SAFETY: forwarded contract.
-        let (n, end) = unsafe { sys::append(fd, bufs) }?;
+        let (n, end) = match how {
+            // SAFETY (all four): forwarded contract.
+            AppendAt::Position(_) | AppendAt::KernelPos => {
+                if let AppendAt::Position(pos) = how {
+                    // The kernel checks the file position before it appends, as for
+                    // write(2): flex's position goes there first.
+                    sys::lseek(fd, pos as i64, libc::SEEK_SET)?;
+                }
+                let n = unsafe { sys::append_at(fd, bufs, -1) }?;
+                if n > 0 && self.state.load(Acquire) & (MAPPED | PAGE) == MAPPED {
+                    sys::fdatasync(fd)?;
+                }
+                // The size grew past what flex knows: a read at its end asks the kernel.
+                engine().stats.bytes_written.fetch_add(n as u64, Relaxed);
+                return Ok((n, u64::MAX));
+            }
+            AppendAt::Private => {
+                // Its position may be the program's too (a duplicate of a read-write
+                // descriptor): from 0, the kernel's check never trips on it.
+                sys::lseek(fd, 0, libc::SEEK_SET)?;
+                unsafe { sys::append(fd, bufs) }?
+            }
+            AppendAt::Offset(off) => {
+                // pwrite(2) on an O_APPEND descriptor: the offset is checked, then ignored,
+                // and the file position stays; where the bytes went does not matter.
+                let n = unsafe { sys::append_at(fd, bufs, off as i64) }?;
+                let size = sys::fstat(fd)?.st_size as u64;
+                (n, size.max(n as u64))
+            }
+        };
         self.saw_end(end - n as u64, end);
         if n > 0 && self.state.load(Acquire) & (MAPPED | PAGE) == MAPPED {
             // Cache-line granularity promises a write durable on return: the kernel's
@@ -750,6 +802,13 @@ impl Inode {
             let m = self.map_r();
             if !m.base.is_null() && (m.writable || !write) && m.len as u64 >= m.ksize {
                 return Ok(());
+            }
+        }
+        if !self.is_mapped(false) {
+            if let Some(reason) = unmappable_fs(fd) {
+                e.stats.fallback(reason);
+                self.set_nomap();
+                return Err(Errno::OPNOTSUPP);
             }
         }
         let _s = self.lock_size();
@@ -930,10 +989,11 @@ impl Inode {
         fd: RawFd,
         bufs: &[(*const u8, usize)],
         off: u64,
-        append: bool,
+        append: Option<AppendAt>,
         stream: bool,
     ) -> Res<(usize, u64)> {
         let e = engine();
+        let how_append = append;
         let total: usize = bufs
             .iter()
             .fold(0usize, |a, b| a.saturating_add(b.1))
@@ -943,7 +1003,7 @@ impl Inode {
         }
         // Fast path: an overwrite inside the logical size by a single buffer, in parallel
         // with other such writes.
-        if !append && bufs.len() == 1 {
+        if append.is_none() && bufs.len() == 1 {
             let end = off.saturating_add(total as u64);
             let m = self.map_r();
             // `wfast` (not the mapping's length): a write into a hole takes the locked
@@ -963,18 +1023,19 @@ impl Inode {
             }
         }
         let _s = self.lock_size();
-        if append && !self.in_trailer_mode() && !self.own_size(fd) {
+        if let Some(how) = append.filter(|_| !self.in_trailer_mode() && !self.own_size(fd)) {
             // Not the owner of the size: only the kernel appends atomically.
             // SAFETY: forwarded contract.
-            return unsafe { self.kernel_append_locked(fd, bufs) };
+            return unsafe { self.kernel_append_locked(fd, bufs, how) };
         }
+        let append = append.is_some();
         let off = if append { self.lsize() } else { off };
         let end = off.checked_add(total as u64).ok_or(Errno::FBIG)?;
         if end > FAST_LIMIT {
             e.stats.fallback("offset beyond fast range");
-            if append {
+            if let Some(how) = how_append {
                 // SAFETY: forwarded contract.
-                return unsafe { self.kernel_append_locked(fd, bufs) };
+                return unsafe { self.kernel_append_locked(fd, bufs, how) };
             }
             return self.kernel_write_locked(fd, bufs, off);
         }
@@ -1444,6 +1505,28 @@ fn skip(bufs: &[(*const u8, usize)], mut n: usize) -> Vec<(*const u8, usize)> {
         n = 0;
     }
     out
+}
+
+/// File systems whose files flex leaves to the kernel, and why: a mapping of them is not
+/// coherent with what the kernel's own calls see.
+fn unmappable_fs(fd: RawFd) -> Option<&'static str> {
+    const OVERLAYFS: i64 = 0x794c_7630;
+    const FUSE: i64 = 0x6573_5546;
+    const NFS: i64 = 0x6969;
+    const SMB2: i64 = 0xfe53_4d42;
+    const CIFS: i64 = 0xff53_4d42;
+    const CEPH: i64 = 0x00c3_6400;
+    const V9FS: i64 = 0x0102_1997;
+    let t = rustix::fs::fstatfs(sys::bfd(fd)).ok()?.f_type as i64;
+    Some(match t {
+        // Copy-up moves the file to the upper layer: a mapping keeps the lower one.
+        OVERLAYFS => "overlayfs: a mapping goes stale when the file is copied up",
+        // The daemon's file changes behind the page cache (invalidated at open).
+        FUSE => "FUSE: the page cache is not coherent across opens",
+        // Close-to-open coherence: a mapping kept across close misses other clients.
+        NFS | SMB2 | CIFS | CEPH | V9FS => "network file system: close-to-open coherence",
+        _ => return None,
+    })
 }
 
 /// Map `len` bytes of the file behind `fd`. A mapping needs read access (and write access

@@ -46,8 +46,16 @@ extern "C" fn on_signal(_sig: c_int, _info: *mut libc::siginfo_t, _ctx: *mut c_v
 }
 
 fn serve() {
-    let mut seen = BREAKS.load(Acquire);
+    // Not the current count: a break that came between the lease and this thread's start
+    // must be served too (a spurious pass over the leases costs nothing).
+    let mut seen = u32::MAX;
     loop {
+        let now = BREAKS.load(Acquire);
+        if now != seen {
+            seen = now;
+            release_broken();
+            continue;
+        }
         // SAFETY: FUTEX_WAIT on a static word with the value we last saw: returns at once
         // if a break came since, else sleeps until the handler wakes us.
         unsafe {
@@ -59,12 +67,6 @@ fn serve() {
                 core::ptr::null::<libc::timespec>(),
             );
         }
-        let now = BREAKS.load(Acquire);
-        if now == seen {
-            continue;
-        }
-        seen = now;
-        release_broken();
     }
 }
 

@@ -9,7 +9,7 @@ use crate::config::{normalize, O_FLEX, O_FLEX_ATOMIC};
 use crate::desc::Desc;
 use crate::engine::{engine, engine_if_started, Engine};
 use crate::fault;
-use crate::inode::{FAST_LIMIT, MAX_RW};
+use crate::inode::{AppendAt, FAST_LIMIT, MAX_RW};
 use crate::log::flex_log;
 use crate::stats::Call;
 use crate::sys::{self, Errno, Res};
@@ -54,7 +54,7 @@ unsafe fn kernel_rw2(
         .fallback("preadv2/pwritev2 flag served by the kernel");
     crate::atomic::commit_for_kernel(&d.inode);
     d.inode.trim(fd)?;
-    let mut pos = d.pos();
+    let mut pos = d.pos_at(fd);
     let at = if off == -1 { *pos as i64 } else { off };
     let kflags = flags;
     let appends =
@@ -495,15 +495,19 @@ unsafe fn do_read(
 
 /// # Safety
 /// As the public entry points.
+/// `how`: an append, and how the kernel places it if it does (see [`AppendAt`]). A
+/// returned end of `u64::MAX`: the kernel appended at the file position, which now holds
+/// the description's position (see `Desc::pos_at`).
 unsafe fn do_write(
     e: &Engine,
     d: &Desc,
     fd: Fd,
     bufs: &[(*const u8, usize)],
     off: u64,
-    append: bool,
+    how: Option<AppendAt>,
     call: Call,
 ) -> Res<(usize, u64)> {
+    let append = how.is_some();
     let total: usize = bufs.iter().fold(0usize, |a, b| a.saturating_add(b.1));
     if total == 0 {
         return Ok((0, off));
@@ -524,11 +528,11 @@ unsafe fn do_write(
     {
         e.stats.passed(call);
         // SAFETY: forwarded contract (the kernel honours O_SYNC/O_DSYNC itself).
-        return unsafe { d.inode.kernel_write(fd, bufs, off, append) };
+        return unsafe { d.inode.kernel_write(fd, bufs, off, how) };
     }
     e.stats.served(call);
     // SAFETY: forwarded contract.
-    let r = unsafe { d.inode.write_at(fd, bufs, off, append, false) }?;
+    let r = unsafe { d.inode.write_at(fd, bufs, off, how, false) }?;
     if let Some(data_only) = d.sync_writes() {
         // O_SYNC/O_DSYNC: durable before the write returns, as the kernel's would be.
         d.inode.sync(fd, data_only)?;
@@ -630,7 +634,7 @@ unsafe fn read_pos(fd: Fd, bufs: Res<Vec<(*mut u8, usize)>>, call: Call) -> Opti
         Ok(b) => b,
         Err(err) => return Some(Err(err)),
     };
-    let mut pos = d.pos();
+    let mut pos = d.pos_at(fd);
     if d.is_coherent() {
         // The kernel's offset is the truth (stdio may have moved it).
         let k = match sys::lseek(fd, 0, libc::SEEK_CUR) {
@@ -678,6 +682,10 @@ unsafe fn write_pos(
         Err(err) => return Some(Err(err)),
     };
     let mut pos = d.pos();
+    let appending = append.unwrap_or(d.append());
+    if !appending {
+        d.sync_pos(&mut pos, fd);
+    }
     if d.is_coherent() {
         if append.unwrap_or(d.append()) {
             // The kernel descriptor carries O_APPEND again: let the kernel append.
@@ -688,21 +696,34 @@ unsafe fn write_pos(
             Err(err) => return Some(Err(err)),
         };
         // SAFETY: forwarded contract.
-        let r = unsafe { do_write(e, &d, fd, &bufs, k, false, call) };
+        let r = unsafe { do_write(e, &d, fd, &bufs, k, None, call) };
         if let Ok((_, end)) = r {
             let _ = sys::lseek(fd, end as i64, libc::SEEK_SET);
         }
         return Some(r.map(|(n, _)| n));
     }
-    // The kernel checks the file position before it appends.
-    if let Err(err) = verify_area(*pos as i64, iov_total(&bufs)) {
-        return Some(Err(err));
+    // The kernel checks the file position before it appends (itself, where it holds it).
+    if !(appending && d.pos_is_in_kernel()) {
+        if let Err(err) = verify_area(*pos as i64, iov_total(&bufs)) {
+            return Some(Err(err));
+        }
     }
     // SAFETY: forwarded contract.
-    let r = unsafe { do_write(e, &d, fd, &bufs, *pos, append.unwrap_or(d.append()), call) };
+    let how = appending.then_some(if d.pos_is_in_kernel() {
+        AppendAt::KernelPos
+    } else {
+        AppendAt::Position(*pos)
+    });
+    let r = unsafe { do_write(e, &d, fd, &bufs, *pos, how, call) };
     Some(r.map(|(n, end)| {
-        if n > 0 || !d.append() {
+        if end == u64::MAX {
+            // The kernel appended at the file position and moved it to the end.
+            d.set_pos_in_kernel(true);
+        } else if n > 0 || !d.append() {
             *pos = end;
+            d.set_pos_in_kernel(false);
+        } else {
+            d.sync_pos(&mut pos, fd);
         }
         n
     }))
@@ -789,7 +810,7 @@ pub unsafe fn pwrite(fd: Fd, buf: *const u8, len: usize, off: i64) -> Option<Res
                 fd,
                 &[(buf, len.min(MAX_RW))],
                 off as u64,
-                d.append(),
+                d.append().then_some(AppendAt::Offset(off as u64)),
                 Call::pwrite,
             )
         }
@@ -927,7 +948,9 @@ pub unsafe fn pwritev2(
                 fd,
                 &b,
                 off as u64,
-                append.unwrap_or(d.append()),
+                append
+                    .unwrap_or(d.append())
+                    .then_some(AppendAt::Offset(off as u64)),
                 Call::pwritev,
             )
         }
@@ -949,10 +972,18 @@ pub fn lseek(fd: Fd, off: i64, whence: i32) -> Option<Res<i64>> {
     }
     let e = engine();
     e.stats.served(Call::lseek);
-    let mut pos = d.pos();
+    let mut pos = d.pos_at(fd);
     let cur = *pos as i128;
     let (size, settled) = match d.inode.atomic.get() {
         Some(a) => a.size_settled(),
+        // Relative to the end: the kernel's size unless this process owns it (appends the
+        // kernel placed, other processes' writes), as the kernel's own lseek.
+        None if whence != libc::SEEK_SET && whence != libc::SEEK_CUR => {
+            match d.inode.adopt_kernel_size(fd) {
+                Ok(s) => (s, true),
+                Err(err) => return Some(Err(err)),
+            }
+        }
         None => (d.inode.lsize(), true),
     };
     let target: i128 = match whence {
@@ -960,7 +991,16 @@ pub fn lseek(fd: Fd, off: i64, whence: i32) -> Option<Res<i64>> {
         libc::SEEK_CUR => cur + off as i128,
         libc::SEEK_END => size as i128 + off as i128,
         libc::SEEK_DATA | libc::SEEK_HOLE => {
-            // Negative offsets too: ENXIO, as every Linux file system (not EINVAL).
+            // Past the end: ENXIO. Negative offsets: ENXIO on ext4, xfs and tmpfs, but
+            // btrfs answers them (0 for SEEK_DATA): the kernel's, where it knows the
+            // file's size (not over-allocated, nothing logged).
+            let plain = !d.inode.in_trailer_mode() && d.inode.atomic.get().is_none();
+            if off < 0 && plain {
+                return Some(sys::lseek(fd, off, whence).map(|k| {
+                    *pos = k;
+                    k as i64
+                }));
+            }
             if off < 0 || off as u64 >= size {
                 return Some(Err(Errno::NXIO));
             }
@@ -1180,7 +1220,7 @@ fn make_coherent(fd: Fd, d: &Desc) {
     if d.is_demoted() || d.coherent.swap(true, AcqRel) {
         return;
     }
-    let pos = *d.pos();
+    let pos = *d.pos_at(fd);
     let _ = sys::lseek(fd, pos as i64, libc::SEEK_SET);
     let _ = d.inode.make_exact(fd, true);
     flex_log!(LogLevel::Debug, "coherent fd={fd} pos={pos}");
@@ -1222,7 +1262,7 @@ pub fn demote(fd: Fd, d: &Desc) {
         flex_log!(LogLevel::Debug, "demote fd={fd} (coherent)");
         return;
     }
-    let pos = *d.pos();
+    let pos = *d.pos_at(fd);
     let _ = sys::lseek(fd, pos as i64, libc::SEEK_SET);
     let _ = d.inode.trim(fd);
     flex_log!(LogLevel::Debug, "demote fd={fd} pos={pos}");
@@ -1287,14 +1327,29 @@ pub fn offset_to_kernel(fd: Fd) {
     if d.is_demoted() || d.is_coherent() {
         return;
     }
-    let pos = *d.pos();
+    let pos = *d.pos_at(fd);
     let _ = sys::lseek(fd, pos as i64, libc::SEEK_SET);
+}
+
+/// fcntl F_GETFL: the kernel's flags, but O_ASYNC only if the program set it (a write
+/// lease flex takes sets it on the description).
+pub fn fcntl_getfl(fd: Fd) -> Option<Res<i32>> {
+    let d = desc(fd)?;
+    Some(
+        sys::fcntl_int(fd, libc::F_GETFL, 0)
+            .map(|k| (k & !libc::O_ASYNC) | (d.flags.load(Relaxed) & libc::O_ASYNC)),
+    )
 }
 
 /// fcntl F_SETFL: the kernel descriptor takes the flags as they are (O_APPEND included),
 /// flex keeps its copy of the status flags in step.
 pub fn fcntl_setfl(fd: Fd, arg: i32) -> Option<Res<i32>> {
     let d = desc(fd)?;
+    if let Some(a) = d.inode.atomic.get() {
+        if arg & libc::O_APPEND != 0 {
+            a.own_description(&d.inode);
+        }
+    }
     const CHANGEABLE: i32 =
         libc::O_APPEND | libc::O_NONBLOCK | libc::O_ASYNC | libc::O_DIRECT | libc::O_NOATIME;
     // Under the size lock: an append in progress finishes with the mode it started with,
@@ -1376,7 +1431,7 @@ pub fn kernel_handoff(fd: Fd, uses_offset: bool, call: Call) -> Option<impl FnOn
     // A coherent description keeps its offset in the kernel already.
     let uses_offset = uses_offset && !d.is_coherent();
     if uses_offset {
-        let pos = *d.pos();
+        let pos = *d.pos_at(fd);
         let _ = sys::lseek(fd, pos as i64, libc::SEEK_SET);
     }
     Some(move || {

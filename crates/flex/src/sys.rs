@@ -289,6 +289,19 @@ pub fn access_of(fd: RawFd) -> Res<(i32, bool)> {
 /// # Safety
 /// Every buffer valid for its length, or invalid (the kernel answers EFAULT).
 pub unsafe fn append(fd: RawFd, bufs: &[(*const u8, usize)]) -> Res<(usize, u64)> {
+    // SAFETY: forwarded contract.
+    let n = unsafe { append_at(fd, bufs, -1) }?;
+    let end = lseek(fd, 0, libc::SEEK_CUR)?;
+    Ok((n, end))
+}
+
+/// An append (`RWF_APPEND`) with the kernel's checks on `off` (-1: the file position,
+/// which the write then moves to the end, as write(2); otherwise as pwrite(2), which
+/// leaves it). Returns the count.
+///
+/// # Safety
+/// Every buffer valid for its length, or invalid (the kernel answers EFAULT).
+pub unsafe fn append_at(fd: RawFd, bufs: &[(*const u8, usize)], off: i64) -> Res<usize> {
     let iov: Vec<libc::iovec> = bufs
         .iter()
         .map(|&(p, l)| libc::iovec {
@@ -297,20 +310,18 @@ pub unsafe fn append(fd: RawFd, bufs: &[(*const u8, usize)]) -> Res<(usize, u64)
         })
         .collect();
     // SAFETY: a raw system call on an iovec array we own; the kernel checks the buffers.
-    // Offset -1: at (and updating) the file position, which an append sets to the end.
-    let n = ret(unsafe {
+    // On x86_64 the low offset word carries all 64 bits (-1 in both words for -1).
+    ret(unsafe {
         libc::syscall(
             libc::SYS_pwritev2,
             fd,
             iov.as_ptr(),
             iov.len() as libc::c_int,
-            -1i64,
-            -1i64,
+            off,
+            off >> 32,
             libc::RWF_APPEND,
         )
-    })?;
-    let end = lseek(fd, 0, libc::SEEK_CUR)?;
-    Ok((n, end))
+    })
 }
 
 /// pwrite at exactly `off`, also on an O_APPEND descriptor (where Linux's pwrite appends):

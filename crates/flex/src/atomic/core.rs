@@ -156,19 +156,24 @@ pub fn replay<D: DataDev>(img: &[u8], s: &Scan, data: &mut D) -> Res<Replayed> {
 }
 
 /// The hashes of the 64-byte chunks of `[s, e)` (chunk-aligned `s`) as the data file holds
-/// them now (a chunk past the end hashes what is there).
+/// them now (a chunk past the end hashes what is there). Read in bounded pieces.
 fn chunk_hashes<D: DataDev>(data: &D, s: u64, e: u64) -> Res<Vec<u64>> {
-    let mut buf = vec![0u8; (e - s) as usize];
-    // SAFETY: our own buffer.
-    let n = unsafe { data.read_raw(s, buf.as_mut_ptr(), buf.len()) }?;
-    buf.truncate(n);
-    Ok((0..(e - s).div_ceil(log::CHUNK))
-        .map(|i| {
-            let a = (i * log::CHUNK) as usize;
-            let b = (a + log::CHUNK as usize).min(buf.len());
-            log::hash(s + a as u64, buf.get(a..b).unwrap_or(&[]))
-        })
-        .collect())
+    const PIECE: u64 = 64 << 10;
+    let mut out = Vec::with_capacity(((e - s) / log::CHUNK).min(1 << 20) as usize + 1);
+    let mut buf = vec![0u8; PIECE.min(e - s) as usize];
+    let mut at = s;
+    while at < e {
+        let want = (e - at).min(PIECE) as usize;
+        // SAFETY: our own buffer of at least `want` bytes.
+        let n = unsafe { data.read_raw(at, buf.as_mut_ptr(), want) }?;
+        for i in 0..(want as u64).div_ceil(log::CHUNK) {
+            let a = ((i * log::CHUNK) as usize).min(n);
+            let b = (a + log::CHUNK as usize).min(n);
+            out.push(log::hash(at + i * log::CHUNK, &buf[a..b]));
+        }
+        at += want as u64;
+    }
+    Ok(out)
 }
 
 /// Roll back the uncommitted tail of a shared file's log: only the chunks that still hold
@@ -200,9 +205,11 @@ unsafe fn roll_back_shared<D: DataDev>(
     // The last stamp of each chunk (None: a write was in flight there, its intent
     // logged but not its stamp), the chain of sizes, and the smallest size this
     // process's changes left (where its truncations cut).
-    let mut stamp: BTreeMap<u64, Option<u64>> = BTreeMap::new();
+    let mut stamp: BTreeMap<u64, u64> = BTreeMap::new();
     let mut chain = s.undo_size;
     let mut in_flight = None;
+    // The chunks of the write in flight at the crash (its intent, no stamp after it).
+    let mut flight = (0u64, 0u64);
     let mut cut_from = s.undo_size.unwrap_or(u64::MAX);
     for &(first, at, len, seq) in &s.stamps {
         let body = &img[(at + 8) as usize..(at + len) as usize];
@@ -213,17 +220,19 @@ unsafe fn roll_back_shared<D: DataDev>(
         let (at, len) = (at + 8, len - 8);
         let (before, after) = (word(at), word(at + 8));
         if before == log::INTENT {
-            for i in 0..after {
-                stamp.insert(first + i * log::CHUNK, None);
-            }
+            flight = (
+                first,
+                first.saturating_add(after.saturating_mul(log::CHUNK)),
+            );
             in_flight = (len >= 24).then(|| word(at + 16));
             continue;
         }
         in_flight = None;
+        flight = (0, 0);
         chain = chain.filter(|&c| c == before).map(|_| after);
         cut_from = cut_from.min(after);
         for i in 0..(len.saturating_sub(16) / 8) {
-            stamp.insert(first + i * log::CHUNK, Some(word(at + 16 + i * 8)));
+            stamp.insert(first + i * log::CHUNK, word(at + 16 + i * 8));
         }
     }
     if let Some(b) = in_flight {
@@ -243,12 +252,13 @@ unsafe fn roll_back_shared<D: DataDev>(
     // Decide per chunk before anything changes (several records may share a chunk).
     let mut ok: BTreeMap<u64, bool> = BTreeMap::new();
     for (&c, &h) in &stamp {
-        let mine = match h {
-            None => true,
-            Some(h) => chunk_hashes(data, c, c + log::CHUNK)?[0] == h,
-        };
-        ok.insert(c, mine);
+        let in_flight = c >= flight.0 && c < flight.1;
+        ok.insert(
+            c,
+            in_flight || chunk_hashes(data, c, c + log::CHUNK)?[0] == h,
+        );
     }
+    let mine = |c: u64| (c >= flight.0 && c < flight.1) || ok.get(&c).copied().unwrap_or(false);
     let mut rolled = 0;
     // Bytes below the cut that still hold this process's writes.
     for &(off, len, at) in s.undo.iter().rev() {
@@ -259,7 +269,7 @@ unsafe fn roll_back_shared<D: DataDev>(
                 off.max(c),
                 (off + len).min(c + log::CHUNK).min(size_now).min(cut_from),
             );
-            if a < b && ok.get(&c).copied().unwrap_or(false) {
+            if a < b && mine(c) {
                 let p = &img[(at + a - off) as usize..(at + b - off) as usize];
                 // SAFETY: `p` is a slice of the image we own.
                 unsafe { data.write_stream(a, p.as_ptr(), p.len()) }?;
@@ -337,6 +347,10 @@ pub struct CoreStats {
     pub checkpoints: u64,
     pub logged_bytes: u64,
 }
+
+/// A shared file's truncation that cuts more bytes than this is a commit point (the bytes
+/// are not saved: a shared file cannot go on as redo).
+pub const SHARED_CUT_MAX: u64 = 64 << 20;
 
 /// The largest log a commit leaves without a checkpoint (see [`Core::ckpt_at`]).
 pub const CKPT_MAX: u64 = 1 << 20;
@@ -854,13 +868,42 @@ impl<M: Media> Core<M> {
         self.writes += 1;
         if self.mode == Mode::Undo {
             let keep = self.size0.unwrap_or(self.size).min(self.size);
+            // Shared: what a cut loses is every byte there now (see `save`).
+            let cut = if self.shared {
+                let now = data.size()?;
+                self.gaps(len.min(now), now).iter().map(|g| g.1 - g.0).sum()
+            } else {
+                0
+            };
+            if self.shared && cut > SHARED_CUT_MAX {
+                // Too much to save, and a shared file cannot go on as redo: a commit
+                // point (as the byte-changing fallocate modes). The truncation is its own
+                // redo transaction, committed before the file changes (a crash replays it).
+                if self.dirty() {
+                    self.stats.early_commits += 1;
+                    self.commit(data)?;
+                }
+                if self.log.tail > log::HEADER {
+                    self.checkpoint(data)?;
+                }
+                self.log.append_truncate(len)?;
+                self.log.commit(len)?;
+                self.stats.commits += 1;
+                data.settle();
+                data.set_len(len)?;
+                data.sync()?;
+                self.log.reset()?;
+                self.size = len;
+                self.committed_size = len;
+                return Ok(());
+            }
             if len >= keep || self.shared || self.unsaved(len, keep) <= self.bound / 4 {
                 let before = if self.shared { data.size()? } else { 0 };
                 if self.shared {
                     self.log
                         .append_intent(len.min(before), len.max(before), before)?;
                 }
-                self.save(data, len, self.size)?;
+                self.save(data, len, if self.shared { u64::MAX } else { self.size })?;
                 if self.shared {
                     self.log.m.barrier()?;
                 }
@@ -868,7 +911,9 @@ impl<M: Media> Core<M> {
                 data.set_len(len)?;
                 self.size = len;
                 if self.shared {
-                    self.stamp(data, len.min(before), len.max(before), before)?;
+                    // The chunk at the old or new end is the only one whose bytes change.
+                    let m = len.min(before);
+                    self.stamp(data, m, (m + 1).min(len.max(before)), before)?;
                 }
                 return Ok(());
             }

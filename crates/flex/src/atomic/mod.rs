@@ -19,7 +19,7 @@ use self::core::{Core, DataDev, Replayed};
 use self::log::Media;
 use crate::engine::engine;
 use crate::fault;
-use crate::inode::Inode;
+use crate::inode::{AppendAt, Inode};
 use crate::persist::{self, Granularity};
 use crate::sys::{self, Errno, Res};
 use arc_swap::ArcSwapOption;
@@ -251,7 +251,10 @@ impl DataDev for InodeData<'_> {
     }
     unsafe fn append_user(&mut self, src: *const u8, len: usize) -> Res<(usize, u64)> {
         // SAFETY: forwarded contract.
-        let (n, end) = unsafe { self.inode.kernel_write(self.fd, &[(src, len)], 0, true) }?;
+        let (n, end) = unsafe {
+            self.inode
+                .kernel_write(self.fd, &[(src, len)], 0, Some(AppendAt::Private))
+        }?;
         Ok((n, end - n as u64))
     }
     unsafe fn read_raw(&self, off: u64, dst: *mut u8, len: usize) -> Res<usize> {
@@ -314,9 +317,9 @@ impl InodeData<'_> {
         // SAFETY: forwarded contract.
         let (n, _) = unsafe {
             if self.inode.is_mapped(true) && !self.inode.kernel_extends(end, false) {
-                self.inode.write_at(self.fd, &bufs, off, false, stream)
+                self.inode.write_at(self.fd, &bufs, off, None, stream)
             } else {
-                self.inode.kernel_write(self.fd, &bufs, off, false)
+                self.inode.kernel_write(self.fd, &bufs, off, None)
             }
         }?;
         Ok(n)
@@ -370,6 +373,9 @@ pub struct AtomicFile {
     /// `dfd`'s description holds a write lease on the data file: no other process has the
     /// file open, so transactions may be redo-logged (see [`AtomicFile::go_shared`]).
     lease: AtomicBool,
+    /// `dfd` is a duplicate of the program's descriptor (one description): the program's
+    /// F_SETFL would reach it (see [`AtomicFile::own_description`]).
+    shares: AtomicBool,
     /// Held while a descriptor of this file is used outside the core mutex (the
     /// background checkpoint's sync) and while one moves.
     moving: Mutex<()>,
@@ -852,6 +858,7 @@ pub fn attach(inode: &Arc<Inode>, fd: RawFd, writable: bool, dirfd: RawFd, path:
         inode: Arc::downgrade(inode),
         dfd: AtomicI32::new(dfd),
         lease: AtomicBool::new(leased),
+        shares: AtomicBool::new(same),
         moving: Mutex::new(()),
         queued: AtomicBool::new(false),
         gone: AtomicBool::new(false),
@@ -937,30 +944,56 @@ fn recover_read_only(dirfd: RawFd, path: &CStr, fd: RawFd) -> Res<Option<Replaye
 }
 
 /// The application's buffers copied into one (a buffer that faults part way ends it
-/// there, as the kernel's short write; EFAULT if nothing could be read).
+/// there, as the kernel's short write; EFAULT if nothing could be read). Grown as bytes
+/// are read, never sized from the lengths the program claims.
 fn gather(bufs: &[(*const u8, usize)]) -> Res<Vec<u8>> {
-    let total = bufs
-        .iter()
-        .fold(0usize, |a, b| a.saturating_add(b.1))
-        .min(crate::inode::MAX_RW);
-    let mut v = vec![0u8; total];
-    let mut at = 0usize;
-    for &(p, l) in bufs {
-        let l = l.min(total - at);
-        // SAFETY: [at, at+l) lies inside `v`; the source is the application's buffer, and a
-        // fault on it is caught by the guarded copy and reported as a remainder.
-        let rem = unsafe { crate::fault::copy(v.as_mut_ptr().add(at), p, l) };
-        at += l - rem;
-        if rem != 0 {
-            break;
+    const STEP: usize = 64 << 10;
+    let mut v: Vec<u8> = Vec::new();
+    'all: for &(p, l) in bufs {
+        let mut done = 0usize;
+        while done < l {
+            let n = (l - done).min(STEP).min(crate::inode::MAX_RW - v.len());
+            if n == 0 {
+                break 'all;
+            }
+            let at = v.len();
+            v.resize(at + n, 0);
+            // SAFETY: [at, at+n) lies inside `v`; the source lies inside the application's
+            // buffer of `l` bytes, and a fault on it is caught by the guarded copy and
+            // reported as a remainder.
+            let src = p.wrapping_add(done);
+            let rem = unsafe { crate::fault::copy(v.as_mut_ptr().add(at), src, n) };
+            v.truncate(at + n - rem);
+            if rem != 0 {
+                // The guarded copy may stop short of the fault: go on a page at a time (a
+                // page is readable whole or not at all), so the count is the kernel's.
+                let mut got = n - rem;
+                while got < n {
+                    let q = src.wrapping_add(got);
+                    let k = (4096 - (q as usize & 4095)).min(n - got);
+                    let at2 = v.len();
+                    v.resize(at2 + k, 0);
+                    // SAFETY: as above, one page of the same source range.
+                    let r = unsafe { crate::fault::copy(v.as_mut_ptr().add(at2), q, k) };
+                    if r != 0 {
+                        v.truncate(at2);
+                        break;
+                    }
+                    got += k;
+                }
+                break 'all;
+            }
+            done += n;
         }
     }
-    if at == 0 && total > 0 {
+    if v.is_empty() && bufs.iter().any(|b| b.1 > 0) {
         return Err(Errno::FAULT);
     }
-    v.truncate(at);
     Ok(v)
 }
+
+/// Vectored writes up to this size are gathered into one write in shared mode.
+const GATHER_MAX: u64 = 64 << 20;
 
 impl AtomicFile {
     /// Another process opens the file (the kernel breaks the lease), or the program maps
@@ -982,6 +1015,29 @@ impl AtomicFile {
             engine()
                 .stats
                 .fallback("atomic: shared with another opener (undo, in place)");
+        }
+    }
+
+    /// The program changes the status flags (O_APPEND) of a description: if flex's data
+    /// descriptor is a duplicate of it, give flex a description of its own first (its
+    /// writes at offsets must never append), and with it the lease goes: shared.
+    pub fn own_description(&self, inode: &Inode) {
+        if !self.shares.load(Acquire) {
+            return;
+        }
+        self.go_shared(inode);
+        let c = self.lock();
+        let _c = self.quiet(c);
+        let _m = self.moving.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.shares.swap(false, AcqRel) {
+            return;
+        }
+        let old = self.dfd();
+        if let Ok(n) = sys::reopen_rw(old) {
+            let e = engine();
+            let n = e.keep_private(n);
+            self.dfd.store(n, Release);
+            e.close_private(old);
         }
     }
 
@@ -1103,7 +1159,7 @@ impl AtomicFile {
         // or append never lands between its buffers): gather them first.
         let gathered;
         let one;
-        let bufs = if c.shared() && bufs.len() > 1 {
+        let bufs = if c.shared() && bufs.len() > 1 && total <= GATHER_MAX {
             gathered = gather(bufs)?;
             one = [(gathered.as_ptr(), gathered.len())];
             &one[..]

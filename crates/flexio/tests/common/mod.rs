@@ -434,6 +434,7 @@ impl Side {
                     return ret(raw());
                 }
                 match cmd {
+                    libc::F_GETFL => eng(posix::fcntl_getfl(fd), raw),
                     libc::F_SETFL => eng(posix::fcntl_setfl(fd, arg), raw),
                     libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => {
                         let r = ret(raw());
