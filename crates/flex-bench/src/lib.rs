@@ -224,10 +224,14 @@ pub fn run(args: &BenchArgs, env: &BenchEnv) -> anyhow::Result<()> {
     let mut skipped = Vec::new();
     if !args.clients_only {
         jobs.extend(jobs::builtin_jobs(&matrix));
-        let (mj, sk) = jobs::mp_jobs(&matrix, &work, &cfg.clients);
-        jobs.extend(mj);
-        skipped.extend(sk);
     }
+    // The multi-process cells: with the built-in ones; the SQLite ones also with
+    // --clients-only, since they are real clients.
+    let (mj, sk) = jobs::mp_jobs(&matrix, &work, &cfg.clients);
+    jobs.extend(mj.into_iter().filter(|j| {
+        !args.clients_only || j.cells.iter().all(|c| c.kind == jobs::CellKind::Client)
+    }));
+    skipped.extend(sk);
     if args.clients || args.clients_only {
         let (cj, sk) = jobs::client_jobs(&matrix, &work, &cfg.clients);
         jobs.extend(cj);
