@@ -94,6 +94,15 @@ pub(crate) enum JobKind {
     },
     /// redis-server + redis-benchmark on loopback.
     Redis { requests: u64, dir: PathBuf },
+    /// `procs` sqlite3 shells at once on one rollback-journal database `db`, each running
+    /// `txns` `BEGIN IMMEDIATE` transactions of `rows` inserts (busy timeout: they wait
+    /// for each other); the kernel's sqlite3 then checks the row count.
+    SqliteMp {
+        procs: usize,
+        txns: usize,
+        rows: usize,
+        db: PathBuf,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -444,6 +453,103 @@ pub(crate) struct ClientSizes {
     pub redis_requests: u64,
     /// Run fio's job as a thread of the main process (`--thread`) instead of forking.
     pub fio_thread: bool,
+    /// Transactions of each writer of the mp-sqlite cells.
+    pub mp_sqlite_txns: usize,
+}
+
+/// The processes of the multi-process cells.
+pub(crate) const MP_PROCS: usize = 4;
+/// Inserts per transaction of the mp-sqlite cells.
+pub(crate) const MP_SQLITE_ROWS: usize = 5;
+
+/// The multi-process cells: `MP_PROCS` processes on one file at once. They run with the
+/// built-in cells (mp-append always; mp-sqlite when sqlite3 is installed).
+pub(crate) fn mp_jobs(
+    m: &Matrix,
+    work: &Path,
+    sz: &ClientSizes,
+) -> (Vec<Job>, Vec<(String, String)>) {
+    let mut jobs = Vec::new();
+    let mut skipped = Vec::new();
+    let p = MP_PROCS;
+    let name = "mp-append-4k".to_string();
+    let args = vec![
+        "mp-append".into(),
+        "--file".into(),
+        m.append_prefix
+            .with_file_name("mp-append.log")
+            .display()
+            .to_string(),
+        "--bs".into(),
+        "4096".into(),
+        "--procs".into(),
+        p.to_string(),
+        "--size".into(),
+        m.append_cap.to_string(),
+        "--seconds".into(),
+        m.seconds.to_string(),
+    ];
+    let what = format!(
+        "{p} processes at once, each write(2)-ing 4 KiB records to its own O_WRONLY|O_APPEND \
+         descriptor of one shared file; appends/s of all; file size and records checked"
+    );
+    jobs.push(worker_job(
+        name.clone(),
+        cell(
+            &name,
+            CellKind::Builtin,
+            Unit::NsPerOp,
+            served(&["write"]),
+            &what,
+        ),
+        false,
+        args,
+    ));
+    if which("sqlite3").is_some() {
+        for atomic in [false, true] {
+            let name = if atomic {
+                format!("mp-sqlite-{p}w-atomic")
+            } else {
+                format!("mp-sqlite-{p}w")
+            };
+            let what = format!(
+                "{p} sqlite3 processes at once on one rollback-journal database, each {} \
+                 BEGIN IMMEDIATE transactions of {MP_SQLITE_ROWS} inserts (busy timeout); \
+                 transactions/s of all; row count checked{}",
+                sz.mp_sqlite_txns,
+                if atomic {
+                    "; flex side FLEX_MODE=atomic (kernel: plain)"
+                } else {
+                    ""
+                }
+            );
+            jobs.push(Job {
+                name: name.clone(),
+                cells: vec![CellDef {
+                    name: name.clone(),
+                    kind: CellKind::Client,
+                    unit: Unit::OpsPerSec,
+                    expect: served(&["pwrite", "pread", "write", "read"]),
+                    what,
+                }],
+                kernel_only: false,
+                kind: JobKind::SqliteMp {
+                    procs: p,
+                    txns: sz.mp_sqlite_txns,
+                    rows: MP_SQLITE_ROWS,
+                    db: work.join(format!("{name}.db")),
+                },
+                flex_env: if atomic {
+                    vec![("FLEX_MODE".into(), "atomic".into())]
+                } else {
+                    Vec::new()
+                },
+            });
+        }
+    } else {
+        skipped.push(("mp-sqlite".into(), "sqlite3 not found on PATH".into()));
+    }
+    (jobs, skipped)
 }
 
 /// Finds an executable on PATH.
@@ -826,7 +932,122 @@ pub(crate) fn run_sample(
             })
         }
         JobKind::Redis { requests, dir } => run_redis(job, side, l, stats, *requests, dir, timeout),
+        JobKind::SqliteMp {
+            procs,
+            txns,
+            rows,
+            db,
+        } => run_sqlite_mp(job, side, l, stats, (*procs, *txns, *rows), db, timeout),
     }
+}
+
+/// The script of mp-sqlite writer `p`: `txns` transactions of `rows` inserts, then `done=p`.
+pub(crate) fn sqlite_mp_script(p: usize, txns: usize, rows: usize) -> String {
+    // The busy timeout is long: a writer waits for the others, it never gives up.
+    let mut s = String::from(".timeout 600000\nPRAGMA synchronous=FULL;\n");
+    for _ in 0..txns {
+        s.push_str("BEGIN IMMEDIATE;");
+        for _ in 0..rows {
+            s.push_str(&format!(
+                " INSERT INTO t(p, v) VALUES ({p}, randomblob(100));"
+            ));
+        }
+        s.push_str(" COMMIT;\n");
+    }
+    s.push_str(&format!("SELECT 'done=' || {p};\n"));
+    s
+}
+
+fn run_sqlite_mp(
+    job: &Job,
+    side: Side,
+    l: &Launch,
+    stats: &Path,
+    (procs, txns, rows): (usize, usize, usize),
+    db: &Path,
+    timeout: Duration,
+) -> anyhow::Result<SampleOut> {
+    let exe = which("sqlite3").context("sqlite3")?;
+    let shell = |script: &Path, side: Side| -> anyhow::Result<Command> {
+        let mut cmd = client_command(side, l, stats, &exe);
+        if side == Side::Flex {
+            cmd.envs(job.flex_env.iter().map(|(k, v)| (k, v)));
+        }
+        cmd.arg("-batch")
+            .arg("-bail")
+            .arg(db)
+            .stdin(std::fs::File::open(script)?);
+        Ok(cmd)
+    };
+    remove_sqlite(db);
+    let result = (|| -> anyhow::Result<SampleOut> {
+        // The schema, untimed, on this side.
+        let init = l.scratch.join(format!("{}-init.sql", job.name));
+        std::fs::write(
+            &init,
+            "PRAGMA journal_mode=DELETE;\n\
+             CREATE TABLE t(k INTEGER PRIMARY KEY, p INTEGER, v BLOB);\n",
+        )?;
+        run_child(shell(&init, side)?, timeout).context("create the database")?;
+        let scripts: Vec<PathBuf> = (0..procs)
+            .map(|p| {
+                let f = l.scratch.join(format!("{}-{p}.sql", job.name));
+                std::fs::write(&f, sqlite_mp_script(p, txns, rows)).map(|_| f)
+            })
+            .collect::<std::io::Result<_>>()?;
+        let cmds: Vec<Command> = scripts
+            .iter()
+            .map(|s| shell(s, side))
+            .collect::<anyhow::Result<_>>()?;
+        let t0 = Instant::now();
+        let outs: Vec<anyhow::Result<(String, String, f64)>> = std::thread::scope(|sc| {
+            let hs: Vec<_> = cmds
+                .into_iter()
+                .map(|c| sc.spawn(move || run_child(c, timeout)))
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| bail!("writer thread panicked")))
+                .collect()
+        });
+        let wall = t0.elapsed().as_secs_f64();
+        for (p, o) in outs.into_iter().enumerate() {
+            let (out, _, _) = o.with_context(|| format!("sqlite3 writer {p}"))?;
+            if !out.lines().any(|x| x.trim() == format!("done={p}")) {
+                bail!("sqlite3 writer {p} did not finish: {}", tail(&out));
+            }
+        }
+        // The check, by the kernel's sqlite3 (no preload): what flex left is the file.
+        let check = l.scratch.join(format!("{}-check.sql", job.name));
+        std::fs::write(
+            &check,
+            "SELECT 'rows=' || count(*) FROM t;\nPRAGMA integrity_check;\n",
+        )?;
+        let (out, _, _) =
+            run_child(shell(&check, Side::Kernel)?, timeout).context("check the database")?;
+        let expect = procs * txns * rows;
+        if !out.lines().any(|x| x.trim() == format!("rows={expect}")) {
+            bail!(
+                "LOST ROWS: {} writers x {txns} transactions x {rows} inserts = {expect} rows, \
+                 but the database says: {}",
+                procs,
+                tail(&out)
+            );
+        }
+        if !out.lines().any(|x| x.trim() == "ok") {
+            bail!("integrity_check failed: {}", tail(&out));
+        }
+        Ok(SampleOut {
+            metrics: vec![Metric::from_rate(
+                &job.cells[0].name,
+                (procs * txns) as u64,
+                wall,
+                0,
+            )],
+            wall,
+        })
+    })();
+    remove_sqlite(db);
+    result
 }
 
 fn remove_sqlite(db: &Path) {
@@ -1150,6 +1371,16 @@ mod tests {
     }
 
     #[test]
+    fn sqlite_mp_script_counts() {
+        let s = sqlite_mp_script(2, 3, 5);
+        assert!(s.starts_with(".timeout "));
+        assert_eq!(s.matches("BEGIN IMMEDIATE;").count(), 3);
+        assert_eq!(s.matches("COMMIT;").count(), 3);
+        assert_eq!(s.matches("VALUES (2,").count(), 15);
+        assert!(s.trim_end().ends_with("SELECT 'done=' || 2;"));
+    }
+
+    #[test]
     fn matrix_names_are_unique() {
         let m = Matrix {
             data_file: "/x/data".into(),
@@ -1163,7 +1394,17 @@ mod tests {
             fsync_every: 16,
             seconds: 0.1,
         };
-        let jobs = builtin_jobs(&m);
+        let mut jobs = builtin_jobs(&m);
+        let sz = ClientSizes {
+            fio_ms: 1,
+            db_num: 1,
+            sqlite_txns: 1,
+            sqlite_selects: 1,
+            redis_requests: 1,
+            fio_thread: false,
+            mp_sqlite_txns: 1,
+        };
+        jobs.extend(mp_jobs(&m, Path::new("/x"), &sz).0);
         let mut names: Vec<_> = jobs
             .iter()
             .flat_map(|j| j.cells.iter().map(|c| c.name.clone()))
@@ -1176,6 +1417,7 @@ mod tests {
         assert!(names.contains(&"memcpy-512-t2".to_string()));
         assert!(names.contains(&"append-4k-fsync16-t1".to_string()));
         assert!(names.contains(&"passthrough-pipe".to_string()));
+        assert!(names.contains(&"mp-append-4k".to_string()));
         assert!(
             jobs.iter()
                 .find(|j| j.name == "memcpy-64k-t1")

@@ -159,6 +159,7 @@ impl Config {
                     sqlite_selects: 2000,
                     redis_requests: 20_000,
                     fio_thread: a.fio_thread,
+                    mp_sqlite_txns: 100,
                 }
             } else {
                 ClientSizes {
@@ -168,6 +169,7 @@ impl Config {
                     sqlite_selects: 20_000,
                     redis_requests: 100_000,
                     fio_thread: a.fio_thread,
+                    mp_sqlite_txns: 500,
                 }
             },
         };
@@ -219,14 +221,21 @@ pub fn run(args: &BenchArgs, env: &BenchEnv) -> anyhow::Result<()> {
         seconds: cfg.seconds,
     };
     let mut jobs = Vec::new();
+    let mut skipped = Vec::new();
     if !args.clients_only {
         jobs.extend(jobs::builtin_jobs(&matrix));
     }
-    let mut skipped = Vec::new();
+    // The multi-process cells: with the built-in ones; the SQLite ones also with
+    // --clients-only, since they are real clients.
+    let (mj, sk) = jobs::mp_jobs(&matrix, &work, &cfg.clients);
+    jobs.extend(mj.into_iter().filter(|j| {
+        !args.clients_only || j.cells.iter().all(|c| c.kind == jobs::CellKind::Client)
+    }));
+    skipped.extend(sk);
     if args.clients || args.clients_only {
         let (cj, sk) = jobs::client_jobs(&matrix, &work, &cfg.clients);
         jobs.extend(cj);
-        skipped = sk;
+        skipped.extend(sk);
     }
     if !args.filter.is_empty() {
         let keep = |name: &str| args.filter.iter().any(|f| name.contains(f.as_str()));

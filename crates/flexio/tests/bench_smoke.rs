@@ -13,10 +13,28 @@ const CELLS: &[(&str, &[&str])] = &[
     ("pwrite-4k-t1", &["pwrite", "pwrite64"]),
     ("append-4k-t1", &["write"]),
     ("smallfiles-4k-t1", &["read"]),
+    // 4 processes appending to one file; the worker fails the sample if a record is lost.
+    ("mp-append-4k", &["write"]),
+];
+/// The multi-process SQLite cells, run when sqlite3 is installed (the sample fails if the
+/// row count is short). Its calls: the database's and journal's.
+const SQLITE_CELLS: &[(&str, &[&str])] = &[
+    ("mp-sqlite-4w", &["pread", "pread64", "pwrite", "pwrite64"]),
+    (
+        "mp-sqlite-4w-atomic",
+        &["pread", "pread64", "pwrite", "pwrite64"],
+    ),
 ];
 /// Cells whose calls flex manages but, by design, hands to the kernel on page granularity
 /// (/dev/shm): appends (see ARCHITECTURE.md, "The data path of a write").
-const KERNEL_BY_DESIGN: &[&str] = &["append-4k-t1"];
+const KERNEL_BY_DESIGN: &[&str] = &["append-4k-t1", "mp-append-4k"];
+
+fn sqlite3_installed() -> bool {
+    Command::new("sqlite3")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
 const REPS: u64 = 2;
 
 fn libflex(exe: &Path) -> PathBuf {
@@ -46,7 +64,11 @@ fn bench_runs_both_sides_and_flex_serves_the_io() {
     let out = tempfile::tempdir().expect("temp dir for results");
     let json = out.path().join("bench.json");
     let svg = out.path().join("bench.svg");
-    let filter: Vec<&str> = CELLS.iter().map(|c| c.0).collect();
+    let mut cells_run: Vec<(&str, &[&str])> = CELLS.to_vec();
+    if sqlite3_installed() {
+        cells_run.extend_from_slice(SQLITE_CELLS);
+    }
+    let filter: Vec<&str> = cells_run.iter().map(|c| c.0).collect();
     let res = Command::new(&exe)
         .arg("bench")
         .arg("--quick")
@@ -86,10 +108,10 @@ fn bench_runs_both_sides_and_flex_serves_the_io() {
     let samples = doc["samples"].as_array().expect("samples");
     assert_eq!(
         samples.len() as u64,
-        CELLS.len() as u64 * REPS * 2,
+        cells_run.len() as u64 * REPS * 2,
         "one sample per cell, side and rep"
     );
-    for (cell, calls) in CELLS {
+    for (cell, calls) in &cells_run {
         for side in ["kernel", "flex"] {
             let mut reps: Vec<u64> = samples
                 .iter()
