@@ -193,22 +193,9 @@ pub unsafe extern "C" fn __pread64_chk(
 #[no_mangle]
 pub unsafe extern "C" fn posix_fallocate(fd: c_int, off: off_t, len: off_t) -> c_int {
     if any() {
-        if off < 0 || len <= 0 {
-            if engine::posix::is_managed(fd) {
-                return libc::EINVAL;
-            }
-        } else if let Some(r) = guarded(|| posix::fallocate(fd, 0, off, len)) {
-            match r {
-                Ok(()) => return 0,
-                // No fallocate here (FUSE, NFS...): glibc emulates it by writing, with
-                // its own internal calls, so the file is handed to the kernel around it.
-                Err(e) if e.raw_os_error() == libc::EOPNOTSUPP => {
-                    return handoff(&[(fd, false)], engine::stats::Call::fallocate, || {
-                        real_posix_fallocate(fd, off, len)
-                    });
-                }
-                Err(e) => return e.raw_os_error(),
-            }
+        let emulate = || real_posix_fallocate(fd, off, len);
+        if let Some(Ok(r)) = guarded(|| posix::posix_fallocate(fd, off, len, emulate).map(Ok)) {
+            return r;
         }
     }
     real_posix_fallocate(fd, off, len)

@@ -32,6 +32,11 @@ pub struct Engine {
     cwd: Mutex<Option<Vec<u8>>>,
     /// Descriptors flex keeps for itself (atomic logs, their data duplicates).
     private: PrivateFds,
+    /// flex's own descriptors of data files whose close waits for the file's last
+    /// description to close: closing any descriptor of a file drops the process's POSIX
+    /// record locks on it (SQLite's), so flex never closes one while the program may hold
+    /// such a lock.
+    deferred: Mutex<Vec<(i32, (u64, u64))>>,
 }
 
 /// Descriptors flex keeps for itself. They sit above the numbers scripts name (0-9); the
@@ -159,6 +164,7 @@ impl Engine {
             ),
             cwd: Mutex::new(None),
             private: PrivateFds::default(),
+            deferred: Mutex::new(Vec::new()),
         }
     }
 
@@ -173,6 +179,60 @@ impl Engine {
             }
             Err(_) => fd,
         };
+        let mut s = self.private.set.lock().unwrap_or_else(|p| p.into_inner());
+        s.push(fd);
+        self.private.n.store(s.len(), Release);
+        fd
+    }
+
+    /// Close flex's own descriptor `fd` of the data file (dev, ino): at once if no
+    /// description of the file is open in this process, else when the last one closes
+    /// (see `deferred`). `fd` becomes one of flex's private descriptors meanwhile.
+    pub fn close_data_fd(&self, fd: i32, dev: u64, ino: u64) {
+        let open = self
+            .lookup(dev, ino)
+            .is_some_and(|i| i.descs.load(Acquire) > 0);
+        if !open {
+            self.close_private(fd);
+            return;
+        }
+        self.defer_data_fd(fd, dev, ino);
+    }
+
+    /// As [`Engine::close_data_fd`] for a file with an open description (the caller's):
+    /// without the engine's inode lock, so callers holding an inode's locks may use it.
+    pub fn defer_data_fd(&self, fd: i32, dev: u64, ino: u64) {
+        let fd = if self.is_private(fd) {
+            fd
+        } else {
+            self.keep_private_in_place(fd)
+        };
+        self.deferred
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((fd, (dev, ino)));
+    }
+
+    /// The file's last description closed: its deferred descriptors go.
+    fn close_deferred(&self, k: (u64, u64)) {
+        let fds: Vec<i32> = {
+            let mut d = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
+            if d.is_empty() {
+                return;
+            }
+            let (go, keep): (Vec<_>, Vec<_>) = d.drain(..).partition(|e| e.1 == k);
+            *d = keep;
+            go.into_iter().map(|e| e.0).collect()
+        };
+        for fd in fds {
+            self.close_private(fd);
+        }
+    }
+
+    /// Register `fd` as one of flex's own where it is: a descriptor of a data file is
+    /// never moved (moving closes the old number, which drops the process's POSIX locks on
+    /// the file).
+    pub fn keep_private_in_place(&self, fd: i32) -> i32 {
         let mut s = self.private.set.lock().unwrap_or_else(|p| p.into_inner());
         s.push(fd);
         self.private.n.store(s.len(), Release);
@@ -265,6 +325,7 @@ impl Engine {
         }
         g.clock += 1;
         let (t, k) = (g.clock, (inode.dev, inode.ino));
+        self.close_deferred(k);
         let bytes = inode.mapped_len();
         g.idle.insert(t, k);
         g.idle_since.insert(k, (t, bytes));

@@ -1539,7 +1539,13 @@ fn map_through(fd: RawFd, len: usize, write: bool) -> Res<(*mut u8, Granularity,
     }
     let rw = sys::reopen_rw(fd)?;
     let r = map_file(rw, len, write);
-    let _ = sys::close(rw);
+    // Not closed while the program may hold POSIX locks on the file (close_data_fd).
+    match sys::fstat(fd) {
+        Ok(st) => engine().defer_data_fd(rw, st.st_dev, st.st_ino),
+        Err(_) => {
+            let _ = sys::close(rw);
+        }
+    }
     r
 }
 

@@ -357,7 +357,7 @@ fn recover_at_open(fd: Fd, size: u64, ino: u64, acc: i32) -> Result<Option<u64>,
         _ => Ok(Recovery::Clean),
     };
     if own {
-        let _ = sys::close(rw);
+        engine().close_data_fd(rw, st_dev_ino(fd).0, st_dev_ino(fd).1);
     }
     match r {
         Ok(Recovery::Trimmed { to, .. }) => {
@@ -368,6 +368,11 @@ fn recover_at_open(fd: Fd, size: u64, ino: u64, acc: i32) -> Result<Option<u64>,
         Ok(Recovery::InUse { .. }) => Err("over-allocated by another live process"),
         Err(_) => Err("recovery failed"),
     }
+}
+
+/// The (dev, ino) of an open descriptor ((0, 0) if fstat fails).
+fn st_dev_ino(fd: Fd) -> (u64, u64) {
+    sys::fstat(fd).map_or((0, 0), |st| (st.st_dev, st.st_ino))
 }
 
 /// Forget `fd` (closing or being replaced by dup2): the description closes with its last fd.
@@ -1163,6 +1168,28 @@ pub fn fallocate(fd: Fd, mode: i32, off: i64, len: i64) -> Option<Res<()>> {
         return Some(Err(err));
     }
     Some(d.inode.refresh(fd).map(|_| ()))
+}
+
+/// posix_fallocate: the error number, as the C call returns it (None: not managed).
+/// `emulate` is the C library's own, which writes the bytes where the file system has no
+/// fallocate (FUSE, NFS...): the file is handed to the kernel around it.
+pub fn posix_fallocate(fd: Fd, off: i64, len: i64, emulate: impl FnOnce() -> i32) -> Option<i32> {
+    desc(fd)?;
+    if off < 0 || len <= 0 {
+        return Some(libc::EINVAL);
+    }
+    match fallocate(fd, 0, off, len)? {
+        Ok(()) => Some(0),
+        Err(Errno::OPNOTSUPP) => {
+            let after = kernel_handoff(fd, false, Call::fallocate);
+            let r = emulate();
+            if let Some(after) = after {
+                after();
+            }
+            Some(r)
+        }
+        Err(e) => Some(e.raw_os_error()),
+    }
 }
 
 /// fallocate of a file in atomic mode. Allocation (mode 0, KEEP_SIZE) changes no byte: the

@@ -806,7 +806,7 @@ pub fn attach(inode: &Arc<Inode>, fd: RawFd, writable: bool, dirfd: RawFd, path:
     // description, so a write lease can be had (one description of the file); any other
     // is a reopened description, never O_APPEND.
     let (dfd, same) = match data_descriptor(fd) {
-        Ok((d, same)) => (e.keep_private(d), same),
+        Ok((d, same)) => (e.keep_private_in_place(d), same),
         Err(err) => {
             e.close_private(lfd);
             return Err(err);
@@ -936,10 +936,21 @@ fn recover_read_only(dirfd: RawFd, path: &CStr, fd: RawFd) -> Res<Option<Replaye
     if !has_log(fd, &sys::fstat(fd)?, dirfd, path) {
         return Ok(None);
     }
-    let p = CString::new(format!("/proc/self/fd/{fd}")).map_err(|_| Errno::INVAL)?;
-    let rw = sys::openat(libc::AT_FDCWD, &p, libc::O_RDWR | libc::O_CLOEXEC, 0)?;
+    let rw = match sys::reopen_rw(fd) {
+        Ok(rw) => rw,
+        Err(Errno::ACCESS | Errno::PERM | Errno::ROFS) => {
+            // A reader without write permission cannot replay a log: it reads what the
+            // kernel has (a live writer's log is its own to apply anyway).
+            engine()
+                .stats
+                .fallback("atomic: reader cannot recover a log (no write permission)");
+            return Ok(None);
+        }
+        Err(err) => return Err(err),
+    };
     let r = recover_fd(dirfd, path, rw);
-    let _ = sys::close(rw);
+    let st = sys::fstat(fd)?;
+    engine().close_data_fd(rw, st.st_dev, st.st_ino);
     r
 }
 
@@ -1035,9 +1046,9 @@ impl AtomicFile {
         let old = self.dfd();
         if let Ok(n) = sys::reopen_rw(old) {
             let e = engine();
-            let n = e.keep_private(n);
+            let n = e.keep_private_in_place(n);
             self.dfd.store(n, Release);
-            e.close_private(old);
+            e.close_data_fd(old, inode.dev, inode.ino);
         }
     }
 
@@ -1375,7 +1386,12 @@ fn file_too_big(need: u64) {
 
 impl Drop for AtomicFile {
     fn drop(&mut self) {
-        engine().close_private(self.dfd());
+        let e = engine();
+        match self.inode.upgrade() {
+            // Not while the program may hold POSIX locks on the file (see close_data_fd).
+            Some(i) => e.close_data_fd(self.dfd(), i.dev, i.ino),
+            None => e.close_private(self.dfd()),
+        }
     }
 }
 

@@ -367,22 +367,9 @@ impl Side {
             // SAFETY: scalar arguments.
             Side::Kernel => unsafe { libc::posix_fallocate(fd, off, len) },
             Side::Engine { .. } => {
-                // As libflex.so.
-                if off < 0 || len <= 0 {
-                    if posix::is_managed(fd) {
-                        libc::EINVAL
-                    } else {
-                        // SAFETY: scalar arguments.
-                        unsafe { libc::posix_fallocate(fd, off, len) }
-                    }
-                } else {
-                    match posix::fallocate(fd, 0, off, len) {
-                        Some(Ok(())) => 0,
-                        Some(Err(e)) => e.raw_os_error(),
-                        // SAFETY: scalar arguments.
-                        None => unsafe { libc::posix_fallocate(fd, off, len) },
-                    }
-                }
+                // SAFETY: scalar arguments (the C library's emulation, as libflex.so).
+                let libc_call = || unsafe { libc::posix_fallocate(fd, off, len) };
+                posix::posix_fallocate(fd, off, len, libc_call).unwrap_or_else(libc_call)
             }
         };
         if code == 0 {

@@ -131,8 +131,24 @@ impl Stats {
             .flat_map(|o| o.keys().cloned())
             .collect()
     }
+    /// On a file system flex never maps (`FLEX_TEST_UNMAPPED=1`, set by scripts/fs-matrix
+    /// for overlayfs and FUSE), flex leaves the files to the kernel on purpose, with the
+    /// reason in stats: then there is nothing served to check.
+    fn left_to_kernel(&self) -> bool {
+        if std::env::var_os("FLEX_TEST_UNMAPPED").is_none_or(|v| v != "1") {
+            return false;
+        }
+        // (A test on a file system of its own, a small tmpfs, is served as anywhere.)
+        let d = self.dump();
+        ["overlayfs:", "FUSE:", "network file system:"]
+            .iter()
+            .any(|r| d.contains(r))
+    }
     /// Assert that flex served reads (or writes) and mapped `file`.
     pub fn assert_served(&self, calls: &[&str], file: &str) {
+        if self.left_to_kernel() {
+            return;
+        }
         let n: u64 = calls.iter().map(|c| self.served(c)).sum();
         assert!(
             n > 0,
@@ -147,6 +163,9 @@ impl Stats {
     }
     /// Assert that some process mapped `file` (flex managed it).
     pub fn assert_mapped(&self, file: &str) {
+        if self.left_to_kernel() {
+            return;
+        }
         assert!(
             self.has_file(file),
             "{file} is not among the files flex mapped; stats: {}",
