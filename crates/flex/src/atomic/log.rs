@@ -412,8 +412,13 @@ impl<M: Media> Log<M> {
     }
 
     fn append_small(&mut self, kind: u32, a: u64) -> Res<()> {
+        self.append_header(kind, a, 0)
+    }
+
+    /// A record without payload.
+    fn append_header(&mut self, kind: u32, a: u64, b: u64) -> Res<()> {
         let at = self.room(0)?;
-        let mut h = rec_header(kind, self.gen, self.seq, a, 0);
+        let mut h = rec_header(kind, self.gen, self.seq, a, b);
         seal(&mut h);
         self.m.store(at, &h);
         self.m.flush(at, REC_HDR);
@@ -424,14 +429,7 @@ impl<M: Media> Log<M> {
 
     /// The size an undo transaction began with (before its first in-place change).
     pub fn append_undo_size(&mut self, size: u64, shared: bool) -> Res<()> {
-        let at = self.room(0)?;
-        let mut h = rec_header(UNDO_SIZE, self.gen, self.seq, size, shared as u64);
-        seal(&mut h);
-        self.m.store(at, &h);
-        self.m.flush(at, REC_HDR);
-        self.seq += 1;
-        self.tail = at + rec_len(0);
-        Ok(())
+        self.append_header(UNDO_SIZE, size, shared as u64)
     }
 
     /// An intent (see [`INTENT`]) for the chunks of `[s, e)`, with the file's size before
