@@ -1042,11 +1042,14 @@ impl Inode {
         let mut m = self.map_w();
         let old = m.ksize;
         if end > self.lsize() {
-            let grown = if !m.trailer && !self.own_size(fd) {
-                self.grow_exact(&mut m, fd, end)
-            } else {
-                self.grow(&mut m, fd, end, e)
-            };
+            if !m.trailer && !self.own_size(fd) {
+                // Not the sole opener (or the program maps the file): the kernel extends
+                // it, exactly as it would (a bad buffer extends nothing; another process's
+                // append is never cut).
+                drop(m);
+                return self.kernel_write_locked(fd, bufs, off);
+            }
+            let grown = self.grow(&mut m, fd, end, e);
             match grown {
                 Ok(()) => {}
                 Err(Errno::NOSPC) | Err(Errno::FBIG) | Err(Errno::DQUOT) => {
@@ -1213,6 +1216,10 @@ impl Inode {
         let n = unsafe { sys::pwritev(fd, bufs, off) }?;
         let end = off + n as u64;
         self.saw_end(off, end);
+        if n > 0 && self.state.load(Acquire) & (MAPPED | PAGE) == MAPPED {
+            // Cache-line granularity promises a write durable on return, size included.
+            sys::fdatasync(fd)?;
+        }
         engine().stats.bytes_written.fetch_add(n as u64, Relaxed);
         Ok((n, end))
     }
@@ -1295,36 +1302,6 @@ impl Inode {
             old,
             new
         );
-        Ok(())
-    }
-
-    /// Extend the kernel size to exactly `end` (exact-only files). Pages the file system
-    /// cannot provide fault in the guarded copy, and the write falls back to the kernel.
-    fn grow_exact(&self, m: &mut Mapping, fd: RawFd, end: u64) -> Res<()> {
-        // Writes flex does not see (stdio on a coherent descriptor, the application's own
-        // mapping) may have extended the file already: never shrink it.
-        // fallocate extends to max(size, end) under the kernel's inode lock, so a
-        // concurrent append of another process is never cut off (ftruncate after an fstat
-        // could shrink the file below it).
-        let from = self.lsize().min(end);
-        match sys::fallocate(fd, 0, from as i64, (end - from).max(1) as i64) {
-            Ok(()) => {}
-            Err(Errno::OPNOTSUPP) | Err(Errno::NOSYS) => {
-                let k = sys::fstat(fd)?.st_size as u64;
-                if k < end {
-                    sys::ftruncate(fd, end)?;
-                }
-            }
-            Err(err) => return Err(err),
-        }
-        let k = sys::fstat(fd)?.st_size as u64;
-        if k > end {
-            m.ksize = k;
-            self.lsize.store(k, Release);
-            return Ok(());
-        }
-        m.ksize = end;
-        self.meta_dirty.store(true, Relaxed);
         Ok(())
     }
 
