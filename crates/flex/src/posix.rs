@@ -313,9 +313,7 @@ fn open_managed(
     ));
     if atomic {
         if let Err(err) = crate::atomic::attach(&d.inode, fd, d.writable(), dirfd, path) {
-            e.stats.fallback(
-                "atomic: open refused (file in atomic use by another process, or log error)",
-            );
+            e.stats.fallback("atomic: open refused (log error)");
             e.release(&d.inode);
             let _ = sys::close(fd);
             return Err(err);

@@ -729,8 +729,8 @@ impl Media for FileLog {
 const UNTRUSTED: &str = "atomic: untrusted log (not flex's, or another user's)";
 
 /// At open in atomic mode: find or create the file's log, recover what a crash left, and
-/// attach the atomic state to the inode. EBUSY when another process has the file in
-/// atomic mode (README, "Failure-atomic mode").
+/// attach the atomic state to the inode: exclusive under a write lease, else shared (a
+/// log of this process's own beside the main one; README, "Sharing").
 pub fn attach(inode: &Arc<Inode>, fd: RawFd, writable: bool, dirfd: RawFd, path: &CStr) -> Res<()> {
     let e = engine();
     let _slot = inode.atomic.lock();
