@@ -1534,6 +1534,34 @@ fn sequences_atomic() {
 #[test]
 fn regressions() {
     let _g = serial();
+    run_regressions(Side::Engine { explicit: true });
+}
+
+/// The fixed cases again with every managed file in failure-atomic mode, once per logging
+/// policy and with the background applier (child processes, as `sequences_atomic`).
+#[test]
+fn regressions_atomic() {
+    if std::env::var_os("FLEX_DIFF_CHILD").is_some() {
+        run_regressions(Side::Engine { explicit: false });
+        return;
+    }
+    let _g = serial();
+    for (name, var) in [
+        ("redo", ("FLEX_ATOMIC_POLICY", "redo")),
+        ("undo", ("FLEX_ATOMIC_POLICY", "undo")),
+        ("background", ("FLEX_ATOMIC_APPLY", "background")),
+    ] {
+        let envs = [
+            ("FLEX_DIFF_ATOMIC", "1"),
+            ("FLEX_MODE", "atomic"),
+            ("FLEX_ATOMIC_LOG", "256k"),
+            var,
+        ];
+        run_child("regressions_atomic", name, &envs);
+    }
+}
+
+fn run_regressions(side: Side) {
     let mem = Mem::new();
     let rw = |slot, acc, append| Op::Open {
         slot,
@@ -1675,6 +1703,27 @@ fn regressions() {
                     off: Off::At(3 << 20),
                     buf: Buf::Good,
                 },
+            ],
+        ),
+        (
+            "atomic: an O_APPEND write at the end of a file of nearly 2^63 bytes",
+            0,
+            vec![
+                Op::Ftruncate {
+                    slot: 0,
+                    len: Off::Huge(i64::MAX as u64 - 10),
+                },
+                Op::SetFl {
+                    slot: 0,
+                    append: true,
+                },
+                Op::Write {
+                    slot: 0,
+                    len: 1,
+                    buf: Buf::Good,
+                    seed: 0,
+                },
+                Op::Fstat { slot: 0 },
             ],
         ),
         (
@@ -1919,7 +1968,7 @@ fn regressions() {
         if name.starts_with("RWF_NOWAIT") && !tmpfs {
             continue;
         }
-        if let Err(e) = run_sequence(Side::Engine { explicit: true }, &mem, *init, ops) {
+        if let Err(e) = run_sequence(side, &mem, *init, ops) {
             failed.push(format!("{name}:\n  {e}"));
         }
     }

@@ -164,8 +164,11 @@ fn chunk_hashes<D: DataDev>(data: &D, s: u64, e: u64) -> Res<Vec<u64>> {
     let mut at = s;
     while at < e {
         let want = (e - at).min(PIECE) as usize;
-        // SAFETY: our own buffer of at least `want` bytes.
-        let n = unsafe { data.read_raw(at, buf.as_mut_ptr(), want) }?;
+        // The last chunk of a file near the largest size ends past 2^63 - 1, where the
+        // kernel refuses the whole read (EINVAL): ask only for bytes that can exist.
+        let room = (i64::MAX as u64 - at).min(want as u64) as usize;
+        // SAFETY: our own buffer of at least `want` >= `room` bytes.
+        let n = unsafe { data.read_raw(at, buf.as_mut_ptr(), room) }?;
         for i in 0..(want as u64).div_ceil(log::CHUNK) {
             let a = ((i * log::CHUNK) as usize).min(n);
             let b = (a + log::CHUNK as usize).min(n);
