@@ -1486,7 +1486,7 @@ fn skip(bufs: &[(*const u8, usize)], mut n: usize) -> Vec<(*const u8, usize)> {
 
 /// File systems whose files flex leaves to the kernel, and why: a mapping of them is not
 /// coherent with what the kernel's own calls see.
-fn unmappable_fs(fd: RawFd) -> Option<&'static str> {
+pub(crate) fn unmappable_fs(fd: RawFd) -> Option<&'static str> {
     const OVERLAYFS: i64 = 0x794c_7630;
     const FUSE: i64 = 0x6573_5546;
     const NFS: i64 = 0x6969;

@@ -737,6 +737,14 @@ pub fn attach(inode: &Arc<Inode>, fd: RawFd, writable: bool, dirfd: RawFd, path:
     if inode.atomic.f.load().is_some() {
         return Ok(());
     }
+    // Overlay, FUSE and network file systems are left to the kernel in every mode: the
+    // log must sit on the data's own local file system, where fdatasync orders the two
+    // and no other machine or copy-up sees it.
+    if let Some(reason) = crate::inode::unmappable_fs(fd) {
+        e.stats.fallback(reason);
+        inode.set_nomap();
+        return Ok(());
+    }
     if !writable {
         drop(_slot);
         // Readers see the last committed state: replay a crashed writer's log first.
