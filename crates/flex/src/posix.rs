@@ -994,9 +994,9 @@ pub fn lseek(fd: Fd, off: i64, whence: i32) -> Option<Res<i64>> {
         libc::SEEK_CUR => cur + off as i128,
         libc::SEEK_END => size as i128 + off as i128,
         libc::SEEK_DATA | libc::SEEK_HOLE => {
-            // Past the end: ENXIO. Negative offsets: ENXIO on ext4, xfs and tmpfs, but
-            // btrfs answers them (0 for SEEK_DATA): the kernel's, where it knows the
-            // file's size (not over-allocated, nothing logged).
+            // Past the end: ENXIO. Negative offsets: ENXIO on ext4, xfs and tmpfs; btrfs
+            // searches from 0 (ENXIO only when the file is empty). The kernel's answer
+            // where it knows the file's size (not over-allocated, nothing logged).
             let plain = !d.inode.in_trailer_mode() && d.inode.atomic.get().is_none();
             if off < 0 && plain {
                 return Some(sys::lseek(fd, off, whence).map(|k| {
@@ -1004,7 +1004,15 @@ pub fn lseek(fd: Fd, off: i64, whence: i32) -> Option<Res<i64>> {
                     k as i64
                 }));
             }
-            if off < 0 || off as u64 >= size {
+            let off = if off < 0 && negative_seek_from_start(fd) {
+                0
+            } else {
+                off
+            };
+            if off < 0 {
+                return Some(Err(Errno::NXIO));
+            }
+            if off as u64 >= size {
                 return Some(Err(Errno::NXIO));
             }
             if !settled {
@@ -1047,6 +1055,12 @@ pub fn lseek(fd: Fd, off: i64, whence: i32) -> Option<Res<i64>> {
     }
     *pos = target as u64;
     Some(Ok(target as i64))
+}
+
+/// Does the file system answer SEEK_DATA/SEEK_HOLE at a negative offset as at 0 (btrfs)?
+fn negative_seek_from_start(fd: Fd) -> bool {
+    const BTRFS: u64 = 0x9123_683e;
+    rustix::fs::fstatfs(sys::bfd(fd)).is_ok_and(|s| s.f_type as u64 == BTRFS)
 }
 
 pub fn fsync(fd: Fd, data_only: bool) -> Option<Res<()>> {
