@@ -487,6 +487,15 @@ fn sparse_file_read_by_cat_and_tar_stays_sparse() {
                 .expect("write a data block");
         }
     }
+    // Some file systems (sshfs) store every byte: there is no hole to keep.
+    use std::os::unix::fs::MetadataExt;
+    let allocated = std::fs::metadata(p.join("sparse.img"))
+        .expect("stat")
+        .blocks();
+    if allocated >= 1024 {
+        eprintln!("skipped: this file system allocated {allocated} blocks for a sparse file");
+        return;
+    }
     let script = "cat sparse.img > /dev/null && cat sparse.img sparse.img | wc -c && \
                   tar --format=gnu --sparse --mtime=@0 -cf - sparse.img | wc -c && \
                   stat -c '%s %b' sparse.img";
