@@ -32,10 +32,10 @@ fn check_rwf(off: i64, total: usize) -> Res<()> {
     Ok(())
 }
 
-/// preadv2/pwritev2 with flags flex does not serve: the kernel does the call at flex's
-/// offset on the exact-size file (the kernel descriptor carries O_APPEND itself); then
-/// flex takes the offset and size back. In atomic
-/// mode such a call is a commit point (README, "Failure-atomic mode").
+/// preadv2/pwritev2 with flags flex does not serve: the kernel does the call on the
+/// exact-size file from flex's offset (the kernel descriptor carries O_APPEND itself);
+/// then flex takes the offset and size back. In atomic mode such a call is a commit point
+/// (README, "Failure-atomic mode").
 ///
 /// # Safety
 /// As the public entry points.
@@ -55,10 +55,11 @@ unsafe fn kernel_rw2(
     crate::atomic::commit_for_kernel(&d.inode);
     d.inode.trim(fd)?;
     let mut pos = d.pos_at(fd);
-    let at = if off == -1 { *pos as i64 } else { off };
-    let kflags = flags;
-    let appends =
-        write && (flags & libc::RWF_APPEND != 0 || d.append() && flags & libc::RWF_NOAPPEND == 0);
+    if off == -1 {
+        // At the file position: the kernel's own (it alone knows where the call lands,
+        // e.g. overlayfs appends even under RWF_NOAPPEND), moved there first, read after.
+        sys::lseek(fd, *pos as i64, libc::SEEK_SET)?;
+    }
     let iov: Vec<libc::iovec> = bufs
         .iter()
         .map(|&(p, l)| libc::iovec {
@@ -72,24 +73,19 @@ unsafe fn kernel_rw2(
         libc::SYS_preadv2
     };
     // SAFETY: a raw system call on an iovec array we own; the kernel checks the buffers.
-    let r = unsafe { libc::syscall(nr, fd, iov.as_ptr(), iov.len() as i32, at, 0i64, kflags) };
+    let r = unsafe { libc::syscall(nr, fd, iov.as_ptr(), iov.len() as i32, off, 0i64, flags) };
     // SAFETY: this thread's errno, read before anything else can change it.
     let errno = unsafe { *libc::__errno_location() };
     // Even a failed write can move the size.
     let size = write.then(|| refresh_from_kernel(d, fd));
+    if off == -1 {
+        *pos = sys::lseek(fd, 0, libc::SEEK_CUR)?;
+    }
     if r < 0 {
         return Err(Errno::from_raw_os_error(errno));
     }
-    let n = r as usize;
-    if let Some(size) = size {
-        let size = size?;
-        if off == -1 {
-            *pos = if appends { size } else { at as u64 + n as u64 };
-        }
-    } else if off == -1 {
-        *pos = at as u64 + n as u64;
-    }
-    Ok(n)
+    size.transpose()?;
+    Ok(r as usize)
 }
 
 /// Does this kernel check a vectored call's iovec array (EINVAL, EFAULT) before the
