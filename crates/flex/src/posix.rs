@@ -60,32 +60,16 @@ unsafe fn kernel_rw2(
         // e.g. overlayfs appends even under RWF_NOAPPEND), moved there first, read after.
         sys::lseek(fd, *pos as i64, libc::SEEK_SET)?;
     }
-    let iov: Vec<libc::iovec> = bufs
-        .iter()
-        .map(|&(p, l)| libc::iovec {
-            iov_base: p.cast(),
-            iov_len: l,
-        })
-        .collect();
-    let nr = if write {
-        libc::SYS_pwritev2
-    } else {
-        libc::SYS_preadv2
-    };
-    // SAFETY: a raw system call on an iovec array we own; the kernel checks the buffers.
-    let r = unsafe { libc::syscall(nr, fd, iov.as_ptr(), iov.len() as i32, off, 0i64, flags) };
-    // SAFETY: this thread's errno, read before anything else can change it.
-    let errno = unsafe { *libc::__errno_location() };
+    // SAFETY: forwarded contract (the kernel checks the buffers).
+    let r = unsafe { sys::rw2(fd, bufs, off, flags, write) };
     // Even a failed write can move the size.
     let size = write.then(|| refresh_from_kernel(d, fd));
     if off == -1 {
         *pos = sys::lseek(fd, 0, libc::SEEK_CUR)?;
     }
-    if r < 0 {
-        return Err(Errno::from_raw_os_error(errno));
-    }
+    let n = r?;
     size.transpose()?;
-    Ok(r as usize)
+    Ok(n)
 }
 
 /// Does this kernel check a vectored call's iovec array (EINVAL, EFAULT) before the

@@ -83,7 +83,8 @@ pub unsafe fn preadv(fd: RawFd, bufs: &[(*mut u8, usize)], off: u64) -> Res<usiz
             libc::SYS_preadv,
             fd,
             bufs.iter().map(|&(p, l)| (p as *const u8, l)),
-            off,
+            off as i64,
+            0,
         )
     }
 }
@@ -98,16 +99,20 @@ pub unsafe fn pwritev(fd: RawFd, bufs: &[(*const u8, usize)], off: u64) -> Res<u
         return unsafe { pwrite(fd, *p, *l, off) };
     }
     // SAFETY: forwarded contract.
-    unsafe { vector_io(libc::SYS_pwritev, fd, bufs.iter().copied(), off) }
+    unsafe { vector_io(libc::SYS_pwritev, fd, bufs.iter().copied(), off as i64, 0) }
 }
 
+/// One vectored call (preadv, pwritev, preadv2, pwritev2) on an iovec array built from
+/// `bufs`; `flags` is the sixth argument, which only the *v2 calls read.
+///
 /// # Safety
 /// Every buffer valid for its length, or invalid (the kernel answers EFAULT).
 unsafe fn vector_io(
     nr: libc::c_long,
     fd: RawFd,
     bufs: impl Iterator<Item = (*const u8, usize)>,
-    off: u64,
+    off: i64,
+    flags: i32,
 ) -> Res<usize> {
     let iov: Vec<libc::iovec> = bufs
         .map(|(p, l)| libc::iovec {
@@ -116,17 +121,48 @@ unsafe fn vector_io(
         })
         .collect();
     // SAFETY: a raw system call on an iovec array we own; the kernel checks the buffers.
-    // On x86_64 the low offset word carries all 64 bits; the high word is ignored.
+    // On x86_64 the low offset word carries all 64 bits (-1 in both words for -1); the
+    // high word is ignored.
     ret(unsafe {
         libc::syscall(
             nr,
             fd,
             iov.as_ptr(),
             iov.len() as libc::c_int,
-            off as i64,
-            (off >> 32) as i64,
+            off,
+            off >> 32,
+            flags,
         )
     })
+}
+
+/// preadv2(2)/pwritev2(2) as the application asked (offset -1: the file position).
+///
+/// # Safety
+/// Every buffer valid for its length, or invalid (the kernel answers EFAULT); a read's
+/// buffers must be writable.
+pub unsafe fn rw2(
+    fd: RawFd,
+    bufs: &[(*mut u8, usize)],
+    off: i64,
+    flags: i32,
+    write: bool,
+) -> Res<usize> {
+    let nr = if write {
+        libc::SYS_pwritev2
+    } else {
+        libc::SYS_preadv2
+    };
+    // SAFETY: forwarded contract.
+    unsafe {
+        vector_io(
+            nr,
+            fd,
+            bufs.iter().map(|&(p, l)| (p as *const u8, l)),
+            off,
+            flags,
+        )
+    }
 }
 
 pub fn lseek(fd: RawFd, off: i64, whence: i32) -> Res<u64> {
@@ -255,23 +291,8 @@ pub fn stderr(buf: &[u8]) {
 /// maps, recovers and commits through this one. Fails with EACCES where the file is not
 /// readable and writable by us.
 pub fn reopen_rw(fd: RawFd) -> Res<RawFd> {
-    let mut p = *b"/proc/self/fd/\0\0\0\0\0\0\0\0\0\0\0\0";
-    let mut n = fd as u32;
-    let mut digits = [0u8; 10];
-    let mut i = 0;
-    loop {
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        i += 1;
-        if n == 0 {
-            break;
-        }
-    }
-    for k in 0..i {
-        p[14 + k] = digits[i - 1 - k];
-    }
-    let path = core::ffi::CStr::from_bytes_until_nul(&p).map_err(|_| Errno::INVAL)?;
-    openat(libc::AT_FDCWD, path, libc::O_RDWR | libc::O_CLOEXEC, 0)
+    let path = std::ffi::CString::new(format!("/proc/self/fd/{fd}")).map_err(|_| Errno::INVAL)?;
+    openat(libc::AT_FDCWD, &path, libc::O_RDWR | libc::O_CLOEXEC, 0)
 }
 
 /// The access mode of a descriptor (O_RDONLY, O_WRONLY, O_RDWR) and whether it appends.
@@ -302,26 +323,9 @@ pub unsafe fn append(fd: RawFd, bufs: &[(*const u8, usize)]) -> Res<(usize, u64)
 /// # Safety
 /// Every buffer valid for its length, or invalid (the kernel answers EFAULT).
 pub unsafe fn append_at(fd: RawFd, bufs: &[(*const u8, usize)], off: i64) -> Res<usize> {
-    let iov: Vec<libc::iovec> = bufs
-        .iter()
-        .map(|&(p, l)| libc::iovec {
-            iov_base: p as *mut _,
-            iov_len: l,
-        })
-        .collect();
-    // SAFETY: a raw system call on an iovec array we own; the kernel checks the buffers.
-    // On x86_64 the low offset word carries all 64 bits (-1 in both words for -1).
-    ret(unsafe {
-        libc::syscall(
-            libc::SYS_pwritev2,
-            fd,
-            iov.as_ptr(),
-            iov.len() as libc::c_int,
-            off,
-            off >> 32,
-            libc::RWF_APPEND,
-        )
-    })
+    let bufs = bufs.iter().copied();
+    // SAFETY: forwarded contract.
+    unsafe { vector_io(libc::SYS_pwritev2, fd, bufs, off, libc::RWF_APPEND) }
 }
 
 /// pwrite at exactly `off`, also on an O_APPEND descriptor (where Linux's pwrite appends):
