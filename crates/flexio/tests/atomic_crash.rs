@@ -13,18 +13,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
+#[path = "common/run.rs"]
+mod run;
+use run::Rng;
 
 enum Op {
     Write(u64, Vec<u8>),
@@ -55,7 +46,7 @@ const COMMITS: u64 = 300;
 
 /// The model: the file's contents after each fsync (index 0: empty, before any).
 fn model(seed: u64) -> Vec<Vec<u8>> {
-    let mut r = Rng(seed | 1);
+    let mut r = Rng::new(seed);
     let mut cur: Vec<u8> = Vec::new();
     let mut states = vec![Vec::new()];
     let mut i = 0;
@@ -98,7 +89,7 @@ fn writer_child() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    let mut r = Rng(seed | 1);
+    let mut r = Rng::new(seed);
     let mut size = 0u64;
     let mut commits = 0;
     let mut i = 0;
@@ -146,7 +137,7 @@ fn kill_9_writers_and_recover() {
         .unwrap_or(50);
     let dir = tempfile::tempdir_in("/dev/shm").unwrap();
     let exe = std::env::current_exe().unwrap();
-    let mut rng = Rng(0x5eed_1234 ^ runs);
+    let mut rng = Rng::new(0x5eed_1234 ^ runs);
     let (mut tail_states, mut replayed) = (0, 0);
     for run in 0..runs {
         let seed = rng.next() >> 1;

@@ -52,15 +52,7 @@ fn atomic_rw(p: &Path) -> flexio::File {
 }
 
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    run::noise(len, seed)
 }
 
 /// Run a python script (after the prelude [`PY`]) under `flexio run --paths dir` with
@@ -739,12 +731,9 @@ fn threads_see_each_write_all_old_or_all_new() {
     for w in 0..2u64 {
         let f = f.clone();
         hs.push(std::thread::spawn(move || {
-            let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (w + 1);
+            let mut r = run::Rng::new(w + 1);
             for i in 0..3000u64 {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                let k = (x % SLOTS as u64) as usize;
+                let k = r.below(SLOTS as u64) as usize;
                 // Writer 0: any slot (overlapping); writer 1 also writes single halves.
                 let len = if w == 1 && i % 3 == 0 { B } else { 2 * B };
                 let v = (1 + w * 100 + i % 97) as u8;

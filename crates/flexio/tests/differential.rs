@@ -2103,13 +2103,8 @@ fn disjoint_worker(
             .open(path)
             .map_err(|e| e.to_string())?))
     };
-    let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ t as u64;
-    let mut next = move |m: usize| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        (rng % m.max(1) as u64) as usize
-    };
+    let mut rng = run::Rng::new(seed ^ t as u64);
+    let mut next = move |m: usize| rng.below(m as u64) as usize;
     for i in 0..40 {
         let off = next(span);
         let len = [0, 1, 4095, 4096, 4097, 65536, next(20000)][next(7)].min(span - off);

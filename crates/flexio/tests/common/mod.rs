@@ -3,6 +3,8 @@
 //! and the test directory.
 #![allow(dead_code)]
 
+pub mod run;
+
 use flex::posix;
 use flex::stats::Call;
 use std::ffi::{CStr, CString};
@@ -460,15 +462,7 @@ pub fn raw_size(fd: i32) -> R {
 
 /// Deterministic bytes for writes.
 pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
+    run::noise(len, seed)
 }
 
 /// Memory whose last page is PROT_NONE: `ptr_before_guard(n)` points `n` bytes before it,
