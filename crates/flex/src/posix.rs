@@ -93,11 +93,23 @@ fn iov_before_access(write: bool) -> bool {
     } else {
         (w.as_raw_fd(), libc::SYS_readv)
     };
+    // Another thread of the program may close a descriptor number it does not own (ours)
+    // and open a file that takes it: only an answer about our own pipe counts.
+    let ours = || sys::fstat(fd).map(|st| st.st_ino).ok();
+    let before = ours();
     // SAFETY: a raw system call with an invalid count: the kernel rejects it before
     // touching any memory.
     let rc = unsafe { libc::syscall(nr, fd, core::ptr::null::<libc::iovec>(), -1i32) };
     // SAFETY: this thread's errno.
-    let first = rc < 0 && unsafe { *libc::__errno_location() } == libc::EINVAL;
+    let errno = if rc < 0 {
+        unsafe { *libc::__errno_location() }
+    } else {
+        0
+    };
+    if before.is_none() || ours() != before || (errno != libc::EINVAL && errno != libc::EBADF) {
+        return false; // not known: the newer kernels' order, asked again next time
+    }
+    let first = errno == libc::EINVAL;
     slot.store(if first { 1 } else { 2 }, Relaxed);
     first
 }
