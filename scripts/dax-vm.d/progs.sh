@@ -4,10 +4,15 @@
 #   progs.sh --stage ROOT REPO TARGET_DIR   (host) builds libflex.so, copies it, the
 #                                           programs and a reference file into ROOT
 #   progs.sh DIR TAG                        (guest) round trip through flex on DIR
+#   progs.sh --nfs DIR1 DIR2                (guest) the same directory through two NFS
+#                                           mounts: what one client writes, the other reads
 #
 # Guest side: coreutils dd writes a reference file into a FLEX-managed directory (whole
 # and odd block sizes, appends), cat and dd read it back, sha256sum compares with the
 # reference's digest computed on the host; FLEX_STATS must show the expected granularity.
+# On NFS every write goes through one mount and is read back through the other (each
+# program is a new open: close-to-open), and FLEX_STATS must show that flex left the
+# files to the kernel and why.
 set -eu
 
 if [ "${1:-}" = --stage ]; then
@@ -28,16 +33,18 @@ if [ "${1:-}" = --stage ]; then
     exit 0
 fi
 
-dir=$1/progs tag=$2
-want=cache-line
-[ "$tag" = tmpfs ] && want=page
+B=/fx/bin
+ok=1
+if [ "$1" = --nfs ]; then
+    tag=nfs dir=$2/progs dir2=$3/progs
+else
+    tag=$2 dir=$1/progs dir2=
+fi
 rm -rf "$dir"
 mkdir -p "$dir"
 stats=/tmp/stats-$tag.json
 rm -f "$stats"
-B=/fx/bin
-ok=1
-flex() { LD_PRELOAD=/fx/lib/libflex.so FLEX_PATHS=$dir FLEX_STATS=$stats "$@"; }
+flex() { LD_PRELOAD=/fx/lib/libflex.so FLEX_PATHS=$dir${dir2:+:$dir2} FLEX_STATS=$stats "$@"; }
 check() { # check FILE WANT-DIGEST WHAT
     got=$(flex $B/sha256sum <"$1" | cut -d' ' -f1)
     if [ "$got" = "$2" ] && [ "$(flex $B/sha256sum "$1" | cut -d' ' -f1)" = "$2" ]; then
@@ -55,6 +62,45 @@ run() { # run WHAT CMD...: a failing program is a failed check, not an aborted s
         ok=0
     }
 }
+digest() { $B/sha256sum "$1" | cut -d' ' -f1; } # without flex
+
+if [ "$tag" = nfs ]; then
+    # The expected contents are built beside, in /tmp, by the same programs without flex.
+    e=/tmp/progs-expect
+    a=$dir/a a2=$dir2/a
+    run "dd write 64k via 1" $B/dd if=/fx/ref.bin of="$a" bs=64k status=none
+    check "$a2" "$(cat /fx/ref.sha256)" "dd bs=64k write via mount 1, read via mount 2"
+    run "cat via 2" $B/cat "$a2" >/tmp/progs.out
+    check /tmp/progs.out "$(cat /fx/ref.sha256)" "cat via mount 2"
+    cp /fx/ref.bin $e
+    $B/dd if=/fx/ref.bin of=$e bs=4000 count=100 seek=37 conv=notrunc status=none
+    run "dd overwrite via 2" $B/dd if=/fx/ref.bin of="$a2" bs=4000 count=100 seek=37 conv=notrunc status=none
+    check "$a" "$(digest $e)" "dd conv=notrunc overwrite via mount 2, read via mount 1"
+    $B/dd if=/fx/ref.bin of=$e bs=1000 oflag=append conv=notrunc status=none
+    run "dd append via 1" $B/dd if=/fx/ref.bin of="$a" bs=1000 oflag=append conv=notrunc status=none
+    check "$a2" "$(digest $e)" "dd oflag=append via mount 1, read via mount 2"
+    $B/dd if=/fx/ref.bin of=$e bs=1000 count=50 status=none
+    run "dd truncating write via 2" $B/dd if=/fx/ref.bin of="$a2" bs=1000 count=50 status=none
+    check "$a" "$(digest $e)" "dd shrinking rewrite via mount 2, read via mount 1"
+    run "cmp via 1 and 2" $B/cmp "$a" "$a2"
+    rm -f $e /tmp/progs.out
+    why="network file system: close-to-open coherence"
+    if ! grep -q "\"$why\"" "$stats" 2>/dev/null; then
+        echo "FX FAIL progs $tag: FLEX_STATS does not give the fallback \"$why\": $(head -c 400 "$stats" 2>/dev/null)"
+        ok=0
+    elif grep -q '"granularity"' "$stats"; then
+        echo "FX FAIL progs $tag: FLEX_STATS lists files flex mapped: $(grep -o '"files":{[^}]*}' "$stats" | head -3)"
+        ok=0
+    else
+        echo "FX ok progs $tag: FLEX_STATS: every file left to the kernel ($why)"
+    fi
+    rm -rf "$dir"
+    [ $ok = 1 ] && echo "FX PASS progs $tag"
+    exit 0
+fi
+
+want=cache-line
+[ "$tag" = tmpfs ] && want=page
 run "dd write 64k" $B/dd if=/fx/ref.bin of="$dir/a" bs=64k status=none
 check "$dir/a" "$(cat /fx/ref.sha256)" "dd bs=64k write"
 run "dd copy 4000" $B/dd if="$dir/a" of="$dir/b" bs=4000 status=none

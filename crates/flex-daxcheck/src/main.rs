@@ -4,6 +4,7 @@
 //! flex-daxcheck granularity DIR             FX GRANULARITY DIR cache-line|page (+ kernel probes)
 //! flex-daxcheck writer DIR MODE             writes until killed, FX PROGRESS <seq> <synced> . per write
 //! flex-daxcheck verify DIR MODE SEQ SYNCED  after the power cut: FX PASS ... / FX FAIL ...
+//! flex-daxcheck coherence DIR1 DIR2         two mounts of one NFS export: close-to-open
 //! ```
 //! MODE: `dax` (cache-line, no sync ever), `page` (sync_data every few writes), `create`
 //! (many new files, each written once, no sync ever), and failure-atomic files (sync_data =
@@ -12,6 +13,7 @@
 //! (ext4 on a virtio disk: page granularity, the log synced with fdatasync). Every line
 //! for the host starts "FX ".
 
+mod coherence;
 mod model;
 mod probe;
 mod store;
@@ -27,13 +29,15 @@ fn main() -> ExitCode {
     let r = match a.as_slice() {
         ["granularity", dir] => granularity(Path::new(dir)),
         ["writer", dir, mode] => writer(Path::new(dir), mode),
+        ["coherence", d1, d2] => coherence::run(Path::new(d1), Path::new(d2)),
         ["verify", dir, mode, seq, synced] => match (seq.parse(), synced.parse()) {
             (Ok(seq), Ok(synced)) => verify(Path::new(dir), mode, seq, synced),
             _ => Err(io::Error::other("SEQ and SYNCED must be numbers")),
         },
         _ => {
             eprintln!(
-                "usage: flex-daxcheck granularity DIR | writer DIR MODE | verify DIR MODE SEQ SYNCED"
+                "usage: flex-daxcheck granularity DIR | writer DIR MODE | verify DIR MODE SEQ SYNCED \
+                 | coherence DIR1 DIR2"
             );
             return ExitCode::from(2);
         }

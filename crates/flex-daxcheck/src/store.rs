@@ -13,15 +13,24 @@ pub trait Store: Sized {
     /// A new file in failure-atomic mode (`O_FLEX_ATOMIC`).
     fn create_atomic(path: &Path) -> io::Result<Self>;
     fn open(path: &Path) -> io::Result<Self>;
+    fn open_read(path: &Path) -> io::Result<Self>;
     fn write_all_at(&mut self, buf: &[u8], off: u64) -> io::Result<()>;
     fn read_all(&mut self) -> io::Result<Vec<u8>>;
     fn sync_data(&mut self) -> io::Result<()>;
+    fn set_len(&mut self, len: u64) -> io::Result<()>;
     fn len(&self) -> io::Result<u64>;
     fn granularity(&self) -> &'static str;
+    /// Is the engine serving the file from a mapping (not left to the kernel)?
+    fn mapped(&self) -> bool;
 }
 
 pub fn recover(path: &Path) -> io::Result<()> {
     imp::recover(path)
+}
+
+/// The engine's fallback reasons with their counts so far, as in FLEX_STATS.
+pub fn fallbacks() -> String {
+    imp::fallbacks()
 }
 
 pub const BACKEND: &str = imp::NAME;
@@ -39,6 +48,15 @@ mod imp {
 
     pub fn recover(path: &Path) -> io::Result<()> {
         flexio::recover(path).map(|_| ())
+    }
+
+    pub fn fallbacks() -> String {
+        let j = flexio::flex::engine::engine().stats.to_json();
+        let key = "\"fallbacks\":";
+        j.find(key)
+            .map(|i| &j[i + key.len()..])
+            .and_then(|r| r.find('}').map(|e| r[..=e].to_string()))
+            .unwrap_or_else(|| "?".into())
     }
 
     impl Store for Handle {
@@ -66,6 +84,9 @@ mod imp {
                 .open(path)
                 .map(Handle)
         }
+        fn open_read(path: &Path) -> io::Result<Self> {
+            flexio::File::open(path).map(Handle)
+        }
         fn write_all_at(&mut self, buf: &[u8], off: u64) -> io::Result<()> {
             self.0.write_all_at(buf, off)
         }
@@ -78,11 +99,17 @@ mod imp {
         fn sync_data(&mut self) -> io::Result<()> {
             self.0.sync_data()
         }
+        fn set_len(&mut self, len: u64) -> io::Result<()> {
+            self.0.set_len(len)
+        }
         fn len(&self) -> io::Result<u64> {
             self.0.len()
         }
         fn granularity(&self) -> &'static str {
             self.0.granularity().as_str()
+        }
+        fn mapped(&self) -> bool {
+            self.0.is_mapped()
         }
     }
 }
@@ -103,6 +130,10 @@ mod imp {
 
     pub fn recover(_path: &Path) -> io::Result<()> {
         Ok(())
+    }
+
+    pub fn fallbacks() -> String {
+        "none (no engine)".into()
     }
 
     fn wrap(f: std::fs::File) -> io::Result<Handle> {
@@ -150,6 +181,14 @@ mod imp {
                     .open(path)?,
             )
         }
+        fn open_read(path: &Path) -> io::Result<Self> {
+            // Read-only: no MAP_SYNC probe (it would need to extend the file).
+            Ok(Handle {
+                f: std::fs::File::open(path)?,
+                cache_line: false,
+                unsafe_mode: false,
+            })
+        }
         fn write_all_at(&mut self, buf: &[u8], off: u64) -> io::Result<()> {
             self.f.write_all_at(buf, off)?;
             if self.cache_line && !self.unsafe_mode {
@@ -165,6 +204,9 @@ mod imp {
         fn sync_data(&mut self) -> io::Result<()> {
             self.f.sync_data()
         }
+        fn set_len(&mut self, len: u64) -> io::Result<()> {
+            self.f.set_len(len)
+        }
         fn len(&self) -> io::Result<u64> {
             Ok(self.f.metadata()?.len())
         }
@@ -174,6 +216,9 @@ mod imp {
             } else {
                 "page"
             }
+        }
+        fn mapped(&self) -> bool {
+            false
         }
     }
 }
