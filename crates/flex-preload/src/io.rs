@@ -339,7 +339,8 @@ pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: c_long) -> c_int {
             | libc::F_OFD_SETLKW
             | libc::F_OFD_GETLK => {
                 // The kernel resolves SEEK_CUR against the descriptor's own offset.
-                hook(|| posix::offset_to_kernel(fd));
+                // SAFETY: the lock's pointer is the application's; read fault-safely.
+                hook(|| unsafe { posix::offset_to_kernel_for_lock(fd, arg as *const libc::flock) });
             }
             libc::F_GETFL => {
                 if let Some(r) = guarded(|| posix::fcntl_getfl(fd)) {

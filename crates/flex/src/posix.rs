@@ -1353,6 +1353,32 @@ pub fn before_exec(all: bool) {
 /// A call the kernel resolves against the descriptor's file offset (record and OFD locks
 /// with SEEK_CUR, lockf): put flex's offset there first. A coherent or demoted description
 /// keeps its offset in the kernel already.
+/// fcntl record and OFD locks (and F_GETLK): the kernel resolves `l_whence = SEEK_CUR`
+/// against the descriptor's own offset, so only such a lock needs flex's offset there
+/// (SQLite's, all SEEK_SET, cost an lseek each before).
+///
+/// # Safety
+/// `lock` comes from the application: valid, or faulting (then the kernel answers EFAULT
+/// and nothing is resolved).
+pub unsafe fn offset_to_kernel_for_lock(fd: Fd, lock: *const libc::flock) {
+    let mut whence: libc::c_short = 0;
+    // Plain address arithmetic: the program's pointer is never dereferenced by Rust.
+    let field = lock
+        .cast::<u8>()
+        .wrapping_add(core::mem::offset_of!(libc::flock, l_whence));
+    // SAFETY: a guarded copy of the struct's l_whence field into our own short.
+    let rem = unsafe {
+        fault::copy(
+            (&raw mut whence).cast(),
+            field,
+            core::mem::size_of::<libc::c_short>(),
+        )
+    };
+    if rem == 0 && whence as i32 == libc::SEEK_CUR {
+        offset_to_kernel(fd);
+    }
+}
+
 pub fn offset_to_kernel(fd: Fd) {
     let Some(d) = desc(fd) else { return };
     if d.is_demoted() || d.is_coherent() {
