@@ -551,6 +551,20 @@ impl Inode {
         Ok(self.lsize())
     }
 
+    /// The program's fstat just read `seen`: the size to report, as
+    /// [`Inode::adopt_kernel_size`], without a second fstat when nothing of this process
+    /// has moved the size away from `seen` (the common case).
+    pub fn adopt_seen_size(&self, fd: RawFd, seen: u64) -> Res<u64> {
+        {
+            let _s = self.lock_size();
+            let m = self.map_r();
+            if !m.trailer && m.ksize == seen && self.lsize() == seen {
+                return Ok(seen);
+            }
+        }
+        self.adopt_kernel_size(fd)
+    }
+
     /// Called at adoption when the cached inode is reused, or fresh: take the kernel's size.
     pub fn adopt_size(&self, ksize: u64) {
         let _s = self.lock_size();

@@ -1460,7 +1460,7 @@ pub fn fstat_fix(fd: Fd, dev: u64, ino: u64, size: &mut i64) {
     } else {
         // Not the size just read: a writer of this process may have extended (or, on DAX,
         // over-allocated) the file since; report the size adopted under the size lock.
-        if let Ok(l) = d.inode.adopt_kernel_size(fd) {
+        if let Ok(l) = d.inode.adopt_seen_size(fd, *size as u64) {
             *size = l as i64;
         }
     }
