@@ -286,6 +286,8 @@ pub struct Inode {
     pub io: AtomicU32,
     /// mmap refused (file system without mmap...): the kernel serves this file.
     nomap: AtomicBool,
+    /// Its file system's facts, asked at the first mapping.
+    fs: std::sync::OnceLock<FsFacts>,
     /// Failure-atomic state (empty unless the file is open in atomic mode).
     pub atomic: crate::atomic::Slot,
     /// The descriptor holding this file's write lease (-1: none). Held exactly while the
@@ -361,6 +363,7 @@ impl Inode {
             state: AtomicU32::new(0),
             io: AtomicU32::new(0),
             nomap: AtomicBool::new(false),
+            fs: std::sync::OnceLock::new(),
             atomic: crate::atomic::Slot::default(),
             lease_fd: AtomicI32::new(-1),
             lease_refused: AtomicBool::new(false),
@@ -396,6 +399,10 @@ impl Inode {
     }
     pub fn set_nomap(&self) {
         self.nomap.store(true, Relaxed)
+    }
+    /// The file's file system (one fstatfs per inode: a file never changes file system).
+    pub(crate) fn fs(&self, fd: RawFd) -> FsFacts {
+        *self.fs.get_or_init(|| FsFacts::of(fd))
     }
     /// On page granularity the kernel extends files: its write path fills a new page-cache
     /// page without zeroing or mapping it, which a mapping cannot beat, and the kernel's
@@ -719,7 +726,8 @@ impl Inode {
             e.stats.remaps.fetch_add(1, Relaxed);
             return Ok(());
         }
-        let (base, gran, sync) = map_through(fd, want, write)?;
+        let fs = self.fs(fd);
+        let (base, gran, sync) = map_through(fd, want, write, fs.may_be_dax())?;
         if !m.base.is_null() {
             // SAFETY: the old mapping is ours and no copy runs (exclusive map lock).
             let _ = unsafe { rustix::mm::munmap(m.base.cast(), m.len) };
@@ -730,9 +738,7 @@ impl Inode {
         m.writable = write;
         m.gran = gran;
         m.map_sync = sync;
-        let (tmpfs, bsize) = rustix::fs::fstatfs(sys::bfd(fd))
-            .map(|s| (s.f_type == TMPFS_MAGIC, s.f_bsize as u64))
-            .unwrap_or((false, PAGE_SZ));
+        let (tmpfs, bsize) = (fs.tmpfs(), fs.bsize);
         m.populate_ok = sync || tmpfs;
         // The file is looked at anew with each new mapping (the knowledge of the old one
         // may be stale). DAX maps in pages or 2 MiB extents, never below a page.
@@ -819,7 +825,7 @@ impl Inode {
             }
         }
         if !self.is_mapped(false) {
-            if let Some(reason) = unmappable_fs(fd) {
+            if let Some(reason) = self.fs(fd).unmappable() {
                 e.stats.fallback(reason);
                 self.set_nomap();
                 return Err(Errno::OPNOTSUPP);
@@ -1498,38 +1504,94 @@ fn skip(bufs: &[(*const u8, usize)], mut n: usize) -> Vec<(*const u8, usize)> {
     out
 }
 
-/// File systems whose files flex leaves to the kernel, and why: a mapping of them is not
-/// coherent with what the kernel's own calls see.
-pub(crate) fn unmappable_fs(fd: RawFd) -> Option<&'static str> {
-    const OVERLAYFS: i64 = 0x794c_7630;
-    const FUSE: i64 = 0x6573_5546;
-    const NFS: i64 = 0x6969;
-    const SMB2: i64 = 0xfe53_4d42;
-    const CIFS: i64 = 0xff53_4d42;
-    const CEPH: i64 = 0x00c3_6400;
-    const V9FS: i64 = 0x0102_1997;
-    let t = rustix::fs::fstatfs(sys::bfd(fd)).ok()?.f_type as i64;
-    Some(match t {
-        // Copy-up moves the file to the upper layer: a mapping keeps the lower one.
-        OVERLAYFS => "overlayfs: a mapping goes stale when the file is copied up",
-        // The daemon's file changes behind the page cache (invalidated at open).
-        FUSE => "FUSE: the page cache is not coherent across opens",
-        // Close-to-open coherence: a mapping kept across close misses other clients.
-        NFS | SMB2 | CIFS | CEPH | V9FS => "network file system: close-to-open coherence",
-        _ => return None,
-    })
+/// What flex needs to know of a file's file system, asked once per inode (one fstatfs).
+#[derive(Clone, Copy)]
+pub(crate) struct FsFacts {
+    f_type: i64,
+    bsize: u64,
+    /// The file is DAX (statx's STATX_ATTR_DAX; asked only where DAX can be).
+    dax: bool,
+}
+
+impl FsFacts {
+    fn of(fd: RawFd) -> FsFacts {
+        let mut f = rustix::fs::fstatfs(sys::bfd(fd))
+            .map(|s| FsFacts {
+                f_type: s.f_type,
+                bsize: s.f_bsize as u64,
+                dax: false,
+            })
+            .unwrap_or(FsFacts {
+                f_type: 0,
+                bsize: PAGE_SZ,
+                dax: false,
+            });
+        if f.may_be_dax() {
+            let dax = rustix::fs::StatxAttributes::DAX;
+            f.dax = rustix::fs::statx(
+                sys::bfd(fd),
+                "",
+                rustix::fs::AtFlags::EMPTY_PATH,
+                rustix::fs::StatxFlags::BASIC_STATS,
+            )
+            // An old kernel that cannot say: maybe DAX (the mapping will tell).
+            .map_or(true, |x| {
+                !x.stx_attributes_mask.contains(dax) || x.stx_attributes.contains(dax)
+            });
+        }
+        f
+    }
+
+    /// Can this file's writes past its end ever be served from a mapping? Only on DAX
+    /// (cache-line granularity, under a write lease); elsewhere the kernel extends files.
+    pub(crate) fn maps_extending_writes(&self) -> bool {
+        self.dax
+    }
+
+    fn tmpfs(&self) -> bool {
+        self.f_type == TMPFS_MAGIC
+    }
+
+    /// Can a mapping of this file system be MAP_SYNC (DAX)? ext4 (and ext2) and xfs only;
+    /// elsewhere the MAP_SYNC attempt is a failing mmap per mapping.
+    fn may_be_dax(&self) -> bool {
+        const EXT4: i64 = 0xef53;
+        const XFS: i64 = 0x5846_5342;
+        matches!(self.f_type, EXT4 | XFS)
+    }
+
+    /// File systems whose files flex leaves to the kernel, and why: a mapping of them is
+    /// not coherent with what the kernel's own calls see.
+    pub(crate) fn unmappable(&self) -> Option<&'static str> {
+        const OVERLAYFS: i64 = 0x794c_7630;
+        const FUSE: i64 = 0x6573_5546;
+        const NFS: i64 = 0x6969;
+        const SMB2: i64 = 0xfe53_4d42;
+        const CIFS: i64 = 0xff53_4d42;
+        const CEPH: i64 = 0x00c3_6400;
+        const V9FS: i64 = 0x0102_1997;
+        Some(match self.f_type {
+            // Copy-up moves the file to the upper layer: a mapping keeps the lower one.
+            OVERLAYFS => "overlayfs: a mapping goes stale when the file is copied up",
+            // The daemon's file changes behind the page cache (invalidated at open).
+            FUSE => "FUSE: the page cache is not coherent across opens",
+            // Close-to-open coherence: a mapping kept across close misses other clients.
+            NFS | SMB2 | CIFS | CEPH | V9FS => "network file system: close-to-open coherence",
+            _ => return None,
+        })
+    }
 }
 
 /// Map `len` bytes of the file behind `fd`. A mapping needs read access (and write access
 /// to be writable): a write-only or read-only application descriptor maps through a
 /// private read-write description, closed again at once (the mapping keeps the file).
-fn map_through(fd: RawFd, len: usize, write: bool) -> Res<(*mut u8, Granularity, bool)> {
+fn map_through(fd: RawFd, len: usize, write: bool, dax: bool) -> Res<(*mut u8, Granularity, bool)> {
     let (acc, _) = sys::access_of(fd)?;
     if acc == libc::O_RDWR || (acc == libc::O_RDONLY && !write) {
-        return map_file(fd, len, write);
+        return map_file(fd, len, write, dax);
     }
     let rw = sys::reopen_rw(fd)?;
-    let r = map_file(rw, len, write);
+    let r = map_file(rw, len, write, dax);
     // Not closed while the program may hold POSIX locks on the file (close_data_fd).
     match sys::fstat(fd) {
         Ok(st) => engine().defer_data_fd(rw, st.st_dev, st.st_ino),
@@ -1594,59 +1656,72 @@ impl Drop for Seeker {
 }
 
 /// Map `len` bytes of the file, 2 MiB aligned. Tries MAP_SYNC first: accepted only on DAX.
-fn map_file(fd: RawFd, len: usize, write: bool) -> Res<(*mut u8, Granularity, bool)> {
+/// Map `len` bytes of `fd`: MAP_SYNC where the file system may be DAX (`dax`), else a
+/// plain shared mapping. Mappings of 2 MiB and more are 2 MiB-aligned (DAX huge pages,
+/// transparent huge pages on tmpfs) inside a reservation; smaller ones are one mmap.
+fn map_file(fd: RawFd, len: usize, write: bool, dax: bool) -> Res<(*mut u8, Granularity, bool)> {
     let prot = if write {
         ProtFlags::READ | ProtFlags::WRITE
     } else {
         ProtFlags::READ
     };
-    // Reserve an aligned window first so DAX can use 2 MiB pages.
-    // SAFETY: an anonymous PROT_NONE reservation at an address of the kernel's choice.
-    let res = unsafe {
-        rustix::mm::mmap_anonymous(
-            core::ptr::null_mut(),
-            len + HUGE as usize,
-            ProtFlags::empty(),
-            MapFlags::PRIVATE | MapFlags::NORESERVE,
-        )
-    }?;
-    let start = res as usize;
-    let aligned = round_up(start as u64, HUGE) as usize;
-    let try_map = |flags: MapFlags| {
-        // SAFETY: MAP_FIXED over the reservation we own and nobody else uses.
+    let huge = len as u64 >= HUGE;
+    let res = if huge {
+        // SAFETY: an anonymous PROT_NONE reservation at an address of the kernel's choice.
         unsafe {
-            rustix::mm::mmap(
-                aligned as *mut _,
-                len,
-                prot,
-                flags | MapFlags::FIXED,
-                sys::bfd(fd),
-                0,
+            rustix::mm::mmap_anonymous(
+                core::ptr::null_mut(),
+                len + HUGE as usize,
+                ProtFlags::empty(),
+                MapFlags::PRIVATE | MapFlags::NORESERVE,
             )
-        }
+        }?
+    } else {
+        core::ptr::null_mut()
     };
-    let (gran, sync) = match try_map(MapFlags::SHARED_VALIDATE | MapFlags::SYNC) {
-        Ok(_) => (Granularity::CacheLine, true),
-        Err(_) => match try_map(MapFlags::SHARED) {
-            Ok(_) => (Granularity::Page, false),
+    let start = res as usize;
+    let aligned = if huge {
+        round_up(start as u64, HUGE) as usize
+    } else {
+        0
+    };
+    let try_map = |flags: MapFlags| {
+        let flags = if huge { flags | MapFlags::FIXED } else { flags };
+        // SAFETY: MAP_FIXED over the reservation we own and nobody else uses, or (small
+        // mappings) at an address of the kernel's choice.
+        unsafe { rustix::mm::mmap(aligned as *mut _, len, prot, flags, sys::bfd(fd), 0) }
+    };
+    let synced = if dax {
+        try_map(MapFlags::SHARED_VALIDATE | MapFlags::SYNC).ok()
+    } else {
+        None
+    };
+    let (base, gran, sync) = match synced {
+        Some(p) => (p, Granularity::CacheLine, true),
+        None => match try_map(MapFlags::SHARED) {
+            Ok(p) => (p, Granularity::Page, false),
             Err(err) => {
-                // SAFETY: releasing our own reservation.
-                let _ = unsafe { rustix::mm::munmap(res, len + HUGE as usize) };
+                if huge {
+                    // SAFETY: releasing our own reservation.
+                    let _ = unsafe { rustix::mm::munmap(res, len + HUGE as usize) };
+                }
                 return Err(err);
             }
         },
     };
-    // SAFETY: trimming the unused head and tail of our own reservation.
-    unsafe {
-        if aligned > start {
-            let _ = rustix::mm::munmap(res, aligned - start);
-        }
-        let tail = start + len + HUGE as usize - (aligned + len);
-        if tail > 0 {
-            let _ = rustix::mm::munmap((aligned + len) as *mut _, tail);
+    if huge {
+        // SAFETY: trimming the unused head and tail of our own reservation.
+        unsafe {
+            if aligned > start {
+                let _ = rustix::mm::munmap(res, aligned - start);
+            }
+            let tail = start + len + HUGE as usize - (aligned + len);
+            if tail > 0 {
+                let _ = rustix::mm::munmap((aligned + len) as *mut _, tail);
+            }
         }
     }
-    Ok((aligned as *mut u8, gran, sync))
+    Ok((base.cast(), gran, sync))
 }
 
 #[cfg(test)]

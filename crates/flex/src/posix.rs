@@ -465,7 +465,10 @@ unsafe fn do_read(
         // SAFETY: forwarded contract.
         return unsafe { a.read(&d.inode, fd, bufs, off) };
     }
-    if off >= FAST_LIMIT || !mapped(e, d, fd, false) {
+    // A read at or past the end serves nothing from a mapping (SQLite probes past its
+    // journal's end): the kernel answers it, and it maps nothing.
+    let past_end = off >= d.inode.lsize() && !d.inode.is_mapped(false);
+    if off >= FAST_LIMIT || past_end || !mapped(e, d, fd, false) {
         e.stats.passed(call);
         // SAFETY: forwarded contract.
         return unsafe { sys::preadv(fd, bufs, off) };
@@ -517,10 +520,17 @@ unsafe fn do_write(
         }
         return Ok(r);
     }
-    if !mapped(e, d, fd, true)
-        || d.inode
-            .kernel_extends(off.saturating_add(total as u64), append)
-    {
+    let end = off.saturating_add(total as u64);
+    // DaxVM's lesson: map only where the mapping serves. Off DAX the kernel extends files
+    // anyway, so a file only ever extended (a new journal, a log) is never mapped, and
+    // such writes do not count towards adoption (FLEX_ADOPT_AFTER counts servable calls).
+    let extending = append || end > d.inode.lsize();
+    let unmapped_extend = extending
+        && !d.explicit
+        && !d.inode.is_mapped(true)
+        && !d.inode.fs(fd).maps_extending_writes()
+        && !crate::lease::overallocate_everywhere();
+    if unmapped_extend || !mapped(e, d, fd, true) || d.inode.kernel_extends(end, append) {
         e.stats.passed(call);
         // SAFETY: forwarded contract (the kernel honours O_SYNC/O_DSYNC itself).
         return unsafe { d.inode.kernel_write(fd, bufs, off, how) };

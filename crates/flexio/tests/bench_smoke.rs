@@ -140,11 +140,11 @@ fn bench_runs_both_sides_and_flex_serves_the_io() {
                             .filter_map(|c| st["passthrough"][c].as_u64())
                             .sum();
                         if KERNEL_BY_DESIGN.contains(cell) {
-                            // The file is managed and mapped; every write is accounted for
-                            // as handed to the kernel.
+                            // The file is managed (appends: the kernel extends files off
+                            // DAX, so the writers never map it); every write is accounted
+                            // for as handed to the kernel.
                             assert!(
                                 st["served"]["open"].as_u64().unwrap_or(0) >= 1
-                                    && st["counters"]["maps"].as_f64().unwrap_or(0.0) >= 1.0
                                     && served + passed >= s["ops"].as_u64().unwrap(),
                                 "{cell}: flex did not manage the file: {st}"
                             );

@@ -18,11 +18,26 @@ use std::process::{Command, Stdio};
 /// Run a python script in `plain/` and under flex in `flex/`; same output; returns the
 /// flex run. The script asserts its own expectations too.
 fn py_both(t: &TestDir, what: &str, script: &str) -> (Ran, Ran, PathBuf, PathBuf) {
+    py_both_env(t, what, script, &[])
+}
+
+/// [`py_both`] with extra environment for the run under flex.
+fn py_both_env(
+    t: &TestDir,
+    what: &str,
+    script: &str,
+    env: &[(&str, &str)],
+) -> (Ran, Ran, PathBuf, PathBuf) {
     require("python3", "python3");
     let (p, f) = (t.sub("plain"), t.sub("flex"));
     let a = plain(&Spec::new("python3", &["-c", script], &p));
     a.assert_ok(&format!("{what} (without flex)"));
-    let b = flex(&Spec::new("python3", &["-c", script], &f), &[&f]);
+    let spec = env
+        .iter()
+        .fold(Spec::new("python3", &["-c", script], &f), |s, (k, v)| {
+            s.env(k, v)
+        });
+    let b = flex(&spec, &[&f]);
     b.assert_ok(&format!("{what} (under flex)"));
     assert_same_output(what, &a, &b);
     (a, b, p, f)
@@ -191,7 +206,9 @@ fn offsets_and_sizes_survive_execve() {
     // The script re-executes itself: pass its text through an environment-free trick.
     let script = format!("SCRIPT = {PY_EXEC:?}\n{PY_EXEC}");
     let t = TestDir::new("exec");
-    let (a, r, p, f) = py_both(&t, "exec", &script);
+    // Adopt at the first servable call (the read after the extending writes), so the exec
+    // hands over a mapped file's offset and size.
+    let (a, r, p, f) = py_both_env(&t, "exec", &script, &[("FLEX_ADOPT_AFTER", "0")]);
     let out = String::from_utf8_lossy(a.stdout()).to_string();
     assert!(out.contains("child 100000 12445"), "{out}");
     assert_same_file(&p.join("f"), &f.join("f"));
@@ -274,7 +291,9 @@ fn variadic_exec_hands_the_offset_to_the_kernel() {
             t.sub(&format!("flex-{call}")),
         );
         plain(&Spec::new(prog, &[call, "f"], &p)).assert_ok(&format!("{call} (without flex)"));
-        let r = flex(&Spec::new(prog, &[call, "f"], &f), &[&f]);
+        // Adopt at the first servable call: the overwrite, after 64 extending writes.
+        let spec = Spec::new(prog, &[call, "f"], &f).env("FLEX_ADOPT_AFTER", "0");
+        let r = flex(&spec, &[&f]);
         r.assert_ok(&format!("{call} (under flex)"));
         let data = std::fs::read(p.join("f")).expect("read plain file");
         assert_eq!((&data[..6], &data[100..102]), (&b"LINE 0"[..], &b"x\n"[..]));

@@ -740,7 +740,7 @@ pub fn attach(inode: &Arc<Inode>, fd: RawFd, writable: bool, dirfd: RawFd, path:
     // Overlay, FUSE and network file systems are left to the kernel in every mode: the
     // log must sit on the data's own local file system, where fdatasync orders the two
     // and no other machine or copy-up sees it.
-    if let Some(reason) = crate::inode::unmappable_fs(fd) {
+    if let Some(reason) = inode.fs(fd).unmappable() {
         e.stats.fallback(reason);
         inode.set_nomap();
         return Ok(());

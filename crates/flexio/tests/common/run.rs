@@ -161,6 +161,25 @@ impl Stats {
             self.dump()
         );
     }
+    /// A file the program only extended (an output written front to back): off DAX the
+    /// kernel extends files, so flex hands every write to the kernel and never maps it
+    /// (DaxVM's lesson: a mapping that serves nothing only costs).
+    pub fn assert_extended_by_kernel(&self, file: &str) {
+        if self.left_to_kernel() {
+            return;
+        }
+        let passed = self.passed("write") + self.passed("pwrite");
+        assert!(
+            passed > 0,
+            "flex saw no write of {file}; stats: {}",
+            self.dump()
+        );
+        assert!(
+            !self.has_file(file),
+            "{file}, only ever extended, was mapped; stats: {}",
+            self.dump()
+        );
+    }
     /// Assert that some process mapped `file` (flex managed it).
     pub fn assert_mapped(&self, file: &str) {
         if self.left_to_kernel() {
