@@ -2,6 +2,9 @@
 //! every sample of both sides, and flex's own stats show that it served the IO.
 //! No timing is checked: only completeness and who served the calls.
 
+#[path = "common/run.rs"]
+mod run;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -37,23 +40,16 @@ fn sqlite3_installed() -> bool {
 }
 const REPS: u64 = 2;
 
+/// `FLEX_LIB`, or the libflex.so that `run::flexio` found beside the binary.
 fn libflex(exe: &Path) -> PathBuf {
-    if let Some(p) = std::env::var_os("FLEX_LIB") {
-        return PathBuf::from(p);
-    }
-    let p = exe.with_file_name("libflex.so");
-    assert!(
-        p.exists(),
-        "{} is missing: build the preload library first (cargo build -p flex-preload, \
-         or cargo test --workspace), or point FLEX_LIB at it",
-        p.display()
-    );
-    p
+    std::env::var_os("FLEX_LIB")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| exe.with_file_name("libflex.so"))
 }
 
 #[test]
 fn bench_runs_both_sides_and_flex_serves_the_io() {
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_flexio"));
+    let exe = run::flexio();
     let lib = libflex(&exe);
     let base = if Path::new("/dev/shm").is_dir() {
         tempfile::tempdir_in("/dev/shm")

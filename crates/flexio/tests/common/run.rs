@@ -9,9 +9,22 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
-/// The flexio binary, after checking that libflex.so sits beside it.
+/// The flexio binary, after checking that libflex.so sits beside it. Both come from other
+/// packages (flexio-cli, flex-preload), so cargo gives no CARGO_BIN_EXE_ path: they are
+/// in the target directory this test executable runs from (`target/<profile>/deps/..`).
 pub fn flexio() -> PathBuf {
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_flexio"));
+    let me = std::env::current_exe().expect("the test executable's path");
+    let dir = me
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable in target/<profile>/deps");
+    let exe = dir.join("flexio");
+    assert!(
+        exe.is_file(),
+        "{} is missing: run `cargo build --workspace` first (the tests drive the flexio \
+         command, package flexio-cli, which `cargo test -p flexio` does not build)",
+        exe.display()
+    );
     if std::env::var_os("FLEX_LIB").is_none() {
         let lib = exe.with_file_name("libflex.so");
         assert!(
