@@ -468,7 +468,19 @@ unsafe fn do_read(
     // A read at or past the end serves nothing from a mapping (SQLite probes past its
     // journal's end): the kernel answers it, and it maps nothing.
     let past_end = off >= d.inode.lsize() && !d.inode.is_mapped(false);
-    if off >= FAST_LIMIT || past_end || !mapped(e, d, fd, false) {
+    if past_end && off < FAST_LIMIT {
+        e.stats.passed(call);
+        // SAFETY: forwarded contract.
+        let r = unsafe { sys::preadv(fd, bufs, off) };
+        if matches!(r, Ok(n) if n > 0) {
+            // Another process grew the file: take its size, and the read counts towards
+            // adoption (a reader following a growing file gets mapped).
+            let _ = d.inode.adopt_kernel_size(fd);
+            d.inode.io.fetch_add(1, Relaxed);
+        }
+        return r;
+    }
+    if off >= FAST_LIMIT || !mapped(e, d, fd, false) {
         e.stats.passed(call);
         // SAFETY: forwarded contract.
         return unsafe { sys::preadv(fd, bufs, off) };
