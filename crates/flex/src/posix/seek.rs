@@ -1,0 +1,102 @@
+//! lseek, SEEK_DATA/SEEK_HOLE included.
+
+use super::{desc, Fd};
+use crate::engine::engine;
+use crate::inode::FAST_LIMIT;
+use crate::stats::Call;
+use crate::sys::{self, Errno, Res};
+
+pub fn lseek(fd: Fd, off: i64, whence: i32) -> Option<Res<i64>> {
+    let d = desc(fd)?;
+    if d.is_demoted() || d.is_coherent() {
+        return None;
+    }
+    let e = engine();
+    e.stats.served(Call::lseek);
+    let mut pos = d.pos_at(fd);
+    let cur = *pos as i128;
+    let (size, settled) = match d.inode.atomic.get() {
+        Some(a) => a.size_settled(),
+        // Relative to the end: the kernel's size unless this process owns it (appends the
+        // kernel placed, other processes' writes), as the kernel's own lseek.
+        None if whence != libc::SEEK_SET && whence != libc::SEEK_CUR => {
+            match d.inode.adopt_kernel_size(fd) {
+                Ok(s) => (s, true),
+                Err(err) => return Some(Err(err)),
+            }
+        }
+        None => (d.inode.lsize(), true),
+    };
+    let target: i128 = match whence {
+        libc::SEEK_SET => off as i128,
+        libc::SEEK_CUR => cur + off as i128,
+        libc::SEEK_END => size as i128 + off as i128,
+        libc::SEEK_DATA | libc::SEEK_HOLE => {
+            // Past the end: ENXIO. Negative offsets: ENXIO on ext4, xfs and tmpfs; btrfs
+            // searches from 0 (ENXIO only when the file is empty). The kernel's answer
+            // where it knows the file's size (not over-allocated, nothing logged).
+            let plain = !d.inode.in_trailer_mode() && d.inode.atomic.get().is_none();
+            if off < 0 && plain {
+                return Some(sys::lseek(fd, off, whence).map(|k| {
+                    *pos = k;
+                    k as i64
+                }));
+            }
+            let off = if off < 0 && negative_seek_from_start(fd) {
+                0
+            } else {
+                off
+            };
+            if off < 0 {
+                return Some(Err(Errno::NXIO));
+            }
+            if off as u64 >= size {
+                return Some(Err(Errno::NXIO));
+            }
+            if !settled {
+                // Atomic mode with logged bytes the data file lacks: all of it is data
+                // (as on a file system without holes).
+                if whence == libc::SEEK_DATA {
+                    off as i128
+                } else {
+                    size as i128
+                }
+            } else if d.inode.in_trailer_mode() || d.inode.atomic.get().is_some() {
+                // Past the logical size the kernel sees preallocated zeros: clamp.
+                match sys::lseek(fd, off, whence) {
+                    Ok(k) if whence == libc::SEEK_HOLE => (k.min(size)) as i128,
+                    Ok(k) if k >= size => return Some(Err(Errno::NXIO)),
+                    Ok(k) => k as i128,
+                    Err(Errno::NXIO) if whence == libc::SEEK_HOLE => size as i128,
+                    Err(err) => return Some(Err(err)),
+                }
+            } else {
+                match sys::lseek(fd, off, whence) {
+                    Ok(k) => k as i128,
+                    Err(err) => return Some(Err(err)),
+                }
+            }
+        }
+        _ => return Some(Err(Errno::INVAL)),
+    };
+    if target < 0 {
+        return Some(Err(Errno::INVAL));
+    }
+    if target >= FAST_LIMIT as i128 {
+        // Each file system has its own limit (s_maxbytes): let the kernel judge.
+        if target > i64::MAX as i128 {
+            return Some(Err(Errno::INVAL));
+        }
+        if let Err(err) = sys::lseek(fd, target as i64, libc::SEEK_SET) {
+            return Some(Err(err));
+        }
+    }
+    *pos = target as u64;
+    Some(Ok(target as i64))
+}
+
+/// Does the file system answer SEEK_DATA/SEEK_HOLE at a negative offset as at 0 (btrfs)?
+fn negative_seek_from_start(fd: Fd) -> bool {
+    const BTRFS: u64 = 0x9123_683e;
+    rustix::fs::fstatfs(sys::bfd(fd)).is_ok_and(|s| s.f_type as u64 == BTRFS)
+}

@@ -1,0 +1,155 @@
+//! Calls that set a file's size: ftruncate, truncate, fallocate, posix_fallocate, and
+//! taking the size back after the kernel changed it.
+
+use super::handoff::kernel_handoff;
+use super::{desc, Fd};
+use crate::desc::Desc;
+use crate::engine::{engine, engine_if_started};
+use crate::stats::Call;
+use crate::sys::{self, Errno, Res};
+use std::ffi::CStr;
+use std::sync::atomic::Ordering::*;
+use std::sync::Arc;
+
+pub fn ftruncate(fd: Fd, len: i64) -> Option<Res<()>> {
+    let d = desc(fd)?;
+    if d.is_demoted() {
+        return None;
+    }
+    engine().stats.served(Call::ftruncate);
+    if len < 0 {
+        return Some(Err(Errno::INVAL));
+    }
+    if !d.writable() {
+        return Some(Err(Errno::INVAL));
+    }
+    if let Some(a) = d.inode.atomic.get() {
+        return Some(a.truncate(&d.inode, len as u64));
+    }
+    Some(
+        d.inode
+            .set_len(Some(fd), len as u64, || sys::ftruncate(fd, len as u64)),
+    )
+}
+
+/// truncate(path): if this process has the file over-allocated, trim it first.
+pub fn truncate(path: &CStr, len: i64) -> Option<Res<()>> {
+    let e = engine_if_started()?;
+    // Open descriptions cache the size even outside trailer mode: they must see the new one.
+    if e.trailer_files.load(Relaxed) <= 0 && e.table.is_empty() {
+        return None;
+    }
+    let st = sys::fstatat(libc::AT_FDCWD, path, 0).ok()?;
+    let inode = e.lookup(st.st_dev, st.st_ino)?;
+    let fd = e
+        .table
+        .entries()
+        .into_iter()
+        .find(|(_, d)| Arc::ptr_eq(&d.inode, &inode))
+        .map(|(fd, _)| fd);
+    e.stats.served(Call::truncate);
+    if len < 0 {
+        return Some(Err(Errno::INVAL));
+    }
+    if let Some(a) = inode.atomic.get() {
+        // A file in atomic mode here: the truncation joins the open transaction (the
+        // kernel's permission check first: the path must be writable by us).
+        if let Err(err) = sys::check_writable(libc::AT_FDCWD, path) {
+            return Some(Err(err));
+        }
+        return Some(a.truncate(&inode, len as u64));
+    }
+    Some(inode.set_len(fd, len as u64, || {
+        // SAFETY: a raw system call with a valid path string.
+        let r = unsafe { libc::syscall(libc::SYS_truncate, path.as_ptr(), len) };
+        if r < 0 {
+            // SAFETY: this thread's errno.
+            Err(Errno::from_raw_os_error(unsafe {
+                *libc::__errno_location()
+            }))
+        } else {
+            Ok(())
+        }
+    }))
+}
+
+/// fallocate and posix_fallocate: leave trailer mode, let the kernel allocate, re-read size.
+pub fn fallocate(fd: Fd, mode: i32, off: i64, len: i64) -> Option<Res<()>> {
+    let d = desc(fd)?;
+    if d.is_demoted() {
+        return None;
+    }
+    engine().stats.served(Call::fallocate);
+    if let Some(a) = d.inode.atomic.get() {
+        return Some(atomic_fallocate(&d, &a, fd, mode, off, len));
+    }
+    // A read-only description has a read-only kernel descriptor: the kernel refuses in its
+    // own order (EINVAL for the range, EOPNOTSUPP for the mode, then EBADF).
+    if d.writable() {
+        if let Err(e) = d.inode.trim(fd) {
+            return Some(Err(e));
+        }
+    }
+    if let Err(err) = sys::fallocate(fd, mode, off, len) {
+        return Some(Err(err));
+    }
+    Some(d.inode.refresh(fd).map(|_| ()))
+}
+
+/// posix_fallocate: the error number, as the C call returns it (None: not managed).
+/// `emulate` is the C library's own, which writes the bytes where the file system has no
+/// fallocate (FUSE, NFS...): the file is handed to the kernel around it.
+pub fn posix_fallocate(fd: Fd, off: i64, len: i64, emulate: impl FnOnce() -> i32) -> Option<i32> {
+    desc(fd)?;
+    if off < 0 || len <= 0 {
+        return Some(libc::EINVAL);
+    }
+    match fallocate(fd, 0, off, len)? {
+        Ok(()) => Some(0),
+        Err(Errno::OPNOTSUPP) => {
+            let after = kernel_handoff(fd, false, Call::fallocate);
+            let r = emulate();
+            if let Some(after) = after {
+                after();
+            }
+            Some(r)
+        }
+        Err(e) => Some(e.raw_os_error()),
+    }
+}
+
+/// fallocate of a file in atomic mode. Allocation (mode 0, KEEP_SIZE) changes no byte: the
+/// kernel allocates without growing, and the growth joins the open transaction. The modes
+/// that change bytes (punch, zero, collapse, insert) are a commit point: commit, then the
+/// kernel (README, "Failure-atomic mode").
+fn atomic_fallocate(
+    d: &Desc,
+    a: &crate::atomic::Attached,
+    fd: Fd,
+    mode: i32,
+    off: i64,
+    len: i64,
+) -> Res<()> {
+    if mode & !libc::FALLOC_FL_KEEP_SIZE == 0 {
+        sys::fallocate(fd, mode | libc::FALLOC_FL_KEEP_SIZE, off, len)?;
+        let end = (off as u64).saturating_add(len as u64);
+        if mode & libc::FALLOC_FL_KEEP_SIZE == 0 && end > a.size() {
+            a.truncate(&d.inode, end)?;
+        }
+        return Ok(());
+    }
+    crate::atomic::commit_for_kernel(&d.inode);
+    let r = sys::fallocate(fd, mode, off, len);
+    let _ = refresh_from_kernel(d, fd);
+    r
+}
+
+/// The kernel changed the file behind flex: take its size, in atomic mode into the
+/// atomic state too (a commit and checkpoint emptied its log first).
+pub(super) fn refresh_from_kernel(d: &Desc, fd: Fd) -> Res<u64> {
+    let size = d.inode.refresh(fd)?;
+    if let Some(a) = d.inode.atomic.get() {
+        a.adopt_size(size);
+    }
+    Ok(size)
+}
