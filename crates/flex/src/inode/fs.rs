@@ -1,0 +1,85 @@
+//! The facts flex needs of a file's file system, asked once per inode.
+
+use super::holes::PAGE_SZ;
+use crate::sys;
+use rustix::fd::RawFd;
+
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+
+/// What flex needs to know of a file's file system, asked once per inode (one fstatfs).
+#[derive(Clone, Copy)]
+pub(crate) struct FsFacts {
+    f_type: i64,
+    pub(super) bsize: u64,
+    /// The file is DAX (statx's STATX_ATTR_DAX; asked only where DAX can be).
+    dax: bool,
+}
+
+impl FsFacts {
+    pub(super) fn of(fd: RawFd) -> FsFacts {
+        let mut f = rustix::fs::fstatfs(sys::bfd(fd))
+            .map(|s| FsFacts {
+                f_type: s.f_type,
+                bsize: s.f_bsize as u64,
+                dax: false,
+            })
+            .unwrap_or(FsFacts {
+                f_type: 0,
+                bsize: PAGE_SZ,
+                dax: false,
+            });
+        if f.may_be_dax() {
+            let dax = rustix::fs::StatxAttributes::DAX;
+            f.dax = rustix::fs::statx(
+                sys::bfd(fd),
+                "",
+                rustix::fs::AtFlags::EMPTY_PATH,
+                rustix::fs::StatxFlags::BASIC_STATS,
+            )
+            // An old kernel that cannot say: maybe DAX (the mapping will tell).
+            .map_or(true, |x| {
+                !x.stx_attributes_mask.contains(dax) || x.stx_attributes.contains(dax)
+            });
+        }
+        f
+    }
+
+    /// Can this file's writes past its end ever be served from a mapping? Only on DAX
+    /// (cache-line granularity, under a write lease); elsewhere the kernel extends files.
+    pub(crate) fn maps_extending_writes(&self) -> bool {
+        self.dax
+    }
+
+    pub(super) fn tmpfs(&self) -> bool {
+        self.f_type == TMPFS_MAGIC
+    }
+
+    /// Can a mapping of this file system be MAP_SYNC (DAX)? ext4 (and ext2) and xfs only;
+    /// elsewhere the MAP_SYNC attempt is a failing mmap per mapping.
+    pub(super) fn may_be_dax(&self) -> bool {
+        const EXT4: i64 = 0xef53;
+        const XFS: i64 = 0x5846_5342;
+        matches!(self.f_type, EXT4 | XFS)
+    }
+
+    /// File systems whose files flex leaves to the kernel, and why: a mapping of them is
+    /// not coherent with what the kernel's own calls see.
+    pub(crate) fn unmappable(&self) -> Option<&'static str> {
+        const OVERLAYFS: i64 = 0x794c_7630;
+        const FUSE: i64 = 0x6573_5546;
+        const NFS: i64 = 0x6969;
+        const SMB2: i64 = 0xfe53_4d42;
+        const CIFS: i64 = 0xff53_4d42;
+        const CEPH: i64 = 0x00c3_6400;
+        const V9FS: i64 = 0x0102_1997;
+        Some(match self.f_type {
+            // Copy-up moves the file to the upper layer: a mapping keeps the lower one.
+            OVERLAYFS => "overlayfs: a mapping goes stale when the file is copied up",
+            // The daemon's file changes behind the page cache (invalidated at open).
+            FUSE => "FUSE: the page cache is not coherent across opens",
+            // Close-to-open coherence: a mapping kept across close misses other clients.
+            NFS | SMB2 | CIFS | CEPH | V9FS => "network file system: close-to-open coherence",
+            _ => return None,
+        })
+    }
+}
