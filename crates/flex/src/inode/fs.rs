@@ -54,6 +54,13 @@ impl FsFacts {
         self.f_type == TMPFS_MAGIC
     }
 
+    /// Does SEEK_DATA/SEEK_HOLE at a negative offset search from 0 (btrfs; ENXIO only
+    /// when the file is empty) rather than fail with ENXIO (ext4, xfs, tmpfs)?
+    pub(crate) fn seeks_negative_from_start(&self) -> bool {
+        const BTRFS: i64 = 0x9123_683e;
+        self.f_type == BTRFS
+    }
+
     /// Can a mapping of this file system be MAP_SYNC (DAX)? ext4 (and ext2) and xfs only;
     /// elsewhere the MAP_SYNC attempt is a failing mmap per mapping.
     pub(super) fn may_be_dax(&self) -> bool {

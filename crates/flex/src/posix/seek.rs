@@ -42,7 +42,7 @@ pub fn lseek(fd: Fd, off: i64, whence: i32) -> Option<Res<i64>> {
                     k as i64
                 }));
             }
-            let off = if off < 0 && negative_seek_from_start(fd) {
+            let off = if off < 0 && d.inode.fs(fd).seeks_negative_from_start() {
                 0
             } else {
                 off
@@ -93,10 +93,4 @@ pub fn lseek(fd: Fd, off: i64, whence: i32) -> Option<Res<i64>> {
     }
     *pos = target as u64;
     Some(Ok(target as i64))
-}
-
-/// Does the file system answer SEEK_DATA/SEEK_HOLE at a negative offset as at 0 (btrfs)?
-fn negative_seek_from_start(fd: Fd) -> bool {
-    const BTRFS: u64 = 0x9123_683e;
-    rustix::fs::fstatfs(sys::bfd(fd)).is_ok_and(|s| s.f_type as u64 == BTRFS)
 }
