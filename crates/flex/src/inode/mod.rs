@@ -211,6 +211,17 @@ impl Inode {
                 && !crate::lease::overallocate_everywhere())
     }
 
+    /// The same rule before the file is mapped: off DAX (and without the test knob that
+    /// over-allocates everywhere) a write past the end or an append goes to the kernel
+    /// whatever the mapping would be, so it need not map the file (DaxVM's lesson: a
+    /// mapping that serves nothing only costs).
+    pub fn kernel_extends_unmapped(&self, fd: RawFd, end: u64, append: bool) -> bool {
+        (append || end > self.lsize())
+            && !self.is_mapped(true)
+            && !self.fs(fd).maps_extending_writes()
+            && !crate::lease::overallocate_everywhere()
+    }
+
     pub fn in_trailer_mode(&self) -> bool {
         self.state.load(Acquire) & TRAILER != 0
     }

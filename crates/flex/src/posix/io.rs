@@ -111,23 +111,18 @@ pub(super) unsafe fn do_read(
     }
     // A read at or past the end serves nothing from a mapping (SQLite probes past its
     // journal's end): the kernel answers it, and it maps nothing.
-    let past_end = off >= d.inode.lsize() && !d.inode.is_mapped(false);
-    if past_end && off < FAST_LIMIT {
+    let past_end = off < FAST_LIMIT && off >= d.inode.lsize() && !d.inode.is_mapped(false);
+    if off >= FAST_LIMIT || past_end || !mapped(e, d, fd, false) {
         e.stats.passed(call);
         // SAFETY: forwarded contract.
         let r = unsafe { sys::preadv(fd, bufs, off) };
-        if matches!(r, Ok(n) if n > 0) {
+        if past_end && matches!(r, Ok(n) if n > 0) {
             // Another process grew the file: take its size, and the read counts towards
             // adoption (a reader following a growing file gets mapped).
             let _ = d.inode.adopt_kernel_size(fd);
             d.inode.io.fetch_add(1, Relaxed);
         }
         return r;
-    }
-    if off >= FAST_LIMIT || !mapped(e, d, fd, false) {
-        e.stats.passed(call);
-        // SAFETY: forwarded contract.
-        return unsafe { sys::preadv(fd, bufs, off) };
     }
     e.stats.served(call);
     let mut done = 0usize;
@@ -177,15 +172,9 @@ pub(super) unsafe fn do_write(
         return Ok(r);
     }
     let end = off.saturating_add(total as u64);
-    // DaxVM's lesson: map only where the mapping serves. Off DAX the kernel extends files
-    // anyway, so a file only ever extended (a new journal, a log) is never mapped, and
-    // such writes do not count towards adoption (FLEX_ADOPT_AFTER counts servable calls).
-    let extending = append || end > d.inode.lsize();
-    let unmapped_extend = extending
-        && !d.explicit
-        && !d.inode.is_mapped(true)
-        && !d.inode.fs(fd).maps_extending_writes()
-        && !crate::lease::overallocate_everywhere();
+    // A file only ever extended (a new journal, a log) is never mapped, and such writes do
+    // not count towards adoption (FLEX_ADOPT_AFTER counts calls a mapping would serve).
+    let unmapped_extend = !d.explicit && d.inode.kernel_extends_unmapped(fd, end, append);
     if unmapped_extend || !mapped(e, d, fd, true) || d.inode.kernel_extends(end, append) {
         e.stats.passed(call);
         // SAFETY: forwarded contract (the kernel honours O_SYNC/O_DSYNC itself).
