@@ -124,7 +124,7 @@ fn writer_child() {
     std::thread::sleep(Duration::from_secs(30));
 }
 
-/// The log of `p`, at its file system's mount root (README, "The log").
+/// The log of `p`, at its file system's mount root (docs/atomic.md, "The log").
 fn log_of(p: &Path) -> std::path::PathBuf {
     flex::atomic::site::log_location(p).unwrap_or_else(|| p.with_extension("no-such-log"))
 }

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The log of the data file `p`: in the flex directory at its file system's mount root
-/// (README, "The log"); a path that does not exist when `p` does not.
+/// (docs/atomic.md, "The log"); a path that does not exist when `p` does not.
 fn log_of(p: &Path) -> PathBuf {
     flex::atomic::site::log_location(p).unwrap_or_else(|| p.with_extension("no-such-log"))
 }

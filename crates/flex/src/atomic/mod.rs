@@ -20,7 +20,7 @@ use self::log::Media;
 use crate::engine::engine;
 use crate::fault;
 use crate::inode::{AppendAt, Inode};
-use crate::persist::{self, Granularity};
+use crate::persist::{self, Granularity, Strategy};
 use crate::sys::{self, Errno, Res};
 use arc_swap::ArcSwapOption;
 use rustix::fd::RawFd;
@@ -39,7 +39,8 @@ pub struct MapLog {
     fd: RawFd,
     base: *mut u8,
     len: u64,
-    gran: Granularity,
+    /// How stores into the log become durable (from the mapping's granularity).
+    persist: &'static Strategy,
     /// Sizes up to this are known to be within the file system's largest file (changes
     /// are logged before the kernel sees them, so flex asks: see [`MapLog::limit`]).
     fits: u64,
@@ -87,7 +88,7 @@ impl MapLog {
             base: p.cast(),
             fits: len,
             len,
-            gran,
+            persist: Strategy::of(gran),
         })
     }
 }
@@ -186,7 +187,7 @@ impl Media for MapLog {
         if sys::fstat(self.fd)?.st_size < len as i64 {
             sys::ftruncate(self.fd, len)?;
         }
-        if self.gran == Granularity::CacheLine {
+        if self.persist.user_durable {
             // The new size is metadata: durable before the log relies on it.
             sys::fsync(self.fd)?;
         }
@@ -206,10 +207,8 @@ impl Media for MapLog {
         // SAFETY: destination inside the log; the source is the application's buffer, and
         // a fault on it is reported as a remainder by the guarded copy.
         unsafe {
-            match self.gran {
-                Granularity::CacheLine => fault::copy_nt(self.base.add(off as usize), src, len),
-                Granularity::Page => fault::copy(self.base.add(off as usize), src, len),
-            }
+            self.persist
+                .copy(self.base.add(off as usize), src, len, false)
         }
     }
     unsafe fn load_raw(&self, off: u64, dst: *mut u8, len: usize) -> usize {
@@ -222,19 +221,14 @@ impl Media for MapLog {
             .then(|| unsafe { self.base.add(off as usize) as *const u8 })
     }
     fn flush(&mut self, off: u64, len: u64) {
-        if self.gran == Granularity::CacheLine && len > 0 {
-            // SAFETY: inside the log mapping.
-            unsafe { fault::flush(self.base.add(off as usize), len as usize) };
-        }
+        // SAFETY: inside the log mapping.
+        unsafe {
+            self.persist
+                .flush(self.base.add(off as usize), len as usize)
+        };
     }
     fn barrier(&mut self) -> Res<()> {
-        match self.gran {
-            Granularity::CacheLine => {
-                persist::fence();
-                Ok(())
-            }
-            Granularity::Page => sys::fdatasync(self.fd),
-        }
+        self.persist.barrier(self.fd)
     }
 }
 

@@ -13,6 +13,8 @@ pub(crate) struct FsFacts {
     pub(super) bsize: u64,
     /// The file is DAX (statx's STATX_ATTR_DAX; asked only where DAX can be).
     dax: bool,
+    /// DAX on an NVDIMM region whose persistence domain includes the CPU caches (eADR).
+    eadr: bool,
 }
 
 impl FsFacts {
@@ -22,11 +24,13 @@ impl FsFacts {
                 f_type: s.f_type,
                 bsize: s.f_bsize as u64,
                 dax: false,
+                eadr: false,
             })
             .unwrap_or(FsFacts {
                 f_type: 0,
                 bsize: PAGE_SZ,
                 dax: false,
+                eadr: false,
             });
         if f.may_be_dax() {
             let dax = rustix::fs::StatxAttributes::DAX;
@@ -40,8 +44,17 @@ impl FsFacts {
             .map_or(true, |x| {
                 !x.stx_attributes_mask.contains(dax) || x.stx_attributes.contains(dax)
             });
+            f.eadr = f.dax
+                && sys::fstat(fd)
+                    .is_ok_and(|st| crate::persist::domain::cpu_caches_persist(st.st_dev));
         }
         f
+    }
+
+    /// Are the CPU caches of this DAX file's device inside the persistence domain (eADR)?
+    /// Then a MAP_SYNC mapping has byte granularity.
+    pub(super) fn cpu_caches_persist(&self) -> bool {
+        self.eadr
     }
 
     /// Can this file's writes past its end ever be served from a mapping? Only on DAX

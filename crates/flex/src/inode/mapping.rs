@@ -6,7 +6,7 @@ use super::{round_up, state_of, Inode, MAPPED};
 use crate::config::LogLevel;
 use crate::engine::{engine, Engine};
 use crate::log::flex_log;
-use crate::persist::Granularity;
+use crate::persist::{Granularity, Strategy};
 use crate::stats::FileStat;
 use crate::sys::{self, Errno, Res};
 use rustix::fd::RawFd;
@@ -20,7 +20,8 @@ pub struct Mapping {
     /// Length of the virtual reservation (file-backed up to here; beyond EOF faults).
     pub(super) len: usize,
     pub(super) writable: bool,
-    pub gran: Granularity,
+    /// How stores into this mapping become durable, chosen when it was made.
+    pub persist: &'static Strategy,
     pub map_sync: bool,
     /// The kernel's size of the file as this process set or last saw it.
     pub(super) ksize: u64,
@@ -166,6 +167,11 @@ impl Inode {
         }
         let fs = self.fs(fd);
         let (base, gran, sync) = map_through(fd, want, write, fs.may_be_dax())?;
+        // MAP_SYNC took: with eADR a fenced store is durable, no flush needed.
+        let gran = match gran {
+            Granularity::CacheLine if fs.cpu_caches_persist() => Granularity::Byte,
+            g => g,
+        };
         if !m.base.is_null() {
             // SAFETY: the old mapping is ours and no copy runs (exclusive map lock).
             let _ = unsafe { rustix::mm::munmap(m.base.cast(), m.len) };
@@ -174,7 +180,7 @@ impl Inode {
         m.base = base;
         m.len = want;
         m.writable = write;
-        m.gran = gran;
+        m.persist = Strategy::of(gran);
         m.map_sync = sync;
         let (tmpfs, bsize) = (fs.tmpfs(), fs.bsize);
         m.populate_ok = sync || tmpfs;

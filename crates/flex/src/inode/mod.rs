@@ -22,7 +22,7 @@ mod read;
 mod size;
 mod write;
 
-use crate::persist::Granularity;
+use crate::persist::{Granularity, Strategy};
 use crate::trailer;
 pub(crate) use fs::FsFacts;
 use mapping::MapWrite;
@@ -97,7 +97,7 @@ fn state_of(m: &Mapping) -> u32 {
         if m.writable {
             s |= WRITABLE;
         }
-        if m.gran == Granularity::Page {
+        if m.persist.granularity == Granularity::Page {
             s |= PAGE;
         }
     }
@@ -134,7 +134,7 @@ impl Inode {
                 base: core::ptr::null_mut(),
                 len: 0,
                 writable: false,
-                gran: Granularity::Page,
+                persist: Strategy::of(Granularity::Page),
                 map_sync: false,
                 ksize: size,
                 trailer: false,
@@ -175,7 +175,7 @@ impl Inode {
     }
     pub fn granularity(&self) -> Option<Granularity> {
         let m = self.map_r();
-        (!m.base.is_null()).then_some(m.gran)
+        (!m.base.is_null()).then_some(m.persist.granularity)
     }
     pub fn is_mapped(&self, write: bool) -> bool {
         let s = self.state.load(Acquire);

@@ -5,7 +5,6 @@ use super::{Inode, MAPPED, PAGE};
 use crate::config::LogLevel;
 use crate::engine::engine;
 use crate::log::flex_log;
-use crate::persist::{self, Granularity};
 use crate::sys::{self, Res};
 use crate::trailer;
 use rustix::fd::RawFd;
@@ -224,11 +223,11 @@ impl Inode {
     pub fn sync(&self, fd: RawFd, data_only: bool) -> Res<()> {
         let _s = self.lock_size();
         self.trim_locked(fd)?;
-        let gran = self.map_r().gran;
+        let persist = self.map_r().persist;
         let mapped = !self.map_r().base.is_null();
-        if mapped && gran == Granularity::CacheLine && !self.meta_dirty.swap(false, AcqRel) {
+        if mapped && persist.user_durable && !self.meta_dirty.swap(false, AcqRel) {
             // Every write was made durable before it returned; nothing else changed.
-            persist::fence();
+            persist.drain();
             return Ok(());
         }
         if data_only {

@@ -5,9 +5,8 @@ use super::mapping::Mapping;
 use super::{grow_target, round_up, AppendAt, Inode, FAST_LIMIT, MAPPED, MAX_RW, PAGE};
 use crate::config::LogLevel;
 use crate::engine::{engine, Engine};
-use crate::fault;
 use crate::log::flex_log;
-use crate::persist::{self, Granularity};
+use crate::persist;
 use crate::sys::{self, Errno, Res};
 use crate::trailer::{self, Trailer};
 use rustix::fd::RawFd;
@@ -251,12 +250,15 @@ impl Inode {
             // SAFETY: [off, off+len) lies inside the writable mapping and the logical size
             // (checked above, under the mapping's read lock); a fault on the source is
             // caught by the guarded copy.
-            let rem = unsafe { fault::copy_nt(m.base.add(off as usize), src, len) };
+            let rem = unsafe { m.persist.copy(m.base.add(off as usize), src, len, true) };
             if rem != 0 {
                 break;
             }
             done += 1;
         }
+        // Durable where the granularity allows, and ordered before anyone looks: streaming
+        // stores are weakly ordered on every granularity.
+        m.persist.drain();
         persist::fence();
         drop(m);
         let bytes: usize = ranges[..done].iter().map(|r| r.2).sum();
@@ -287,22 +289,14 @@ impl Inode {
             // SAFETY: [at, at+l) lies inside the writable mapping (checked by the callers
             // against its length); the source is the application's buffer, and a fault on
             // either side is caught by the guarded copy and reported as a remainder.
-            let rem = unsafe {
-                match m.gran {
-                    Granularity::CacheLine => fault::copy_nt(m.base.add(at), p, l),
-                    Granularity::Page if stream => fault::copy_nt(m.base.add(at), p, l),
-                    Granularity::Page => fault::copy(m.base.add(at), p, l),
-                }
-            };
+            let rem = unsafe { m.persist.copy(m.base.add(at), p, l, stream) };
             left -= l - rem;
             if rem != 0 {
                 break;
             }
             at += l;
         }
-        if m.gran == Granularity::CacheLine {
-            persist::fence();
-        }
+        m.persist.drain();
         left
     }
 
@@ -440,17 +434,8 @@ impl Inode {
     /// The range must lie inside the writable mapping.
     unsafe fn store_zero(&self, m: &Mapping, at: u64, len: usize) {
         // SAFETY: forwarded contract; the copy is guarded anyway.
-        unsafe {
-            match m.gran {
-                Granularity::CacheLine => {
-                    fault::zero_nt(m.base.add(at as usize), len);
-                    persist::fence();
-                }
-                Granularity::Page => {
-                    fault::zero(m.base.add(at as usize), len);
-                }
-            }
-        }
+        unsafe { m.persist.zero(m.base.add(at as usize), len) };
+        m.persist.drain();
     }
 
     /// Publish a larger logical size (caller holds the size lock and the map lock).
@@ -462,10 +447,7 @@ impl Inode {
             unsafe {
                 let p = m.base.add(at) as *mut u64;
                 core::ptr::write_volatile(p, end.to_le());
-                if m.gran == Granularity::CacheLine {
-                    persist::flush(p as *const u8, 8);
-                    persist::fence();
-                }
+                m.persist.persist(p as *const u8, 8);
             }
         }
     }

@@ -1,5 +1,5 @@
-//! Persistence primitives: CPU feature detection, cache-line flushes, fences and the
-//! mapping granularity they serve.
+//! Persistence primitives: CPU feature detection, cache-line flushes, fences, the mapping
+//! granularity they serve and the [`Strategy`] table each mapping picks from it once.
 //!
 //! The flush instruction (`clwb` > `clflushopt` > `clflush`) and the non-temporal copy
 //! kernel (`avx512` > `avx2` > `sse2`) are chosen once, at the first use, from CPUID and
@@ -11,7 +11,12 @@
 //! - `FLEX_FLUSH=clflush|clflushopt|clwb` picks the flush instruction (ignored when the CPU
 //!   lacks it).
 
+pub mod domain;
+#[cfg(any(test, feature = "sim"))]
 pub mod sim;
+mod strategy;
+
+pub use strategy::Strategy;
 
 use core::sync::atomic::{AtomicU8, Ordering};
 
@@ -19,6 +24,9 @@ use core::sync::atomic::{AtomicU8, Ordering};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Granularity {
+    /// DAX mapping accepted with MAP_SYNC on a platform whose CPU caches are in the
+    /// persistence domain (eADR): a fenced store is durable, no flush needed.
+    Byte,
     /// DAX mapping accepted with MAP_SYNC: a flushed and fenced cache line is durable.
     CacheLine,
     /// Page cache: durable only after fdatasync/msync.
@@ -28,6 +36,7 @@ pub enum Granularity {
 impl Granularity {
     pub fn as_str(self) -> &'static str {
         match self {
+            Granularity::Byte => "byte",
             Granularity::CacheLine => "cache-line",
             Granularity::Page => "page",
         }
