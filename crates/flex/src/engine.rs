@@ -7,6 +7,7 @@ use crate::desc::Table;
 use crate::inode::Inode;
 use crate::log::flex_log;
 use crate::stats::Stats;
+use crate::sys;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, Ordering::*};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -379,32 +380,15 @@ impl Engine {
     fn start_unmapper(&self) {
         let all: u64 = !((1 << 31) | (1 << 32));
         let mut old: u64 = 0;
-        // SAFETY: rt_sigprocmask with two valid 8-byte sets (the kernel's sigset size).
-        let masked = unsafe {
-            libc::syscall(
-                libc::SYS_rt_sigprocmask,
-                libc::SIG_SETMASK,
-                &all as *const u64,
-                &mut old as *mut u64,
-                8usize,
-            )
-        } == 0;
+        let masked = sys::signal::sigprocmask(libc::SIG_SETMASK, Some(&all), Some(&mut old));
         let spawned = std::thread::Builder::new()
             .name("flex-unmap".into())
             .stack_size(128 << 10)
             .spawn(|| engine().unmapper())
             .is_ok();
         if masked {
-            // SAFETY: as above; restores this thread's own mask.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_rt_sigprocmask,
-                    libc::SIG_SETMASK,
-                    &old as *const u64,
-                    core::ptr::null_mut::<u64>(),
-                    8usize,
-                )
-            };
+            // Restore this thread's own mask.
+            sys::signal::sigprocmask(libc::SIG_SETMASK, Some(&old), None);
         }
         if !spawned {
             flex_log!(

@@ -34,15 +34,8 @@ static SERVER: AtomicI32 = AtomicI32::new(0);
 
 extern "C" fn on_signal(_sig: c_int, _info: *mut libc::siginfo_t, _ctx: *mut c_void) {
     BREAKS.fetch_add(1, Release);
-    // SAFETY: FUTEX_WAKE on a static word; async-signal-safe (a plain system call).
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            BREAKS.as_ptr(),
-            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-            i32::MAX,
-        );
-    }
+    // Async-signal-safe: a plain system call.
+    sys::thread::futex_wake_all(&BREAKS);
 }
 
 fn serve() {
@@ -56,17 +49,8 @@ fn serve() {
             release_broken();
             continue;
         }
-        // SAFETY: FUTEX_WAIT on a static word with the value we last saw: returns at once
-        // if a break came since, else sleeps until the handler wakes us.
-        unsafe {
-            libc::syscall(
-                libc::SYS_futex,
-                BREAKS.as_ptr(),
-                libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-                seen,
-                core::ptr::null::<libc::timespec>(),
-            );
-        }
+        // Returns at once if a break came since, else sleeps until the handler wakes us.
+        sys::thread::futex_wait(&BREAKS, seen);
     }
 }
 
