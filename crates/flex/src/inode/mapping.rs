@@ -161,6 +161,11 @@ impl Inode {
             }?;
             m.base = p.cast();
             m.len = want;
+            #[cfg(feature = "sim")]
+            {
+                m.persist =
+                    crate::persist::sim_map::on_map(fd, m.base, want, m.persist.granularity).1;
+            }
             m.refast();
             e.stats.remaps.fetch_add(1, Relaxed);
             return Ok(());
@@ -172,6 +177,10 @@ impl Inode {
             Granularity::CacheLine if fs.cpu_caches_persist() => Granularity::Byte,
             g => g,
         };
+        #[cfg(feature = "sim")]
+        let (gran, persist) = crate::persist::sim_map::on_map(fd, base, want, gran);
+        #[cfg(not(feature = "sim"))]
+        let persist = Strategy::of(gran);
         if !m.base.is_null() {
             // SAFETY: the old mapping is ours and no copy runs (exclusive map lock).
             let _ = unsafe { rustix::mm::munmap(m.base.cast(), m.len) };
@@ -180,7 +189,7 @@ impl Inode {
         m.base = base;
         m.len = want;
         m.writable = write;
-        m.persist = Strategy::of(gran);
+        m.persist = persist;
         m.map_sync = sync;
         let (tmpfs, bsize) = (fs.tmpfs(), fs.bsize);
         m.populate_ok = sync || tmpfs;

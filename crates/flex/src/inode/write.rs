@@ -446,7 +446,7 @@ impl Inode {
             // SAFETY: the trailer lies inside the mapping (ksize <= len), 8-byte aligned.
             unsafe {
                 let p = m.base.add(at) as *mut u64;
-                core::ptr::write_volatile(p, end.to_le());
+                m.persist.store_u64(p, end.to_le());
                 m.persist.persist(p as *const u8, 8);
             }
         }

@@ -14,6 +14,8 @@
 pub mod domain;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
+#[cfg(feature = "sim")]
+pub mod sim_map;
 mod strategy;
 
 pub use strategy::Strategy;

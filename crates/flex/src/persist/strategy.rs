@@ -23,6 +23,7 @@ pub struct Strategy {
     copy_stream: unsafe fn(*mut u8, *const u8, usize) -> usize,
     zero: unsafe fn(*mut u8, usize) -> usize,
     flush: unsafe fn(*const u8, usize) -> usize,
+    store_u64: unsafe fn(*mut u64, u64),
     drain: fn(),
     /// A drained store is durable: fsync need not ask the kernel when nothing but data
     /// changed.
@@ -37,6 +38,12 @@ unsafe fn no_flush(_: *const u8, _: usize) -> usize {
 
 fn no_drain() {}
 
+/// An aligned 8-byte store: the unit that is failure-atomic on persistent memory.
+unsafe fn store_volatile(p: *mut u64, v: u64) {
+    // SAFETY: the caller passes an aligned, writable, mapped word.
+    unsafe { core::ptr::write_volatile(p, v) }
+}
+
 /// Byte granularity: the CPU caches are inside the persistence domain (eADR, PMDK's
 /// `PMEM2_GRANULARITY_BYTE`); ordinary stores are durable once a fence orders them.
 static BYTE: Strategy = Strategy {
@@ -45,6 +52,7 @@ static BYTE: Strategy = Strategy {
     copy_stream: fault::copy_nt,
     zero: fault::zero,
     flush: no_flush,
+    store_u64: store_volatile,
     drain: fence,
     user_durable: true,
 };
@@ -57,6 +65,7 @@ static CACHE_LINE: Strategy = Strategy {
     copy_stream: fault::copy_nt,
     zero: fault::zero_nt,
     flush: fault::flush,
+    store_u64: store_volatile,
     drain: fence,
     user_durable: true,
 };
@@ -69,11 +78,34 @@ static PAGE: Strategy = Strategy {
     copy_stream: fault::copy_nt,
     zero: fault::zero,
     flush: no_flush,
+    store_u64: store_volatile,
     drain: no_drain,
     user_durable: false,
 };
 
 impl Strategy {
+    /// A table from its operations (the simulator's own, [`super::sim_map`]).
+    #[cfg(feature = "sim")]
+    pub(super) const fn table(
+        granularity: Granularity,
+        copy: unsafe fn(*mut u8, *const u8, usize) -> usize,
+        zero: unsafe fn(*mut u8, usize) -> usize,
+        flush: unsafe fn(*const u8, usize) -> usize,
+        store_u64: unsafe fn(*mut u64, u64),
+        drain: fn(),
+    ) -> Strategy {
+        Strategy {
+            granularity,
+            copy,
+            copy_stream: copy,
+            zero,
+            flush,
+            store_u64,
+            drain,
+            user_durable: true,
+        }
+    }
+
     /// The table of a granularity.
     pub fn of(granularity: Granularity) -> &'static Strategy {
         match granularity {
@@ -116,6 +148,17 @@ impl Strategy {
     pub unsafe fn flush(&self, addr: *const u8, len: usize) -> usize {
         // SAFETY: forwarded caller contract.
         unsafe { (self.flush)(addr, len) }
+    }
+
+    /// Store the aligned word `p` (8 bytes: failure-atomic on persistent memory); durable
+    /// after [`Strategy::persist`] of it.
+    ///
+    /// # Safety
+    /// `p` is 8-byte aligned, inside a writable mapping.
+    #[inline]
+    pub unsafe fn store_u64(&self, p: *mut u64, v: u64) {
+        // SAFETY: forwarded caller contract.
+        unsafe { (self.store_u64)(p, v) }
     }
 
     /// Wait until the flushed and NT-stored lines are durable (nothing on page granularity).
