@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde::Serialize;
 
-use crate::worker::{WorkerResult, XorShift};
+use crate::worker::WorkerResult;
 
 /// Which side a sample ran on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -1076,9 +1076,9 @@ pub(crate) fn sqlite_script(wal: bool, txns: usize, rows: usize, selects: usize)
         ));
     }
     let total = (txns * rows).max(1) as u64;
-    let mut rng = XorShift::new(0x5eed, 0);
+    let mut rng = fastrand::Rng::with_seed(0x5eed);
     for _ in 0..selects {
-        let a = rng.below(total) + 1;
+        let a = rng.u64(1..=total);
         s.push_str(&format!(
             "SELECT count(*) FROM t WHERE k BETWEEN {a} AND {} AND length(v) > 0;\n",
             a + 9

@@ -667,11 +667,7 @@ fn prepare_files(jobs: &[Job], m: &Matrix) -> anyhow::Result<()> {
 }
 
 fn fill_pattern(buf: &mut [u8], seed: u64) {
-    let mut r = worker::XorShift::new(seed, 99);
-    for c in buf.chunks_mut(8) {
-        let v = r.next().to_le_bytes();
-        c.copy_from_slice(&v[..c.len()]);
-    }
+    fastrand::Rng::with_seed(seed).fill(buf);
 }
 
 /// Writes `size` bytes of non-zero pseudo-random data (no holes: sparse would be unfair).

@@ -171,7 +171,7 @@ fn run_worker(args: &WorkerArgs) -> anyhow::Result<WorkerResult> {
             };
             for t in 0..args.threads {
                 let buf = Buffer::new(args.bs, 0xA5 ^ t as u8);
-                let rng = XorShift::new(args.seed, t as u64);
+                let rng = offset_rng(args.seed, t as u64);
                 ops.push(match (&map, &fd) {
                     (Some(m), _) => Box::new(MemcpyOp {
                         map: m.clone(),
@@ -581,29 +581,11 @@ trait Op: Send {
     fn finish(&mut self) {}
 }
 
-/// xorshift64 (Marsaglia's 13/7/17 triple): fast, deterministic offsets.
-#[derive(Clone, Debug)]
-pub(crate) struct XorShift(u64);
-
-impl XorShift {
-    pub(crate) fn new(seed: u64, stream: u64) -> Self {
-        let s = seed ^ stream.wrapping_add(1).wrapping_mul(0xD1B5_4A32_D192_ED03);
-        XorShift(if s == 0 { 0x2545_F491_4F6C_DD1D } else { s })
-    }
-    #[inline]
-    pub(crate) fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-    /// A value in `0..n` (multiply-high: no division on the hot path).
-    #[inline]
-    pub(crate) fn below(&mut self, n: u64) -> u64 {
-        ((self.next() as u128 * n as u128) >> 64) as u64
-    }
+/// The offset generator of thread `thread`: the same `seed` gives the same sequence (so
+/// pread, pwrite and memcpy of one seed visit the same blocks), and each thread has a
+/// stream of its own.
+pub(crate) fn offset_rng(seed: u64, thread: u64) -> fastrand::Rng {
+    fastrand::Rng::with_seed(seed ^ thread.wrapping_add(1).wrapping_mul(0xD1B5_4A32_D192_ED03))
 }
 
 /// An owned file descriptor, closed with `libc::close` on drop.
@@ -708,7 +690,7 @@ struct RandomOp {
     buf: Buffer,
     bs: usize,
     nblocks: u64,
-    rng: XorShift,
+    rng: fastrand::Rng,
     write: bool,
     fsync_every: u64,
     n: u64,
@@ -720,7 +702,7 @@ struct RandomOp {
 impl Op for RandomOp {
     #[inline]
     fn op(&mut self) -> anyhow::Result<u64> {
-        let off = (self.rng.below(self.nblocks) * self.bs as u64) as libc::off_t;
+        let off = (self.rng.u64(..self.nblocks) * self.bs as u64) as libc::off_t;
         let write = self.write
             && (self.reads_per_write == 0 || self.k.is_multiple_of(self.reads_per_write + 1));
         self.k += 1;
@@ -761,13 +743,13 @@ struct MemcpyOp {
     buf: Buffer,
     bs: usize,
     nblocks: u64,
-    rng: XorShift,
+    rng: fastrand::Rng,
 }
 
 impl Op for MemcpyOp {
     #[inline]
     fn op(&mut self) -> anyhow::Result<u64> {
-        let off = (self.rng.below(self.nblocks) * self.bs as u64) as usize;
+        let off = (self.rng.u64(..self.nblocks) * self.bs as u64) as usize;
         // SAFETY: off + bs <= map.len by construction of nblocks; buf holds bs bytes;
         // the mapping and the buffer do not overlap.
         unsafe { std::ptr::copy_nonoverlapping(self.map.ptr.add(off), self.buf.ptr, self.bs) };
@@ -907,26 +889,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn xorshift_is_deterministic_and_bounded() {
-        let mut a = XorShift::new(7, 0);
-        let mut b = XorShift::new(7, 0);
-        let mut c = XorShift::new(7, 1);
+    fn offsets_are_deterministic_bounded_and_aligned() {
+        let (size, bs) = (1u64 << 20, 4096u64);
+        let nblocks = size / bs;
+        let mut a = offset_rng(7, 0);
+        let mut b = offset_rng(7, 0);
+        let mut c = offset_rng(7, 1);
         let mut differs = false;
         for _ in 0..10_000 {
-            let x = a.below(1000);
-            assert_eq!(x, b.below(1000));
-            assert!(x < 1000);
-            differs |= x != c.below(1000);
+            let x = a.u64(..nblocks);
+            assert_eq!(x, b.u64(..nblocks));
+            let off = x * bs;
+            assert!(off.is_multiple_of(bs) && off + bs <= size, "offset {off}");
+            differs |= x != c.u64(..nblocks);
         }
-        assert!(differs);
+        assert!(differs, "threads share a stream");
     }
 
     #[test]
     fn offsets_cover_the_file() {
-        let mut r = XorShift::new(1, 0);
+        let mut r = offset_rng(1, 0);
         let mut seen = [false; 64];
         for _ in 0..10_000 {
-            seen[r.below(64) as usize] = true;
+            seen[r.u64(..64) as usize] = true;
         }
         assert!(seen.iter().all(|&s| s));
     }
