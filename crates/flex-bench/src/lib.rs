@@ -20,7 +20,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 
-pub use worker::{worker, WorkerArgs, WorkerResult, Workload};
+pub use worker::{worker, WorkerArgs};
 
 use config::Config;
 use jobs::Matrix;
@@ -31,68 +31,68 @@ pub struct BenchArgs {
     /// Short run (under 2 minutes on a 2-core machine): 256 MiB data file, 3 repetitions,
     /// 0.25 s per sample. Explicit options below still override it.
     #[arg(long)]
-    pub quick: bool,
+    pub(crate) quick: bool,
     /// Directory (file system) to benchmark in; a scratch subdirectory is made and removed.
     #[arg(long, default_value = "/dev/shm")]
-    pub dir: PathBuf,
+    pub(crate) dir: PathBuf,
     /// Repetitions per side and cell [default: 5, quick: 3].
     #[arg(long)]
-    pub reps: Option<u32>,
+    pub(crate) reps: Option<u32>,
     /// Seconds of timed work per built-in sample [default: 1, quick: 0.25].
     #[arg(long)]
-    pub seconds: Option<f64>,
+    pub(crate) seconds: Option<f64>,
     /// Thread counts for the built-in workloads, comma-separated [default: 1,2].
     #[arg(long, value_delimiter = ',')]
-    pub threads: Option<Vec<usize>>,
+    pub(crate) threads: Option<Vec<usize>>,
     /// IO sizes of the random pread/pwrite/memcpy cells, comma-separated (k/M suffixes)
     /// [default: 512,4k,64k].
     #[arg(long, value_delimiter = ',', value_parser = parse_size)]
-    pub sizes: Option<Vec<u64>>,
+    pub(crate) sizes: Option<Vec<u64>>,
     /// Size of the random-IO data file (k/M/G suffixes) [default: 1G, quick: 256M].
     #[arg(long, value_parser = parse_size)]
-    pub file_size: Option<u64>,
+    pub(crate) file_size: Option<u64>,
     /// Number of 4 KiB files of the small-files cell [default: 10000].
     #[arg(long)]
-    pub small_files: Option<usize>,
+    pub(crate) small_files: Option<usize>,
     /// Most bytes one append sample writes (k/M/G); the sample ends early when reached.
     #[arg(long, default_value = "1G", value_parser = parse_size)]
-    pub append_cap: u64,
+    pub(crate) append_cap: u64,
     /// The fsync interval of the append-with-fsync cell (0: no such cell).
     #[arg(long, default_value_t = 16)]
-    pub fsync_every: u64,
+    pub(crate) fsync_every: u64,
     /// Run only cells whose name contains one of these substrings (repeatable or
     /// comma-separated), e.g. `--filter pread-4k,passthrough`.
     #[arg(long, value_delimiter = ',')]
-    pub filter: Vec<String>,
+    pub(crate) filter: Vec<String>,
     /// Also run the real clients that are installed (fio, db_bench, sqlite3, redis);
     /// `scripts/bench-clients-install` installs them.
     #[arg(long)]
-    pub clients: bool,
+    pub(crate) clients: bool,
     /// Run fio's jobs as threads (`--thread`) rather than forked processes.
     #[arg(long)]
-    pub fio_thread: bool,
+    pub(crate) fio_thread: bool,
     /// Run only the real clients (implies --clients).
     #[arg(long)]
-    pub clients_only: bool,
+    pub(crate) clients_only: bool,
     /// Write every sample, the summaries and the machine to this JSON file.
     #[arg(long)]
-    pub json: Option<PathBuf>,
+    pub(crate) json: Option<PathBuf>,
     /// Write a bar chart of the flex/kernel ratios to this SVG file.
     #[arg(long)]
-    pub svg: Option<PathBuf>,
+    pub(crate) svg: Option<PathBuf>,
     /// Write a Markdown report (table, command, machine, targets, chart link), e.g.
     /// BENCHMARKS.md; the chart goes to --svg or next to it with the .svg extension.
     #[arg(long)]
-    pub markdown: Option<PathBuf>,
+    pub(crate) markdown: Option<PathBuf>,
     /// List the cells that would run, and exit.
     #[arg(long)]
-    pub list: bool,
+    pub(crate) list: bool,
     /// The preload library (default: the one the CLI found).
     #[arg(long)]
-    pub libflex: Option<PathBuf>,
+    pub(crate) libflex: Option<PathBuf>,
     /// Keep the scratch directory (data files) at the end.
     #[arg(long)]
-    pub keep_files: bool,
+    pub(crate) keep_files: bool,
 }
 
 /// What the CLI knows: its own executable (for `bench-worker` and `run`) and libflex.so.
@@ -103,7 +103,7 @@ pub struct BenchEnv {
 }
 
 /// Parses `4096`, `4k`, `256M`, `1G` (binary units).
-pub fn parse_size(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let (num, mult) = match s.char_indices().last() {
         Some((i, c)) if c.is_ascii_alphabetic() => {

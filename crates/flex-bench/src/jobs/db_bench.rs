@@ -58,7 +58,7 @@ pub(super) fn jobs(
 }
 
 /// Parses db_bench's `name : X micros/op N ops/sec S seconds K operations;` lines.
-pub(crate) fn parse_db_bench(out: &str, cells: &[CellDef]) -> anyhow::Result<Vec<Metric>> {
+pub(super) fn parse_db_bench(out: &str, cells: &[CellDef]) -> anyhow::Result<Vec<Metric>> {
     let mut found = BTreeMap::new();
     for line in out.lines() {
         let Some((name, rest)) = line.split_once(':') else {

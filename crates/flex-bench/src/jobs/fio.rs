@@ -81,7 +81,7 @@ pub(super) fn jobs(
     }
 }
 
-pub(crate) fn parse_fio(cell: &str, out: &str) -> anyhow::Result<Metric> {
+pub(super) fn parse_fio(cell: &str, out: &str) -> anyhow::Result<Metric> {
     // fio may print notes before the JSON document.
     let start = out.find('{').context("fio printed no JSON")?;
     let v: serde_json::Value = serde_json::from_str(&out[start..]).context("fio JSON")?;

@@ -157,7 +157,7 @@ impl Metric {
 }
 
 /// Call-name aliases the lead's stats may use.
-pub(crate) fn aliases(call: &str) -> Vec<&'static str> {
+fn aliases(call: &str) -> Vec<&'static str> {
     match call {
         "pread" => vec!["pread", "pread64"],
         "pwrite" => vec!["pwrite", "pwrite64"],
@@ -178,7 +178,7 @@ fn served(calls: &[&str]) -> Expect {
     Expect::Served(calls.iter().flat_map(|c| aliases(c)).collect())
 }
 
-pub(crate) fn size_label(bs: usize) -> String {
+fn size_label(bs: usize) -> String {
     if bs >= 1 << 20 && bs.trailing_zeros() >= 20 {
         format!("{}m", bs >> 20)
     } else if bs >= 1024 && bs.trailing_zeros() >= 10 {
@@ -237,7 +237,7 @@ pub(crate) struct ClientSizes {
 }
 
 /// Finds an executable on PATH.
-pub(crate) fn which(name: &str) -> Option<PathBuf> {
+fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|d| d.join(name))

@@ -8,9 +8,9 @@ use super::{
 };
 
 /// The processes of the multi-process cells.
-pub(crate) const MP_PROCS: usize = 4;
+const MP_PROCS: usize = 4;
 /// Inserts per transaction of the mp-sqlite cells.
-pub(crate) const MP_SQLITE_ROWS: usize = 5;
+const MP_SQLITE_ROWS: usize = 5;
 
 /// The multi-process cells: `MP_PROCS` processes on one file at once. They run with the
 /// built-in cells (mp-append always; mp-sqlite when sqlite3 is installed).

@@ -48,11 +48,7 @@ pub(super) fn jobs(
 }
 
 /// Parses `redis-benchmark --csv`: `"SET","81300.81",...`.
-pub(crate) fn parse_redis_csv(
-    out: &str,
-    requests: u64,
-    cells: &[CellDef],
-) -> anyhow::Result<Vec<Metric>> {
+fn parse_redis_csv(out: &str, requests: u64, cells: &[CellDef]) -> anyhow::Result<Vec<Metric>> {
     let mut found = BTreeMap::new();
     for line in out.lines() {
         let f: Vec<&str> = line

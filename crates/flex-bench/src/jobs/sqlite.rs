@@ -49,7 +49,7 @@ pub(super) fn jobs(
 
 /// A scripted SQLite workload: insert transactions, then indexed range selects.
 /// The last line it prints is `rows=<n>`, which proves it ran to the end.
-pub(crate) fn sqlite_script(wal: bool, txns: usize, rows: usize, selects: usize) -> String {
+pub(super) fn sqlite_script(wal: bool, txns: usize, rows: usize, selects: usize) -> String {
     let mut s = String::new();
     s.push_str(if wal {
         "PRAGMA journal_mode=WAL;\n"
@@ -86,7 +86,7 @@ pub(super) fn remove_sqlite(db: &Path) {
 }
 
 /// The script of mp-sqlite writer `p`: `txns` transactions of `rows` inserts, then `done=p`.
-pub(crate) fn sqlite_mp_script(p: usize, txns: usize, rows: usize) -> String {
+fn sqlite_mp_script(p: usize, txns: usize, rows: usize) -> String {
     // The busy timeout is long: a writer waits for the others, it never gives up.
     let mut s = String::from(".timeout 600000\nPRAGMA synchronous=FULL;\n");
     for _ in 0..txns {

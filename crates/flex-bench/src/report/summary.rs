@@ -37,7 +37,7 @@ pub(crate) struct SideStat {
     pub max_ns_per_op: f64,
 }
 
-pub(crate) fn median(v: &mut [f64]) -> f64 {
+fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
     if n == 0 {

@@ -29,7 +29,7 @@ pub(crate) use smallfiles::small_file_path;
 
 /// The built-in workloads a worker can run.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Workload {
+pub(crate) enum Workload {
     /// Random `pread` of `--bs` bytes from `--file` (`--size` bytes long).
     Pread,
     /// Random `pwrite` of `--bs` bytes into `--file`.
@@ -71,50 +71,50 @@ impl Workload {
 pub struct WorkerArgs {
     /// The workload to run.
     #[arg(value_enum)]
-    pub workload: Workload,
+    pub(crate) workload: Workload,
     /// Data file (pread, pwrite, memcpy), file prefix (append) or directory (smallfiles).
     #[arg(long)]
-    pub file: Option<PathBuf>,
+    pub(crate) file: Option<PathBuf>,
     /// IO size in bytes.
     #[arg(long, default_value_t = 4096)]
-    pub bs: usize,
+    pub(crate) bs: usize,
     /// Size of the data file in bytes (random IO), or the byte cap of append.
     #[arg(long, default_value_t = 0)]
-    pub size: u64,
+    pub(crate) size: u64,
     /// Number of threads, each with its own RNG stream (and file, for append).
     #[arg(long, default_value_t = 1)]
-    pub threads: usize,
+    pub(crate) threads: usize,
     /// Length of the timed part in seconds.
     #[arg(long, default_value_t = 1.0)]
-    pub seconds: f64,
+    pub(crate) seconds: f64,
     /// Length of the warm-up in seconds (default: a fifth of --seconds, at least 20 ms).
     #[arg(long)]
-    pub warmup: Option<f64>,
+    pub(crate) warmup: Option<f64>,
     /// For append and pwrite: fsync every N writes (0: never).
     #[arg(long, default_value_t = 0)]
-    pub fsync_every: u64,
+    pub(crate) fsync_every: u64,
     /// For smallfiles: the number of files.
     #[arg(long, default_value_t = 0)]
-    pub count: usize,
+    pub(crate) count: usize,
     /// For pwrite: random `pread`s of `--bs` bytes before each `pwrite` (a read-mostly mix;
     /// every call counts as an operation, `--fsync-every` counts writes).
     #[arg(long, default_value_t = 0)]
-    pub reads_per_write: u64,
+    pub(crate) reads_per_write: u64,
     /// Seed of the offset sequence (the same for pread, pwrite and memcpy).
     #[arg(long, default_value_t = 0x9E37_79B9_7F4A_7C15)]
-    pub seed: u64,
+    pub(crate) seed: u64,
     /// For mp-append: the number of appending processes (each single-threaded).
     #[arg(long, default_value_t = 4)]
-    pub procs: usize,
+    pub(crate) procs: usize,
     /// For mp-append: run as appending process N of --procs (set by the parent, which
     /// starts the processes, releases them together and checks the file).
     #[arg(long, hide = true)]
-    pub proc_index: Option<usize>,
+    pub(crate) proc_index: Option<usize>,
 }
 
 /// The JSON line a worker prints.
 #[derive(serde::Serialize, serde::Deserialize, Debug, Clone)]
-pub struct WorkerResult {
+pub(crate) struct WorkerResult {
     pub workload: String,
     /// Operations (calls, for pipe and socket) in the timed part, all threads.
     pub ops: u64,
