@@ -15,7 +15,6 @@ use std::time::Duration;
 
 #[path = "common/run.rs"]
 mod run;
-use run::Rng;
 
 enum Op {
     Write(u64, Vec<u8>),
@@ -23,22 +22,29 @@ enum Op {
     Fsync,
 }
 
+/// `len` bytes of the writer's stream.
+fn bytes(r: &mut fastrand::Rng, len: usize) -> Vec<u8> {
+    let mut b = vec![0u8; len];
+    r.fill(&mut b);
+    b
+}
+
 /// The writer's operations, reproducible from the seed; `size` is the model's size.
-fn next_op(r: &mut Rng, i: u64, size: u64) -> Op {
+fn next_op(r: &mut fastrand::Rng, i: u64, size: u64) -> Op {
     if i % 8 == 7 {
         return Op::Fsync;
     }
-    match r.below(10) {
+    match r.u64(..10) {
         0..=6 => {
-            let off = r.below(size + 4096).min(512 << 10);
-            let len = 1 + r.below(8192);
-            Op::Write(off, (0..len).map(|_| r.next() as u8).collect())
+            let off = r.u64(..size + 4096).min(512 << 10);
+            let len = r.usize(1..=8192);
+            Op::Write(off, bytes(r, len))
         }
         7 | 8 => {
-            let len = 1 + r.below(4096);
-            Op::Write(size, (0..len).map(|_| r.next() as u8).collect())
+            let len = r.usize(1..=4096);
+            Op::Write(size, bytes(r, len))
         }
-        _ => Op::Truncate(r.below(size + 1000)),
+        _ => Op::Truncate(r.u64(..size + 1000)),
     }
 }
 
@@ -46,7 +52,7 @@ const COMMITS: u64 = 300;
 
 /// The model: the file's contents after each fsync (index 0: empty, before any).
 fn model(seed: u64) -> Vec<Vec<u8>> {
-    let mut r = Rng::new(seed);
+    let mut r = fastrand::Rng::with_seed(seed);
     let mut cur: Vec<u8> = Vec::new();
     let mut states = vec![Vec::new()];
     let mut i = 0;
@@ -89,7 +95,7 @@ fn writer_child() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    let mut r = Rng::new(seed);
+    let mut r = fastrand::Rng::with_seed(seed);
     let mut size = 0u64;
     let mut commits = 0;
     let mut i = 0;
@@ -137,10 +143,10 @@ fn kill_9_writers_and_recover() {
         .unwrap_or(50);
     let dir = tempfile::tempdir_in("/dev/shm").unwrap();
     let exe = std::env::current_exe().unwrap();
-    let mut rng = Rng::new(0x5eed_1234 ^ runs);
+    let mut rng = fastrand::Rng::with_seed(0x5eed_1234 ^ runs);
     let (mut tail_states, mut replayed) = (0, 0);
     for run in 0..runs {
-        let seed = rng.next() >> 1;
+        let seed = rng.u64(..) >> 1;
         let path = dir.path().join(format!("f{run}"));
         let flag = run % 2 == 0;
         let mut cmd = Command::new(&exe);
@@ -173,7 +179,7 @@ fn kill_9_writers_and_recover() {
         }
         let mut child = cmd.spawn().unwrap();
         let mut out = BufReader::new(child.stdout.take().unwrap());
-        let target = 1 + rng.below(COMMITS + 20);
+        let target = rng.u64(1..=COMMITS + 20);
         let mut last = 0u64;
         let mut line = String::new();
         while last < target.min(COMMITS) {
@@ -185,7 +191,7 @@ fn kill_9_writers_and_recover() {
                 last = k.trim().parse().unwrap();
             }
         }
-        std::thread::sleep(Duration::from_micros(rng.below(3000)));
+        std::thread::sleep(Duration::from_micros(rng.u64(..3000)));
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
         child.wait().unwrap();

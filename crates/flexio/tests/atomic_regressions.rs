@@ -731,9 +731,9 @@ fn threads_see_each_write_all_old_or_all_new() {
     for w in 0..2u64 {
         let f = f.clone();
         hs.push(std::thread::spawn(move || {
-            let mut r = run::Rng::new(w + 1);
+            let mut r = fastrand::Rng::with_seed(w + 1);
             for i in 0..3000u64 {
-                let k = r.below(SLOTS as u64) as usize;
+                let k = r.usize(..SLOTS);
                 // Writer 0: any slot (overlapping); writer 1 also writes single halves.
                 let len = if w == 1 && i % 3 == 0 { B } else { 2 * B };
                 let v = (1 + w * 100 + i % 97) as u8;

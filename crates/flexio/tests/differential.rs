@@ -2108,8 +2108,8 @@ fn disjoint_worker(
             .open(path)
             .map_err(|e| e.to_string())?))
     };
-    let mut rng = run::Rng::new(seed ^ t as u64);
-    let mut next = move |m: usize| rng.below(m as u64) as usize;
+    let mut rng = fastrand::Rng::with_seed(seed ^ t as u64);
+    let mut next = move |m: usize| rng.usize(..m);
     for i in 0..40 {
         let off = next(span);
         let len = [0, 1, 4095, 4096, 4097, 65536, next(20000)][next(7)].min(span - off);

@@ -405,29 +405,12 @@ pub fn tree(root: &Path) -> std::collections::BTreeMap<PathBuf, Option<Vec<u8>>>
     out
 }
 
-/// The tests' one deterministic generator: xorshift64 (Marsaglia's 13/7/17 triple).
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    /// Uniform enough in `[0, n)` (`n` = 0 counts as 1).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
-/// Deterministic pseudo-random bytes, reproducible from `seed`.
+/// Deterministic pseudo-random bytes, reproducible from `seed` (fastrand's generator: the
+/// tests that need a stream of numbers use `fastrand::Rng::with_seed` directly).
 pub fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut r = Rng::new(seed);
-    (0..len).map(|_| (r.next() >> 24) as u8).collect()
+    let mut b = vec![0u8; len];
+    fastrand::Rng::with_seed(seed).fill(&mut b);
+    b
 }
 
 /// A large text file: numbered lines with words, some containing "needle".
