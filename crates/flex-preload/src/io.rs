@@ -1,7 +1,7 @@
 //! Descriptor calls: open, close, the read/write family, seeking, syncing, sizing, dup.
 
 use crate::{guarded, hook, raw, real, CRet};
-use engine::posix;
+use engine::posix::{self, Route};
 use libc::{c_char, c_int, c_long, c_uint, c_void, iovec, mode_t, off_t, size_t, ssize_t};
 
 /// Does flex manage any descriptor at all? (One atomic load: the passthrough fast path.)
@@ -11,7 +11,7 @@ fn any() -> bool {
 }
 
 /// One exported descriptor call: ask the engine when anything is managed, else (or when
-/// the engine says "not mine") make the raw system call.
+/// the engine passes the call) make the raw system call.
 macro_rules! fd_call {
     ($( $(#[$m:meta])* fn $name:ident($fd:ident: c_int $(, $a:ident: $t:ty)*) -> $r:ty { engine: $eng:expr, kernel: $kern:expr } )*) => {$(
         $(#[$m])*
@@ -22,7 +22,7 @@ macro_rules! fd_call {
                 // contract of the libc function we stand in for; the engine guards every
                 // access to them (a bad pointer gives EFAULT, never a crash).
                 #[allow(unused_unsafe)]
-                if let Some(r) = guarded(|| unsafe { $eng }) {
+                if let Route::Served(r) = guarded(|| unsafe { $eng }) {
                     return r.c() as $r;
                 }
             }
@@ -189,12 +189,13 @@ pub unsafe extern "C" fn __pread64_chk(
     unsafe { __pread_chk(fd, buf, n, off, buflen) }
 }
 
-/// posix_fallocate returns an error number instead of setting errno.
+/// posix_fallocate returns an error number instead of setting errno (the engine serves it
+/// as `Ok(number)`).
 #[no_mangle]
 pub unsafe extern "C" fn posix_fallocate(fd: c_int, off: off_t, len: off_t) -> c_int {
     if any() {
         let emulate = || real_posix_fallocate(fd, off, len);
-        if let Some(Ok(r)) = guarded(|| posix::posix_fallocate(fd, off, len, emulate).map(Ok)) {
+        if let Route::Served(Ok(r)) = guarded(|| posix::posix_fallocate(fd, off, len, emulate)) {
             return r;
         }
     }
@@ -223,7 +224,7 @@ fn open_engine(dirfd: c_int, path: *const c_char, flags: c_int, mode: mode_t) ->
     let mode = if needs_mode { mode } else { 0 };
     if !path.is_null() {
         let open = |p: &std::ffi::CStr| posix::open(dirfd, p, flags, mode);
-        if let Some(r) = guarded(|| crate::with_path(path, open)) {
+        if let Route::Served(r) = guarded(|| crate::on_path(path, open)) {
             return r.c();
         }
     }
@@ -343,12 +344,12 @@ pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: c_long) -> c_int {
                 hook(|| unsafe { posix::offset_to_kernel_for_lock(fd, arg as *const libc::flock) });
             }
             libc::F_GETFL => {
-                if let Some(r) = guarded(|| posix::fcntl_getfl(fd)) {
+                if let Route::Served(r) = guarded(|| posix::fcntl_getfl(fd)) {
                     return r.c();
                 }
             }
             libc::F_SETFL => {
-                if let Some(r) = guarded(|| posix::fcntl_setfl(fd, arg as c_int)) {
+                if let Route::Served(r) = guarded(|| posix::fcntl_setfl(fd, arg as c_int)) {
                     return r.c();
                 }
             }

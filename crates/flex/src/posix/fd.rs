@@ -2,14 +2,14 @@
 //! kernel resolves record locks against.
 
 use super::open::drop_fd;
-use super::{desc, Fd};
+use super::{desc, Fd, Route};
 use crate::config::LogLevel;
 use crate::desc::Desc;
 use crate::engine::{engine, engine_if_started};
 use crate::fault;
 use crate::log::flex_log;
 use crate::stats::Call;
-use crate::sys::{self, Res};
+use crate::sys;
 use std::sync::atomic::Ordering::*;
 
 /// dup, F_DUPFD, F_DUPFD_CLOEXEC: the new descriptor shares the description.
@@ -85,7 +85,7 @@ pub unsafe fn offset_to_kernel_for_lock(fd: Fd, lock: *const libc::flock) {
 }
 
 pub fn offset_to_kernel(fd: Fd) {
-    let Some(d) = desc(fd) else { return };
+    let Ok(d) = desc(fd) else { return };
     if d.is_demoted() || d.is_coherent() {
         return;
     }
@@ -95,9 +95,9 @@ pub fn offset_to_kernel(fd: Fd) {
 
 /// fcntl F_GETFL: the kernel's flags, but O_ASYNC only if the program set it (a write
 /// lease flex takes sets it on the description).
-pub fn fcntl_getfl(fd: Fd) -> Option<Res<i32>> {
-    let d = desc(fd)?;
-    Some(
+pub fn fcntl_getfl(fd: Fd) -> Route<i32> {
+    let d = desc_or_pass!(fd);
+    Route::Served(
         sys::fcntl_int(fd, libc::F_GETFL, 0)
             .map(|k| (k & !libc::O_ASYNC) | (d.flags.load(Relaxed) & libc::O_ASYNC)),
     )
@@ -105,8 +105,8 @@ pub fn fcntl_getfl(fd: Fd) -> Option<Res<i32>> {
 
 /// fcntl F_SETFL: the kernel descriptor takes the flags as they are (O_APPEND included),
 /// flex keeps its copy of the status flags in step.
-pub fn fcntl_setfl(fd: Fd, arg: i32) -> Option<Res<i32>> {
-    let d = desc(fd)?;
+pub fn fcntl_setfl(fd: Fd, arg: i32) -> Route<i32> {
+    let d = desc_or_pass!(fd);
     if let Some(a) = d.inode.atomic.get() {
         if arg & libc::O_APPEND != 0 {
             a.own_description(&d.inode);
@@ -124,5 +124,5 @@ pub fn fcntl_setfl(fd: Fd, arg: i32) -> Option<Res<i32>> {
         Ok(0)
     });
     engine().stats.served(Call::fcntl);
-    Some(r)
+    Route::Served(r)
 }

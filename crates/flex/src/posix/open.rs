@@ -2,7 +2,7 @@
 //! (atomic O_TRUNC, crash-left trailer recovery), and forgetting a descriptor.
 
 use super::size::ftruncate;
-use super::{desc, Fd};
+use super::{desc, Fd, Pass, Route};
 use crate::config::LogLevel;
 use crate::config::{normalize, O_FLEX, O_FLEX_ATOMIC};
 use crate::desc::Desc;
@@ -42,16 +42,16 @@ fn wants(e: &Engine, dirfd: Fd, path: &CStr, flags: i32) -> bool {
 }
 
 /// open, open64, openat, creat. `flags` may carry O_FLEX.
-pub fn open(dirfd: Fd, path: &CStr, flags: i32, mode: u32) -> Option<Res<Fd>> {
+pub fn open(dirfd: Fd, path: &CStr, flags: i32, mode: u32) -> Route<Fd> {
     let e = engine();
     if !wants(e, dirfd, path, flags) {
-        return None;
+        return Route::Pass(Pass::NotManaged);
     }
     let atomic = flags & O_FLEX_ATOMIC != 0 || e.config.atomic;
     let explicit = flags & (O_FLEX | O_FLEX_ATOMIC) != 0;
     let kflags = flags & !O_FLEX & !O_FLEX_ATOMIC;
     if e.config.disabled || kflags & (libc::O_PATH | libc::O_DIRECTORY) != 0 {
-        return Some(sys::openat(dirfd, path, kflags, mode));
+        return Route::Served(sys::openat(dirfd, path, kflags, mode));
     }
     if atomic && kflags & libc::O_TRUNC != 0 {
         // O_TRUNC becomes a logged truncation: a crash before the next commit keeps the
@@ -62,13 +62,13 @@ pub fn open(dirfd: Fd, path: &CStr, flags: i32, mode: u32) -> Option<Res<Fd>> {
         if !ro || atomic_here(e, dirfd, path) {
             if ro {
                 if let Err(err) = sys::check_writable(dirfd, path) {
-                    return Some(Err(err));
+                    return Route::err(err);
                 }
             }
-            return Some(open_truncated(e, dirfd, path, kflags, mode, explicit, ro));
+            return Route::Served(open_truncated(e, dirfd, path, kflags, mode, explicit, ro));
         }
     }
-    Some(open_managed(e, dirfd, path, kflags, mode, explicit, atomic))
+    Route::Served(open_managed(e, dirfd, path, kflags, mode, explicit, atomic))
 }
 
 /// Is the file at `path` in atomic mode in this process?
@@ -102,15 +102,15 @@ fn open_truncated(
         // Through the new descriptor: the transaction's truncation. An unmanaged one
         // (descriptor 0-2, not a regular file) gets the kernel's, for regular files only
         // (the kernel ignores O_TRUNC on the others).
-        ftruncate(fd, 0).unwrap_or_else(|| match sys::fstat(fd) {
+        ftruncate(fd, 0).or_kernel(|| match sys::fstat(fd) {
             Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => sys::ftruncate(fd, 0),
             _ => Ok(()),
         })
     } else {
         // Read-only: through the file's atomic state (the caller saw it has one).
         let inode = match desc(fd) {
-            Some(d) => Some(d.inode.clone()),
-            None => sys::fstat(fd)
+            Ok(d) => Some(d.inode.clone()),
+            Err(_) => sys::fstat(fd)
                 .ok()
                 .and_then(|st| e.lookup(st.st_dev, st.st_ino)),
         };
@@ -268,16 +268,20 @@ pub(super) fn drop_fd(e: &Engine, fd: Fd, d: Arc<Desc>) {
     }
 }
 
-pub fn close(fd: Fd) -> Option<Res<()>> {
-    let e = engine_if_started()?;
+pub fn close(fd: Fd) -> Route<()> {
+    let Some(e) = engine_if_started() else {
+        return Route::Pass(Pass::NotManaged);
+    };
     if e.is_private(fd) {
         // flex's own: to the application it is not open.
-        return Some(Err(Errno::BADF));
+        return Route::err(Errno::BADF);
     }
-    let d = e.table.take(fd)?;
+    let Some(d) = e.table.take(fd) else {
+        return Route::Pass(Pass::NotManaged);
+    };
     drop_fd(e, fd, d);
     e.stats.served(Call::close);
-    Some(sys::close(fd))
+    Route::Served(sys::close(fd))
 }
 
 /// close_range: forget managed descriptors in the range first (CLOEXEC only marks them).

@@ -5,7 +5,7 @@
 
 pub mod run;
 
-use flex::posix;
+use flex::posix::{self, Route};
 use flex::stats::Call;
 use std::ffi::{CStr, CString};
 use std::path::{Path, PathBuf};
@@ -26,12 +26,13 @@ fn ret(r: i64) -> R {
     }
 }
 
-/// Engine answer, or the raw system call when the engine does not manage the descriptor.
-fn eng<T: TryInto<i64>>(r: Option<flex::sys::Res<T>>, raw: impl FnOnce() -> i64) -> R {
+/// What libflex.so answers: the engine's served result (an error as its errno), or for a
+/// pass the raw system call (`raw`, the call libflex.so makes).
+fn eng<T: TryInto<i64>>(r: Route<T>, raw: impl FnOnce() -> i64) -> R {
     match r {
-        Some(Ok(v)) => Ok(v.try_into().unwrap_or(i64::MAX)),
-        Some(Err(e)) => Err(e.raw_os_error()),
-        None => ret(raw()),
+        Route::Served(Ok(v)) => Ok(v.try_into().unwrap_or(i64::MAX)),
+        Route::Served(Err(e)) => Err(e.raw_os_error()),
+        Route::Pass(_) => ret(raw()),
     }
 }
 
@@ -146,7 +147,7 @@ impl Side {
         match self {
             // SAFETY: closing a descriptor number (possibly invalid: EBADF).
             Side::Kernel => ret(unsafe { libc::close(fd) } as i64),
-            Side::Engine { .. } => eng(posix::close(fd).map(|r| r.map(|()| 0i64)), || {
+            Side::Engine { .. } => eng(posix::close(fd).map(|()| 0i64), || {
                 // SAFETY: as above.
                 unsafe { libc::syscall(libc::SYS_close, fd) }
             }),
@@ -329,13 +330,10 @@ impl Side {
                 } else {
                     libc::SYS_fsync
                 };
-                eng(
-                    posix::fsync(fd, data_only).map(|r| r.map(|()| 0i64)),
-                    || {
-                        // SAFETY: scalar argument.
-                        unsafe { libc::syscall(nr, fd) }
-                    },
-                )
+                eng(posix::fsync(fd, data_only).map(|()| 0i64), || {
+                    // SAFETY: scalar argument.
+                    unsafe { libc::syscall(nr, fd) }
+                })
             }
         }
     }
@@ -344,7 +342,7 @@ impl Side {
         match self {
             // SAFETY: scalar arguments.
             Side::Kernel => ret(unsafe { libc::ftruncate(fd, len) } as i64),
-            Side::Engine { .. } => eng(posix::ftruncate(fd, len).map(|r| r.map(|()| 0i64)), || {
+            Side::Engine { .. } => eng(posix::ftruncate(fd, len).map(|()| 0i64), || {
                 // SAFETY: scalar arguments.
                 unsafe { libc::syscall(libc::SYS_ftruncate, fd, len) }
             }),
@@ -356,7 +354,7 @@ impl Side {
             // SAFETY: scalar arguments.
             Side::Kernel => ret(unsafe { libc::fallocate(fd, mode, off, len) } as i64),
             Side::Engine { .. } => eng(
-                posix::fallocate(fd, mode, off, len).map(|r| r.map(|()| 0i64)),
+                posix::fallocate(fd, mode, off, len).map(|()| 0i64),
                 // SAFETY: scalar arguments.
                 || unsafe { libc::syscall(libc::SYS_fallocate, fd, mode, off, len) },
             ),
@@ -369,9 +367,13 @@ impl Side {
             // SAFETY: scalar arguments.
             Side::Kernel => unsafe { libc::posix_fallocate(fd, off, len) },
             Side::Engine { .. } => {
-                // SAFETY: scalar arguments (the C library's emulation, as libflex.so).
+                // SAFETY: scalar arguments (the C library's own, as libflex.so's passes).
                 let libc_call = || unsafe { libc::posix_fallocate(fd, off, len) };
-                posix::posix_fallocate(fd, off, len, libc_call).unwrap_or_else(libc_call)
+                // As libflex.so: the served error number, else the C library's call.
+                match posix::posix_fallocate(fd, off, len, libc_call) {
+                    Route::Served(Ok(code)) => code,
+                    _ => libc_call(),
+                }
             }
         };
         if code == 0 {
