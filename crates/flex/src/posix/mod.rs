@@ -8,7 +8,8 @@
 //!
 //! The descriptor lookup `desc` answers `Err(Pass::NotManaged)` for descriptors flex
 //! does not manage; entry points take it with `desc_or_pass!`, which returns that pass
-//! visibly (a `?` on it does not compile in a function returning a `Route`).
+//! visibly (a `?` on it does not compile in a function returning a `Route`). The reasons
+//! are also the fallbacks `FLEX_STATS` counts, one atomic counter per reason.
 //!
 //! One file per call family: `open` (open, close, close_range), `rw` (read, write and
 //! their vectored and positioned forms), `io` (the data paths under them), `check` (the

@@ -140,20 +140,20 @@ fn open_managed(
     // O_APPEND): every call flex hands to the kernel sees it, and appends are the kernel's,
     // atomic between processes. Flex maps through a private read-write description.
     let fd = sys::openat(dirfd, path, kflags, mode)?;
-    let unmanaged = |reason: &'static str| -> Res<Fd> {
-        e.stats.fallback(reason);
+    let unmanaged = |reason: Pass| -> Res<Fd> {
+        e.stats.fell_back(reason);
         e.stats.passed(Call::open);
         Ok(fd)
     };
     if fd <= 2 {
-        return unmanaged("descriptor 0-2");
+        return unmanaged(Pass::Fd012);
     }
     let st = match sys::fstat(fd) {
         Ok(st) => st,
-        Err(_) => return unmanaged("fstat failed"),
+        Err(_) => return unmanaged(Pass::FstatFailed),
     };
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-        return unmanaged("not a regular file");
+        return unmanaged(Pass::NotRegular);
     }
     let size = st.st_size as u64;
     let pathb = path.to_bytes();
@@ -186,7 +186,7 @@ fn open_managed(
     ));
     if atomic {
         if let Err(err) = crate::atomic::attach(&d.inode, fd, d.writable(), dirfd, path) {
-            e.stats.fallback("atomic: open refused (log error)");
+            e.stats.fell_back(Pass::AtomicOpenRefused);
             e.release(&d.inode);
             let _ = sys::close(fd);
             return Err(err);
@@ -209,7 +209,7 @@ fn open_managed(
 
 /// A crashed writer may have left this file over-allocated: trim it (the trailer says to
 /// what). Returns the logical size if the file was trimmed.
-fn recover_at_open(fd: Fd, size: u64, ino: u64, acc: i32) -> Result<Option<u64>, &'static str> {
+fn recover_at_open(fd: Fd, size: u64, ino: u64, acc: i32) -> Result<Option<u64>, Pass> {
     // Read-only or write-only descriptor: look and recover through a private read-write
     // one (/proc/self/fd/N is a magic link: recover_path's O_NOFOLLOW would fail with
     // ELOOP and leave the reader the junk past the logical size).
@@ -220,7 +220,7 @@ fn recover_at_open(fd: Fd, size: u64, ino: u64, acc: i32) -> Result<Option<u64>,
             Ok(rw) => (rw, true),
             // Neither readable nor writable by us: nobody can trust the size; the kernel
             // serves this file.
-            Err(_) => return Err("cannot open read-write to check for a crash-left trailer"),
+            Err(_) => return Err(Pass::NoReadWrite),
         }
     };
     let r = match trailer::read(rw, size, ino) {
@@ -236,8 +236,8 @@ fn recover_at_open(fd: Fd, size: u64, ino: u64, acc: i32) -> Result<Option<u64>,
             Ok(Some(to))
         }
         Ok(Recovery::Clean) => Ok(None),
-        Ok(Recovery::InUse { .. }) => Err("over-allocated by another live process"),
-        Err(_) => Err("recovery failed"),
+        Ok(Recovery::InUse { .. }) => Err(Pass::OverAllocatedElsewhere),
+        Err(_) => Err(Pass::RecoveryFailed),
     }
 }
 
