@@ -2,7 +2,8 @@
 //! copy the program's strings fault-safely, hand the calls to the engine (`flex::posix`)
 //! under a re-entrancy guard, turn a served error into -1 + errno, and make every call the
 //! engine passes (`Route::Pass`) itself, with raw system calls (or, for calls that are
-//! more than a system call, such as fork or fopen, with the next definition in libc).
+//! more than a system call, such as fork or fopen, with the next definition in libc). The
+//! argument policy (which errno, in which order) is the engine's.
 //!
 //! Nothing here panics into C: a panic inside the engine becomes -1/EIO.
 

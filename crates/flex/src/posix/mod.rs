@@ -4,7 +4,9 @@
 //! (a descriptor or path flex does not manage, a description handed back to the kernel,
 //! ...; the caller then makes the system call untouched), or `Route::Served(result)` with
 //! the kernel's errno semantics. The preload library turns `Err(errno)` into `-1` +
-//! `errno`.
+//! `errno`. The argument policy is here too (a negative preadv offset, posix_fallocate's
+//! range, the fcntl commands flex serves, close_range around flex's own descriptors), so
+//! the preload library and the differential tests call the same code.
 //!
 //! The descriptor lookup `desc` answers `Err(Pass::NotManaged)` for descriptors flex
 //! does not manage; entry points take it with `desc_or_pass!`, which returns that pass
@@ -49,9 +51,7 @@ mod size;
 mod stat;
 mod sync;
 
-pub use fd::{
-    dup2_before, dup_result, fcntl_getfl, fcntl_setfl, offset_to_kernel, offset_to_kernel_for_lock,
-};
+pub use fd::{dup2_before, dup_result, fcntl, offset_to_kernel, offset_to_kernel_for_lock};
 pub use handoff::kernel_handoff;
 pub use open::{close, close_range, open};
 pub use path::{chdir_happened, forget, path_identity};
@@ -59,7 +59,7 @@ pub use process::{
     after_fork_child, at_exit, before_exec, before_fork, before_underscore_exit, demote,
 };
 pub use route::{Pass, Route};
-pub use rw::{pread, preadv2, pwrite, pwritev2, read, readv, write, writev};
+pub use rw::{pread, preadv, preadv2, pwrite, pwritev, pwritev2, read, readv, write, writev};
 pub use seek::lseek;
 pub use size::{fallocate, ftruncate, posix_fallocate, truncate};
 pub use stat::{fix_stat, fstat_fix};
@@ -81,13 +81,6 @@ pub fn count_passthrough(call: Call) {
     if let Some(e) = engine_if_started() {
         e.stats.passed(call);
     }
-}
-
-/// Fail a call on a managed descriptor with `errno` (argument checks the kernel makes
-/// before anything else); a pass for descriptors flex does not manage.
-pub fn reject(fd: Fd, errno: i32) -> Route<usize> {
-    desc_or_pass!(fd);
-    Route::err(Errno::from_raw_os_error(errno))
 }
 
 /// Does the table know `fd` (managed, or handed back to the kernel)?

@@ -284,12 +284,15 @@ pub fn close(fd: Fd) -> Route<()> {
     Route::Served(sys::close(fd))
 }
 
-/// close_range: forget managed descriptors in the range first (CLOEXEC only marks them).
-/// Returns the ranges to close: the range without flex's own descriptors.
-pub fn close_range(first: u32, last: u32, flags: i32) -> Option<Vec<(u32, u32)>> {
-    let e = engine_if_started()?;
+/// close_range: forget managed descriptors in the range first (CLOEXEC only marks them),
+/// then close the range around flex's own descriptors, which stay open. A range without
+/// any of them (or an empty one, `first > last`: the kernel's EINVAL) passes whole.
+pub fn close_range(first: u32, last: u32, flags: i32) -> Route<()> {
+    let Some(e) = engine_if_started() else {
+        return Route::Pass(Pass::NotManaged);
+    };
     if flags & libc::CLOSE_RANGE_CLOEXEC as i32 != 0 {
-        return None;
+        return Route::Pass(Pass::CloexecOnly);
     }
     for (fd, _) in e.table.entries() {
         if (fd as u32) >= first && (fd as u32) <= last {
@@ -298,5 +301,16 @@ pub fn close_range(first: u32, last: u32, flags: i32) -> Option<Vec<(u32, u32)>>
             }
         }
     }
-    Some(e.ranges_without_private(first, last))
+    let pieces = e.ranges_without_private(first, last);
+    if first > last || pieces == [(first, last)] {
+        return Route::Pass(Pass::Forgotten);
+    }
+    // Each piece closed even after a failure; the last failure's errno is the answer.
+    let mut r = Ok(());
+    for (a, b) in pieces {
+        if let Err(err) = sys::close_range(a, b, flags) {
+            r = Err(err);
+        }
+    }
+    Route::Served(r)
 }

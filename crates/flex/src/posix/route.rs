@@ -85,6 +85,12 @@ reasons! {
     Coherent => "coherent: the kernel holds the offset",
     /// A coherent description appending: the kernel descriptor carries O_APPEND.
     CoherentAppend => "coherent: the kernel appends",
+    /// An fcntl command the kernel serves on a managed descriptor.
+    KernelCommand => "a command the kernel serves",
+    /// close_range with CLOSE_RANGE_CLOEXEC: it only marks descriptors.
+    CloexecOnly => "close_range CLOEXEC only marks descriptors",
+    /// close_range: the managed descriptors are forgotten, the kernel closes the range.
+    Forgotten => "forgotten by flex: the kernel closes them",
     /// The preload library: an argument flex cannot read or does not parse (the kernel,
     /// or libc, judges it as it is).
     BadArgument => "an argument flex cannot read",

@@ -239,6 +239,34 @@ pub unsafe fn writev(fd: Fd, iov: *const libc::iovec, cnt: i32) -> Route<usize> 
     unsafe { write_pos(fd, b, Call::writev, None) }
 }
 
+/// preadv: a negative offset is EINVAL (preadv2's -1, the file position, is not preadv's).
+/// # Safety
+/// Buffer pointers come from the application: each must be valid for its length, or
+/// invalid so that the access faults (answered with EFAULT, never a crash). They must not
+/// point into memory the application does not own.
+pub unsafe fn preadv(fd: Fd, iov: *const libc::iovec, cnt: i32, off: i64) -> Route<usize> {
+    if off < 0 {
+        desc_or_pass!(fd);
+        return Route::err(Errno::INVAL);
+    }
+    // SAFETY: forwarded contract.
+    unsafe { preadv2(fd, iov, cnt, off, 0) }
+}
+
+/// pwritev: a negative offset is EINVAL, as for [`preadv`].
+/// # Safety
+/// Buffer pointers come from the application: each must be valid for its length, or
+/// invalid so that the access faults (answered with EFAULT, never a crash). They must not
+/// point into memory the application does not own.
+pub unsafe fn pwritev(fd: Fd, iov: *const libc::iovec, cnt: i32, off: i64) -> Route<usize> {
+    if off < 0 {
+        desc_or_pass!(fd);
+        return Route::err(Errno::INVAL);
+    }
+    // SAFETY: forwarded contract.
+    unsafe { pwritev2(fd, iov, cnt, off, 0) }
+}
+
 /// preadv, preadv2 (flags; offset -1 means the file position).
 /// # Safety
 /// Buffer pointers come from the application: each must be valid for its length, or

@@ -1,6 +1,6 @@
 //! Shared helpers of the differential tests: the two sides (the kernel through libc, the
-//! engine through `flex::posix` dispatched exactly as `libflex.so` does), special buffers,
-//! and the test directory.
+//! engine through the same `flex::posix` entry points `libflex.so` calls, a pass made as
+//! the raw system call it makes), special buffers, and the test directory.
 #![allow(dead_code)]
 
 pub mod run;
@@ -89,7 +89,7 @@ pub fn remove_dir(d: tempfile::TempDir) {
 }
 
 /// The kernel (libc straight to the kernel: this binary is not under LD_PRELOAD) or the
-/// engine (`flex::posix`, with the preload library's dispatch and argument checks).
+/// engine (the `flex::posix` entry points libflex.so exports, argument checks included).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {
     Kernel,
@@ -258,12 +258,9 @@ impl Side {
         match self {
             Side::Kernel => ret(raw()),
             Side::Engine { .. } => {
-                // As libflex.so: preadv with a negative offset is EINVAL (preadv2's -1
-                // means the file position).
                 let r = match flags {
-                    None if off < 0 => posix::reject(fd, libc::EINVAL),
                     // SAFETY: forwarded contract.
-                    None => unsafe { posix::preadv2(fd, iov, cnt, off, 0) },
+                    None => unsafe { posix::preadv(fd, iov, cnt, off) },
                     // SAFETY: forwarded contract.
                     Some(f) => unsafe { posix::preadv2(fd, iov, cnt, off, f) },
                 };
@@ -293,9 +290,8 @@ impl Side {
             Side::Kernel => ret(raw()),
             Side::Engine { .. } => {
                 let r = match flags {
-                    None if off < 0 => posix::reject(fd, libc::EINVAL),
                     // SAFETY: forwarded contract.
-                    None => unsafe { posix::pwritev2(fd, iov, cnt, off, 0) },
+                    None => unsafe { posix::pwritev(fd, iov, cnt, off) },
                     // SAFETY: forwarded contract.
                     Some(f) => unsafe { posix::pwritev2(fd, iov, cnt, off, f) },
                 };
@@ -421,21 +417,9 @@ impl Side {
             // SAFETY: integer commands only.
             Side::Kernel => ret(unsafe { libc::fcntl(fd, cmd, arg) } as i64),
             Side::Engine { .. } => {
-                if !posix::desc_exists(fd) {
-                    return ret(raw());
-                }
-                match cmd {
-                    libc::F_GETFL => eng(posix::fcntl_getfl(fd), raw),
-                    libc::F_SETFL => eng(posix::fcntl_setfl(fd, arg), raw),
-                    libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => {
-                        let r = ret(raw());
-                        if let Ok(n) = r {
-                            posix::dup_result(fd, n as i32);
-                        }
-                        r
-                    }
-                    _ => ret(raw()),
-                }
+                // SAFETY: integer commands only (a lock's pointer would be read
+                // fault-safely).
+                eng(unsafe { posix::fcntl(fd, cmd, arg as libc::c_long) }, raw)
             }
         }
     }
