@@ -1,7 +1,7 @@
 //! Descriptor calls: open, close, the read/write family, seeking, syncing, sizing, dup.
 
 use crate::{guarded, hook, raw, real, CRet};
-use engine::posix;
+use engine::posix::{self, Route};
 use libc::{c_char, c_int, c_long, c_uint, c_void, iovec, mode_t, off_t, size_t, ssize_t};
 
 /// Does flex manage any descriptor at all? (One atomic load: the passthrough fast path.)
@@ -11,7 +11,7 @@ fn any() -> bool {
 }
 
 /// One exported descriptor call: ask the engine when anything is managed, else (or when
-/// the engine says "not mine") make the raw system call.
+/// the engine passes the call) make the raw system call.
 macro_rules! fd_call {
     ($( $(#[$m:meta])* fn $name:ident($fd:ident: c_int $(, $a:ident: $t:ty)*) -> $r:ty { engine: $eng:expr, kernel: $kern:expr } )*) => {$(
         $(#[$m])*
@@ -22,7 +22,7 @@ macro_rules! fd_call {
                 // contract of the libc function we stand in for; the engine guards every
                 // access to them (a bad pointer gives EFAULT, never a crash).
                 #[allow(unused_unsafe)]
-                if let Some(r) = guarded(|| unsafe { $eng }) {
+                if let Route::Served(r) = guarded(|| unsafe { $eng }) {
                     return r.c() as $r;
                 }
             }
@@ -65,19 +65,19 @@ fd_call! {
         kernel: raw!(libc::SYS_writev, fd, iov, cnt)
     }
     fn preadv(fd: c_int, iov: *const iovec, cnt: c_int, off: off_t) -> ssize_t {
-        engine: if off < 0 { posix::reject(fd, libc::EINVAL) } else { posix::preadv2(fd, iov, cnt, off, 0) },
+        engine: posix::preadv(fd, iov, cnt, off),
         kernel: raw!(libc::SYS_preadv, fd, iov, cnt, off, 0)
     }
     fn preadv64(fd: c_int, iov: *const iovec, cnt: c_int, off: off_t) -> ssize_t {
-        engine: if off < 0 { posix::reject(fd, libc::EINVAL) } else { posix::preadv2(fd, iov, cnt, off, 0) },
+        engine: posix::preadv(fd, iov, cnt, off),
         kernel: raw!(libc::SYS_preadv, fd, iov, cnt, off, 0)
     }
     fn pwritev(fd: c_int, iov: *const iovec, cnt: c_int, off: off_t) -> ssize_t {
-        engine: if off < 0 { posix::reject(fd, libc::EINVAL) } else { posix::pwritev2(fd, iov, cnt, off, 0) },
+        engine: posix::pwritev(fd, iov, cnt, off),
         kernel: raw!(libc::SYS_pwritev, fd, iov, cnt, off, 0)
     }
     fn pwritev64(fd: c_int, iov: *const iovec, cnt: c_int, off: off_t) -> ssize_t {
-        engine: if off < 0 { posix::reject(fd, libc::EINVAL) } else { posix::pwritev2(fd, iov, cnt, off, 0) },
+        engine: posix::pwritev(fd, iov, cnt, off),
         kernel: raw!(libc::SYS_pwritev, fd, iov, cnt, off, 0)
     }
     fn preadv2(fd: c_int, iov: *const iovec, cnt: c_int, off: off_t, flags: c_int) -> ssize_t {
@@ -189,12 +189,13 @@ pub unsafe extern "C" fn __pread64_chk(
     unsafe { __pread_chk(fd, buf, n, off, buflen) }
 }
 
-/// posix_fallocate returns an error number instead of setting errno.
+/// posix_fallocate returns an error number instead of setting errno (the engine serves it
+/// as `Ok(number)`).
 #[no_mangle]
 pub unsafe extern "C" fn posix_fallocate(fd: c_int, off: off_t, len: off_t) -> c_int {
     if any() {
         let emulate = || real_posix_fallocate(fd, off, len);
-        if let Some(Ok(r)) = guarded(|| posix::posix_fallocate(fd, off, len, emulate).map(Ok)) {
+        if let Route::Served(Ok(r)) = guarded(|| posix::posix_fallocate(fd, off, len, emulate)) {
             return r;
         }
     }
@@ -223,7 +224,7 @@ fn open_engine(dirfd: c_int, path: *const c_char, flags: c_int, mode: mode_t) ->
     let mode = if needs_mode { mode } else { 0 };
     if !path.is_null() {
         let open = |p: &std::ffi::CStr| posix::open(dirfd, p, flags, mode);
-        if let Some(r) = guarded(|| crate::with_path(path, open)) {
+        if let Route::Served(r) = guarded(|| crate::on_path(path, open)) {
             return r.c();
         }
     }
@@ -260,30 +261,16 @@ open_call! {
     fn creat64(path: *const c_char, mode: mode_t) => (libc::AT_FDCWD, path, libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC, mode);
 }
 
+/// close_range: the engine forgets the managed descriptors in the range, and closes it
+/// around flex's own descriptors if any are in it.
 #[no_mangle]
 pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
-    let mut pieces = None;
     if any() {
-        hook(|| {
-            pieces = posix::close_range(first, last, flags);
-        });
-    }
-    match pieces {
-        // flex's own descriptors stay open: close around them.
-        Some(v) if v.len() != 1 || v[0] != (first, last) => {
-            if first > last {
-                return raw!(libc::SYS_close_range, first, last, flags) as c_int;
-            }
-            let mut r = 0;
-            for (a, b) in v {
-                if (raw!(libc::SYS_close_range, a, b, flags) as c_int) < 0 {
-                    r = -1;
-                }
-            }
-            r
+        if let Route::Served(r) = guarded(|| posix::close_range(first, last, flags)) {
+            return r.c();
         }
-        _ => raw!(libc::SYS_close_range, first, last, flags) as c_int,
     }
+    raw!(libc::SYS_close_range, first, last, flags) as c_int
 }
 
 #[no_mangle]
@@ -330,36 +317,10 @@ pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
 /// fcntl: the variadic third argument is an integer or a pointer; both travel as a long.
 #[no_mangle]
 pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: c_long) -> c_int {
-    if any() && engine::posix::desc_exists(fd) {
-        match cmd {
-            libc::F_SETLK
-            | libc::F_SETLKW
-            | libc::F_GETLK
-            | libc::F_OFD_SETLK
-            | libc::F_OFD_SETLKW
-            | libc::F_OFD_GETLK => {
-                // The kernel resolves SEEK_CUR against the descriptor's own offset.
-                // SAFETY: the lock's pointer is the application's; read fault-safely.
-                hook(|| unsafe { posix::offset_to_kernel_for_lock(fd, arg as *const libc::flock) });
-            }
-            libc::F_GETFL => {
-                if let Some(r) = guarded(|| posix::fcntl_getfl(fd)) {
-                    return r.c();
-                }
-            }
-            libc::F_SETFL => {
-                if let Some(r) = guarded(|| posix::fcntl_setfl(fd, arg as c_int)) {
-                    return r.c();
-                }
-            }
-            libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => {
-                let r = raw!(libc::SYS_fcntl, fd, cmd, arg) as c_int;
-                if r >= 0 {
-                    hook(|| posix::dup_result(fd, r));
-                }
-                return r;
-            }
-            _ => {}
+    if any() {
+        // SAFETY: `arg` is the application's; a lock's pointer is read fault-safely.
+        if let Route::Served(r) = guarded(|| unsafe { posix::fcntl(fd, cmd, arg) }) {
+            return r.c();
         }
     }
     raw!(libc::SYS_fcntl, fd, cmd, arg) as c_int

@@ -1,13 +1,16 @@
 //! libflex.so: the C ABI of FLEX. Its only job is to export the intercepted libc calls,
-//! hand them to the engine (`flex::posix`) under a re-entrancy guard, and pass everything
-//! the engine does not manage to the kernel with raw system calls (or, for calls that are
-//! more than a system call, such as fork or fopen, to the next definition in libc).
+//! copy the program's strings fault-safely, hand the calls to the engine (`flex::posix`)
+//! under a re-entrancy guard, turn a served error into -1 + errno, and make every call the
+//! engine passes (`Route::Pass`) itself, with raw system calls (or, for calls that are
+//! more than a system call, such as fork or fopen, with the next definition in libc). The
+//! argument policy (which errno, in which order) is the engine's.
 //!
 //! Nothing here panics into C: a panic inside the engine becomes -1/EIO.
 
 #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
 compile_error!("libflex.so targets x86_64 Linux (variadic calls rely on the SysV register ABI)");
 
+use engine::posix::{Pass, Route};
 use engine::sys::{Errno, Res};
 use std::cell::Cell;
 use std::ffi::{c_char, CStr};
@@ -27,10 +30,10 @@ thread_local! {
     static BUSY: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Run an engine entry point: `None` (not ours, or re-entered) means "pass to the kernel".
-/// errno is preserved on success, a panic becomes EIO.
+/// Run an engine entry point. Re-entered (engine code calling libc): `Pass::Reentered`,
+/// the caller makes the call itself. errno is preserved on success, a panic becomes EIO.
 #[inline]
-pub(crate) fn guarded<T>(f: impl FnOnce() -> Option<Res<T>>) -> Option<Res<T>> {
+pub(crate) fn guarded<T>(f: impl FnOnce() -> Route<T>) -> Route<T> {
     let entered = BUSY
         .try_with(|b| {
             if b.get() {
@@ -42,12 +45,12 @@ pub(crate) fn guarded<T>(f: impl FnOnce() -> Option<Res<T>>) -> Option<Res<T>> {
         })
         .unwrap_or(false);
     if !entered {
-        return None;
+        return Route::Pass(Pass::Reentered);
     }
     let saved = errno();
-    let r = catch_unwind(AssertUnwindSafe(f)).unwrap_or(Some(Err(Errno::IO)));
+    let r = catch_unwind(AssertUnwindSafe(f)).unwrap_or(Route::Served(Err(Errno::IO)));
     let _ = BUSY.try_with(|b| b.set(false));
-    if matches!(r, Some(Ok(_))) {
+    if matches!(r, Route::Served(Ok(_))) {
         set_errno(saved);
     }
     r
@@ -58,7 +61,7 @@ pub(crate) fn guarded<T>(f: impl FnOnce() -> Option<Res<T>>) -> Option<Res<T>> {
 pub(crate) fn hook(f: impl FnOnce()) {
     let _ = guarded(|| {
         f();
-        Some(Ok(()))
+        Route::Served(Ok(()))
     });
 }
 
@@ -78,17 +81,23 @@ pub(crate) fn user_str(p: *const c_char, buf: &mut [MaybeUninit<u8>]) -> Option<
 /// `None` (without calling `f`) when it cannot be read whole: pass the original pointer to
 /// the kernel. Paths up to 512 bytes are copied to the stack, longer ones to the heap: a
 /// 4 KiB buffer in every open would weigh on small thread stacks and signal stacks.
-pub(crate) fn with_path<R>(p: *const c_char, f: impl FnOnce(&CStr) -> Option<R>) -> Option<R> {
+pub(crate) fn with_path<R>(p: *const c_char, f: impl FnOnce(&CStr) -> R) -> Option<R> {
     let mut small = [MaybeUninit::uninit(); 512];
     // SAFETY: copy_cstr accepts any address; a bad one faults inside the guarded copy.
     match unsafe { engine::fault::copy_cstr(p, &mut small) } {
-        Ok(s) => f(s),
+        Ok(s) => Some(f(s)),
         Err(e) if e == Errno::NAMETOOLONG => {
             let mut big = Box::<[u8]>::new_uninit_slice(engine::fault::PATH_MAX);
-            f(user_str(p, &mut big)?)
+            Some(f(user_str(p, &mut big)?))
         }
         Err(_) => None,
     }
+}
+
+/// An engine entry point on the program's path at `p` ([`with_path`]); a path that cannot
+/// be read whole passes (`Pass::BadArgument`): the kernel answers for the original pointer.
+pub(crate) fn on_path<T>(p: *const c_char, f: impl FnOnce(&CStr) -> Route<T>) -> Route<T> {
+    with_path(p, f).unwrap_or(Route::Pass(Pass::BadArgument))
 }
 
 #[inline]

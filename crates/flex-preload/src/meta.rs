@@ -4,7 +4,7 @@
 //! runs for faults that are not ours).
 
 use crate::{guarded, hook, raw, real};
-use engine::posix;
+use engine::posix::{self, Route};
 use engine::stats::Call;
 use libc::{c_char, c_int, c_uint, sighandler_t};
 
@@ -116,8 +116,8 @@ fn identity_call(
     if !path.is_null() && engine::engine::engine_if_started().is_some() {
         let _ = guarded(|| {
             // An unreadable path: the kernel answers EFAULT, no name goes away.
-            id = crate::with_path(path, |p| posix::path_identity(dirfd, p));
-            Some(Ok(()))
+            id = crate::with_path(path, |p| posix::path_identity(dirfd, p)).flatten();
+            Route::Served(Ok(()))
         });
     }
     let r = f();
@@ -197,7 +197,7 @@ pub unsafe extern "C" fn renameat2(
 pub unsafe extern "C" fn truncate(p: *const c_char, len: libc::off_t) -> c_int {
     if !p.is_null() && engine::engine::engine_if_started().is_some() {
         // An unreadable path goes to the kernel as given (EFAULT, ENAMETOOLONG).
-        if let Some(r) = guarded(|| crate::with_path(p, |p| posix::truncate(p, len))) {
+        if let Route::Served(r) = guarded(|| crate::on_path(p, |p| posix::truncate(p, len))) {
             return crate::CRet::c(r);
         }
     }

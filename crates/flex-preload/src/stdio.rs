@@ -3,6 +3,7 @@
 //! working through our own FILE -> fd table. Streams on other files are libc's.
 
 use crate::{guarded, real};
+use engine::posix::{Pass, Route};
 use libc::{c_char, c_int, c_void, size_t, ssize_t, FILE};
 use std::collections::HashMap;
 use std::ffi::CStr;
@@ -137,14 +138,19 @@ fn open_stream(path: *const c_char, mode: *const c_char, real_fopen: Option<Fope
     let mut m: &[u8] = &[];
     let mut append_only = false;
     let r = guarded(|| {
-        let mb = crate::user_str(mode, &mut mbuf)?.to_bytes();
-        let (flags, ao) = mode_flags(mb)?;
+        // An unreadable mode, or one flex does not parse: libc's to judge.
+        let Some((mb, (flags, ao))) = crate::user_str(mode, &mut mbuf)
+            .map(|s| s.to_bytes())
+            .and_then(|mb| Some((mb, mode_flags(mb)?)))
+        else {
+            return Route::Pass(Pass::BadArgument);
+        };
         (m, append_only) = (mb, ao);
-        crate::with_path(path, |p| {
+        crate::on_path(path, |p| {
             engine::posix::open(libc::AT_FDCWD, p, flags, 0o666)
         })
     });
-    let Some(r) = r else {
+    let Route::Served(r) = r else {
         return fallback();
     };
     let fd = match r {

@@ -1,6 +1,7 @@
 //! Counters for `FLEX_STATS` and `flexio run --stats`: calls served by flex and passed to
 //! the kernel per call name, bytes, maps and unmaps, fallbacks with their reasons.
 
+use crate::posix::Pass;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -73,7 +74,10 @@ pub struct Stats {
     pub atomic_redo: AtomicU64,
     pub atomic_undo: AtomicU64,
     pub atomic_switches: AtomicU64,
-    fallbacks: Mutex<BTreeMap<&'static str, u64>>,
+    /// Fallbacks by reason: one counter per [`Pass`].
+    fallbacks: [AtomicU64; Pass::COUNT],
+    /// Fallbacks named by a text that is no [`Pass`]'s (none today): counted by text.
+    other_fallbacks: Mutex<BTreeMap<&'static str, u64>>,
     files: Mutex<BTreeMap<Vec<u8>, FileStat>>,
 }
 
@@ -102,7 +106,8 @@ impl Default for Stats {
             atomic_redo: Z,
             atomic_undo: Z,
             atomic_switches: Z,
-            fallbacks: Mutex::new(BTreeMap::new()),
+            fallbacks: [Z; Pass::COUNT],
+            other_fallbacks: Mutex::new(BTreeMap::new()),
             files: Mutex::new(BTreeMap::new()),
         }
     }
@@ -179,15 +184,47 @@ impl Stats {
         ] {
             c.store(0, Relaxed);
         }
-        if let Ok(mut m) = self.fallbacks.lock() {
+        for c in &self.fallbacks {
+            c.store(0, Relaxed);
+        }
+        if let Ok(mut m) = self.other_fallbacks.lock() {
             m.clear();
         }
     }
 
+    /// Count a fallback (lock-free: one counter per reason).
+    #[inline]
+    pub fn fell_back(&self, reason: Pass) {
+        self.fallbacks[reason as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Count a fallback named by its text (callers outside `posix`): in its reason's
+    /// counter when the text is a [`Pass::why`], else under the text itself.
     pub fn fallback(&self, reason: &'static str) {
-        if let Ok(mut m) = self.fallbacks.lock() {
-            *m.entry(reason).or_insert(0) += 1;
+        match Pass::from_why(reason) {
+            Some(p) => self.fell_back(p),
+            None => {
+                if let Ok(mut m) = self.other_fallbacks.lock() {
+                    *m.entry(reason).or_insert(0) += 1;
+                }
+            }
         }
+    }
+
+    /// Every fallback counted, by its text.
+    fn fallback_counts(&self) -> BTreeMap<&'static str, u64> {
+        let mut m = self
+            .other_fallbacks
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default();
+        for p in Pass::ALL {
+            let v = self.fallbacks[*p as usize].load(Relaxed);
+            if v > 0 {
+                *m.entry(p.why()).or_insert(0) += v;
+            }
+        }
+        m
     }
     pub fn file(&self, path: &[u8], f: FileStat) {
         if let Ok(mut m) = self.files.lock() {
@@ -230,7 +267,7 @@ impl Stats {
                 };
                 (a.redo_commits + a.undo_commits > 0).then_some(a)
             },
-            fallbacks: self.fallbacks.lock().map(|m| m.clone()).unwrap_or_default(),
+            fallbacks: self.fallback_counts(),
             files: self
                 .files
                 .lock()
@@ -246,5 +283,26 @@ impl Stats {
             },
         };
         serde_json::to_string(&r).unwrap_or_else(|_| "{}".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fallbacks_count_by_reason_and_print_its_text() {
+        let s = Stats::default();
+        s.fell_back(Pass::MmapFailed);
+        s.fallback("mmap failed");
+        s.fallback("atomic: early commit (log full)");
+        s.fallback("a reason no Pass names");
+        let m = s.fallback_counts();
+        assert_eq!(m.get("mmap failed"), Some(&2));
+        assert_eq!(m.get("atomic: early commit (log full)"), Some(&1));
+        assert_eq!(m.get("a reason no Pass names"), Some(&1));
+        assert_eq!(m.len(), 3);
+        s.reset();
+        assert!(s.fallback_counts().is_empty());
     }
 }

@@ -11,6 +11,7 @@
 //! present in part where the size allows (never garbage, never a size no write gave).
 
 use flex::persist::sim_map::{self, CrashPoint};
+use flex::posix::Route;
 use std::ffi::CString;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -70,7 +71,7 @@ fn child(dir: &Path) {
     let p = CString::new(path.to_str().unwrap()).unwrap();
     let flags = libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC | flex::O_FLEX;
     let fd = flex::posix::open(libc::AT_FDCWD, &p, flags, 0o644)
-        .expect("the engine manages O_FLEX files")
+        .served()
         .expect("open");
     let mut size = 0u64;
     for (k, op) in ops(SEED, OPS).iter().enumerate() {
@@ -78,7 +79,7 @@ fn child(dir: &Path) {
         let buf: Vec<u8> = (0..op.len as u64).map(|i| val(k, at + i)).collect();
         // SAFETY: our own buffer of `op.len` bytes.
         let n = unsafe { flex::posix::pwrite(fd, buf.as_ptr(), buf.len(), at as i64) }
-            .expect("managed")
+            .served()
             .expect("pwrite");
         assert_eq!(n, op.len);
         size = size.max(at + n as u64);
@@ -89,7 +90,7 @@ fn child(dir: &Path) {
         "the simulated mapping is cache-line"
     );
     sim_map::finish();
-    flex::posix::close(fd).expect("managed").expect("close");
+    flex::posix::close(fd).served().expect("close");
 }
 
 /// The test binary runs itself as the child (a process of its own: the engine, its
@@ -99,6 +100,20 @@ fn child(dir: &Path) {
 fn crash_child() {
     if let Some(dir) = std::env::var_os("FLEX_SIM_CHILD") {
         child(Path::new(&dir));
+    }
+}
+
+/// The engine must serve every call of the workload (an O_FLEX file).
+trait Served<T> {
+    fn served(self) -> flex::sys::Res<T>;
+}
+
+impl<T> Served<T> for Route<T> {
+    fn served(self) -> flex::sys::Res<T> {
+        match self {
+            Route::Served(r) => r,
+            Route::Pass(p) => panic!("passed to the kernel: {}", p.why()),
+        }
     }
 }
 

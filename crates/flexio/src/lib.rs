@@ -127,7 +127,7 @@ impl OpenOptions {
             .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
         let extra = if self.atomic { flex::O_FLEX_ATOMIC } else { 0 };
         let r = posix::open(libc::AT_FDCWD, &p, flags | flex::O_FLEX | extra, self.mode)
-            .unwrap_or_else(|| flex::sys::openat(libc::AT_FDCWD, &p, flags, self.mode));
+            .or_kernel(|| flex::sys::openat(libc::AT_FDCWD, &p, flags, self.mode));
         r.map(|fd| File { fd }).map_err(err)
     }
 }
@@ -140,9 +140,9 @@ pub struct File {
     fd: RawFd,
 }
 
-/// Call the engine; descriptors it does not manage go to the kernel.
-fn call<T>(r: Option<Res<T>>, kernel: impl FnOnce() -> Res<T>) -> io::Result<T> {
-    r.unwrap_or_else(kernel).map_err(err)
+/// Call the engine; calls it passes (descriptors it does not manage) go to the kernel.
+fn call<T>(r: posix::Route<T>, kernel: impl FnOnce() -> Res<T>) -> io::Result<T> {
+    r.or_kernel(kernel).map_err(err)
 }
 
 impl File {
@@ -207,7 +207,7 @@ impl AsRawFd for File {
 impl Drop for File {
     fn drop(&mut self) {
         // Closing the last description makes the kernel's size exact.
-        if posix::close(self.fd).is_none() {
+        if posix::close(self.fd).is_pass() {
             let _ = flex::sys::close(self.fd);
         }
     }

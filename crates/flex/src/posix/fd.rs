@@ -1,8 +1,8 @@
-//! Descriptor calls: dup, dup2/dup3, fcntl F_GETFL/F_SETFL, and the file offset the
-//! kernel resolves record locks against.
+//! Descriptor calls: dup, dup2/dup3, fcntl (F_GETFL/F_SETFL, F_DUPFD), and the file offset
+//! the kernel resolves record locks against.
 
 use super::open::drop_fd;
-use super::{desc, Fd};
+use super::{desc, Fd, Pass, Route};
 use crate::config::LogLevel;
 use crate::desc::Desc;
 use crate::engine::{engine, engine_if_started};
@@ -85,7 +85,7 @@ pub unsafe fn offset_to_kernel_for_lock(fd: Fd, lock: *const libc::flock) {
 }
 
 pub fn offset_to_kernel(fd: Fd) {
-    let Some(d) = desc(fd) else { return };
+    let Ok(d) = desc(fd) else { return };
     if d.is_demoted() || d.is_coherent() {
         return;
     }
@@ -93,20 +93,49 @@ pub fn offset_to_kernel(fd: Fd) {
     let _ = sys::lseek(fd, pos as i64, libc::SEEK_SET);
 }
 
+/// fcntl on a descriptor the table knows (a demoted one too). Record and OFD locks get
+/// flex's offset in the kernel first, then pass; F_GETFL, F_SETFL and F_DUPFD(_CLOEXEC)
+/// are served (the last two with the kernel's call made here); other commands pass.
+///
+/// # Safety
+/// `arg` is the application's: for the lock commands a pointer to its `struct flock`,
+/// valid or faulting (it is only read fault-safely).
+pub unsafe fn fcntl(fd: Fd, cmd: i32, arg: libc::c_long) -> Route<i32> {
+    let d = desc_or_pass!(fd);
+    match cmd {
+        libc::F_SETLK
+        | libc::F_SETLKW
+        | libc::F_GETLK
+        | libc::F_OFD_SETLK
+        | libc::F_OFD_SETLKW
+        | libc::F_OFD_GETLK => {
+            // SAFETY: forwarded contract (the lock's pointer is read fault-safely).
+            unsafe { offset_to_kernel_for_lock(fd, arg as *const libc::flock) };
+            Route::Pass(Pass::KernelCommand)
+        }
+        libc::F_GETFL => Route::Served(fcntl_getfl(fd, &d)),
+        libc::F_SETFL => Route::Served(fcntl_setfl(fd, &d, arg as i32)),
+        libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => {
+            let r = sys::fcntl_int(fd, cmd, arg);
+            if let Ok(new) = r {
+                dup_result(fd, new);
+            }
+            Route::Served(r)
+        }
+        _ => Route::Pass(Pass::KernelCommand),
+    }
+}
+
 /// fcntl F_GETFL: the kernel's flags, but O_ASYNC only if the program set it (a write
 /// lease flex takes sets it on the description).
-pub fn fcntl_getfl(fd: Fd) -> Option<Res<i32>> {
-    let d = desc(fd)?;
-    Some(
-        sys::fcntl_int(fd, libc::F_GETFL, 0)
-            .map(|k| (k & !libc::O_ASYNC) | (d.flags.load(Relaxed) & libc::O_ASYNC)),
-    )
+fn fcntl_getfl(fd: Fd, d: &Desc) -> Res<i32> {
+    sys::fcntl_int(fd, libc::F_GETFL, 0)
+        .map(|k| (k & !libc::O_ASYNC) | (d.flags.load(Relaxed) & libc::O_ASYNC))
 }
 
 /// fcntl F_SETFL: the kernel descriptor takes the flags as they are (O_APPEND included),
 /// flex keeps its copy of the status flags in step.
-pub fn fcntl_setfl(fd: Fd, arg: i32) -> Option<Res<i32>> {
-    let d = desc(fd)?;
+fn fcntl_setfl(fd: Fd, d: &Desc, arg: i32) -> Res<i32> {
     if let Some(a) = d.inode.atomic.get() {
         if arg & libc::O_APPEND != 0 {
             a.own_description(&d.inode);
@@ -124,5 +153,5 @@ pub fn fcntl_setfl(fd: Fd, arg: i32) -> Option<Res<i32>> {
         Ok(0)
     });
     engine().stats.served(Call::fcntl);
-    Some(r)
+    r
 }

@@ -10,8 +10,9 @@ use crate::sys;
 /// The application maps a managed file, or hands it to the kernel (sendfile,
 /// copy_file_range, splice): the kernel must see the exact size and, for calls that use the
 /// file offset, our offset. Returns a closure to run after the call.
+/// `None`: nothing to hand over (a descriptor flex does not manage, or one handed back).
 pub fn kernel_handoff(fd: Fd, uses_offset: bool, call: Call) -> Option<impl FnOnce()> {
-    let d = desc(fd)?;
+    let d = desc(fd).ok()?;
     if d.is_demoted() {
         return None;
     }

@@ -4,7 +4,7 @@
 
 use super::check::verify_area;
 use super::size::refresh_from_kernel;
-use super::Fd;
+use super::{Fd, Pass};
 use crate::config::LogLevel;
 use crate::desc::Desc;
 use crate::engine::{engine, Engine};
@@ -38,8 +38,7 @@ pub(super) unsafe fn kernel_rw2(
     let e = engine();
     e.stats
         .passed(if write { Call::pwritev } else { Call::preadv });
-    e.stats
-        .fallback("preadv2/pwritev2 flag served by the kernel");
+    e.stats.fell_back(Pass::Rwf2Flag);
     crate::atomic::commit_for_kernel(&d.inode);
     d.inode.trim(fd)?;
     let mut pos = d.pos_at(fd);
@@ -81,7 +80,7 @@ fn mapped(e: &Engine, d: &Desc, fd: Fd, write: bool) -> bool {
                 "mmap failed ({err}): kernel path for {}",
                 String::from_utf8_lossy(&i.path)
             );
-            e.stats.fallback("mmap failed");
+            e.stats.fell_back(Pass::MmapFailed);
             i.set_nomap();
             false
         }

@@ -2,7 +2,7 @@
 //! (atomic O_TRUNC, crash-left trailer recovery), and forgetting a descriptor.
 
 use super::size::ftruncate;
-use super::{desc, Fd};
+use super::{desc, Fd, Pass, Route};
 use crate::config::LogLevel;
 use crate::config::{normalize, O_FLEX, O_FLEX_ATOMIC};
 use crate::desc::Desc;
@@ -42,16 +42,16 @@ fn wants(e: &Engine, dirfd: Fd, path: &CStr, flags: i32) -> bool {
 }
 
 /// open, open64, openat, creat. `flags` may carry O_FLEX.
-pub fn open(dirfd: Fd, path: &CStr, flags: i32, mode: u32) -> Option<Res<Fd>> {
+pub fn open(dirfd: Fd, path: &CStr, flags: i32, mode: u32) -> Route<Fd> {
     let e = engine();
     if !wants(e, dirfd, path, flags) {
-        return None;
+        return Route::Pass(Pass::NotManaged);
     }
     let atomic = flags & O_FLEX_ATOMIC != 0 || e.config.atomic;
     let explicit = flags & (O_FLEX | O_FLEX_ATOMIC) != 0;
     let kflags = flags & !O_FLEX & !O_FLEX_ATOMIC;
     if e.config.disabled || kflags & (libc::O_PATH | libc::O_DIRECTORY) != 0 {
-        return Some(sys::openat(dirfd, path, kflags, mode));
+        return Route::Served(sys::openat(dirfd, path, kflags, mode));
     }
     if atomic && kflags & libc::O_TRUNC != 0 {
         // O_TRUNC becomes a logged truncation: a crash before the next commit keeps the
@@ -62,13 +62,13 @@ pub fn open(dirfd: Fd, path: &CStr, flags: i32, mode: u32) -> Option<Res<Fd>> {
         if !ro || atomic_here(e, dirfd, path) {
             if ro {
                 if let Err(err) = sys::check_writable(dirfd, path) {
-                    return Some(Err(err));
+                    return Route::err(err);
                 }
             }
-            return Some(open_truncated(e, dirfd, path, kflags, mode, explicit, ro));
+            return Route::Served(open_truncated(e, dirfd, path, kflags, mode, explicit, ro));
         }
     }
-    Some(open_managed(e, dirfd, path, kflags, mode, explicit, atomic))
+    Route::Served(open_managed(e, dirfd, path, kflags, mode, explicit, atomic))
 }
 
 /// Is the file at `path` in atomic mode in this process?
@@ -102,15 +102,15 @@ fn open_truncated(
         // Through the new descriptor: the transaction's truncation. An unmanaged one
         // (descriptor 0-2, not a regular file) gets the kernel's, for regular files only
         // (the kernel ignores O_TRUNC on the others).
-        ftruncate(fd, 0).unwrap_or_else(|| match sys::fstat(fd) {
+        ftruncate(fd, 0).or_kernel(|| match sys::fstat(fd) {
             Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => sys::ftruncate(fd, 0),
             _ => Ok(()),
         })
     } else {
         // Read-only: through the file's atomic state (the caller saw it has one).
         let inode = match desc(fd) {
-            Some(d) => Some(d.inode.clone()),
-            None => sys::fstat(fd)
+            Ok(d) => Some(d.inode.clone()),
+            Err(_) => sys::fstat(fd)
                 .ok()
                 .and_then(|st| e.lookup(st.st_dev, st.st_ino)),
         };
@@ -140,20 +140,20 @@ fn open_managed(
     // O_APPEND): every call flex hands to the kernel sees it, and appends are the kernel's,
     // atomic between processes. Flex maps through a private read-write description.
     let fd = sys::openat(dirfd, path, kflags, mode)?;
-    let unmanaged = |reason: &'static str| -> Res<Fd> {
-        e.stats.fallback(reason);
+    let unmanaged = |reason: Pass| -> Res<Fd> {
+        e.stats.fell_back(reason);
         e.stats.passed(Call::open);
         Ok(fd)
     };
     if fd <= 2 {
-        return unmanaged("descriptor 0-2");
+        return unmanaged(Pass::Fd012);
     }
     let st = match sys::fstat(fd) {
         Ok(st) => st,
-        Err(_) => return unmanaged("fstat failed"),
+        Err(_) => return unmanaged(Pass::FstatFailed),
     };
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-        return unmanaged("not a regular file");
+        return unmanaged(Pass::NotRegular);
     }
     let size = st.st_size as u64;
     let pathb = path.to_bytes();
@@ -186,7 +186,7 @@ fn open_managed(
     ));
     if atomic {
         if let Err(err) = crate::atomic::attach(&d.inode, fd, d.writable(), dirfd, path) {
-            e.stats.fallback("atomic: open refused (log error)");
+            e.stats.fell_back(Pass::AtomicOpenRefused);
             e.release(&d.inode);
             let _ = sys::close(fd);
             return Err(err);
@@ -209,7 +209,7 @@ fn open_managed(
 
 /// A crashed writer may have left this file over-allocated: trim it (the trailer says to
 /// what). Returns the logical size if the file was trimmed.
-fn recover_at_open(fd: Fd, size: u64, ino: u64, acc: i32) -> Result<Option<u64>, &'static str> {
+fn recover_at_open(fd: Fd, size: u64, ino: u64, acc: i32) -> Result<Option<u64>, Pass> {
     // Read-only or write-only descriptor: look and recover through a private read-write
     // one (/proc/self/fd/N is a magic link: recover_path's O_NOFOLLOW would fail with
     // ELOOP and leave the reader the junk past the logical size).
@@ -220,7 +220,7 @@ fn recover_at_open(fd: Fd, size: u64, ino: u64, acc: i32) -> Result<Option<u64>,
             Ok(rw) => (rw, true),
             // Neither readable nor writable by us: nobody can trust the size; the kernel
             // serves this file.
-            Err(_) => return Err("cannot open read-write to check for a crash-left trailer"),
+            Err(_) => return Err(Pass::NoReadWrite),
         }
     };
     let r = match trailer::read(rw, size, ino) {
@@ -236,8 +236,8 @@ fn recover_at_open(fd: Fd, size: u64, ino: u64, acc: i32) -> Result<Option<u64>,
             Ok(Some(to))
         }
         Ok(Recovery::Clean) => Ok(None),
-        Ok(Recovery::InUse { .. }) => Err("over-allocated by another live process"),
-        Err(_) => Err("recovery failed"),
+        Ok(Recovery::InUse { .. }) => Err(Pass::OverAllocatedElsewhere),
+        Err(_) => Err(Pass::RecoveryFailed),
     }
 }
 
@@ -268,24 +268,31 @@ pub(super) fn drop_fd(e: &Engine, fd: Fd, d: Arc<Desc>) {
     }
 }
 
-pub fn close(fd: Fd) -> Option<Res<()>> {
-    let e = engine_if_started()?;
+pub fn close(fd: Fd) -> Route<()> {
+    let Some(e) = engine_if_started() else {
+        return Route::Pass(Pass::NotManaged);
+    };
     if e.is_private(fd) {
         // flex's own: to the application it is not open.
-        return Some(Err(Errno::BADF));
+        return Route::err(Errno::BADF);
     }
-    let d = e.table.take(fd)?;
+    let Some(d) = e.table.take(fd) else {
+        return Route::Pass(Pass::NotManaged);
+    };
     drop_fd(e, fd, d);
     e.stats.served(Call::close);
-    Some(sys::close(fd))
+    Route::Served(sys::close(fd))
 }
 
-/// close_range: forget managed descriptors in the range first (CLOEXEC only marks them).
-/// Returns the ranges to close: the range without flex's own descriptors.
-pub fn close_range(first: u32, last: u32, flags: i32) -> Option<Vec<(u32, u32)>> {
-    let e = engine_if_started()?;
+/// close_range: forget managed descriptors in the range first (CLOEXEC only marks them),
+/// then close the range around flex's own descriptors, which stay open. A range without
+/// any of them (or an empty one, `first > last`: the kernel's EINVAL) passes whole.
+pub fn close_range(first: u32, last: u32, flags: i32) -> Route<()> {
+    let Some(e) = engine_if_started() else {
+        return Route::Pass(Pass::NotManaged);
+    };
     if flags & libc::CLOSE_RANGE_CLOEXEC as i32 != 0 {
-        return None;
+        return Route::Pass(Pass::CloexecOnly);
     }
     for (fd, _) in e.table.entries() {
         if (fd as u32) >= first && (fd as u32) <= last {
@@ -294,5 +301,16 @@ pub fn close_range(first: u32, last: u32, flags: i32) -> Option<Vec<(u32, u32)>>
             }
         }
     }
-    Some(e.ranges_without_private(first, last))
+    let pieces = e.ranges_without_private(first, last);
+    if first > last || pieces == [(first, last)] {
+        return Route::Pass(Pass::Forgotten);
+    }
+    // Each piece closed even after a failure; the last failure's errno is the answer.
+    let mut r = Ok(());
+    for (a, b) in pieces {
+        if let Err(err) = sys::close_range(a, b, flags) {
+            r = Err(err);
+        }
+    }
+    Route::Served(r)
 }

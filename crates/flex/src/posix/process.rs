@@ -1,7 +1,7 @@
 //! Process hand-over: demote to the kernel before fork, exec and spawn; the forked
 //! child's reset; exit and `_exit`; writing the statistics.
 
-use super::Fd;
+use super::{Fd, Pass};
 use crate::config::LogLevel;
 use crate::desc::Desc;
 use crate::engine::{engine, engine_if_started, Engine};
@@ -17,9 +17,7 @@ pub fn demote(fd: Fd, d: &Desc) {
     }
     if d.inode.atomic.get().is_some() {
         // Another image will use the file through the kernel: commit, leave atomic mode.
-        engine()
-            .stats
-            .fallback("atomic: fork/exec hands the file to the kernel");
+        engine().stats.fell_back(Pass::AtomicForkExec);
         let _ = crate::atomic::detach(&d.inode);
     }
     if d.is_coherent() {

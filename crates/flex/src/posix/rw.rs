@@ -7,7 +7,7 @@ use super::check::{
 };
 use super::io::{do_read, do_write, kernel_rw2, SERVED_RWF};
 use super::sync::sync_desc;
-use super::{desc, Fd};
+use super::{Fd, Pass, Route};
 use crate::engine::engine;
 use crate::inode::{AppendAt, MAX_RW};
 use crate::stats::Call;
@@ -16,44 +16,44 @@ use crate::sys::{self, Errno, Res};
 /// read, readv, preadv(-1): at the description's offset, under its position lock.
 /// # Safety
 /// As the public entry points.
-unsafe fn read_pos(fd: Fd, bufs: Res<Vec<(*mut u8, usize)>>, call: Call) -> Option<Res<usize>> {
-    let d = desc(fd)?;
+unsafe fn read_pos(fd: Fd, bufs: Res<Vec<(*mut u8, usize)>>, call: Call) -> Route<usize> {
+    let d = desc_or_pass!(fd);
     if let Err(e) = check_read(&d) {
         if let Err(ie) = &bufs {
             if call != Call::read && iov_before_access(false) {
-                return Some(Err(*ie));
+                return Route::err(*ie);
             }
         }
-        return Some(Err(e));
+        return Route::err(e);
     }
     if d.is_demoted() {
-        return None;
+        return Route::Pass(Pass::Demoted);
     }
     let e = engine();
     let bufs = match bufs {
         Ok(b) => b,
-        Err(err) => return Some(Err(err)),
+        Err(err) => return Route::err(err),
     };
     let mut pos = d.pos_at(fd);
     if d.is_coherent() {
         // The kernel's offset is the truth (stdio may have moved it).
         let k = match sys::lseek(fd, 0, libc::SEEK_CUR) {
             Ok(k) => k,
-            Err(err) => return Some(Err(err)),
+            Err(err) => return Route::err(err),
         };
         // SAFETY: forwarded contract.
         let r = unsafe { do_read(e, &d, fd, &bufs, k, call) };
         if let Ok(n) = r {
             let _ = sys::lseek(fd, (k + n as u64) as i64, libc::SEEK_SET);
         }
-        return Some(r);
+        return Route::Served(r);
     }
     // SAFETY: forwarded contract.
     let r = unsafe { do_read(e, &d, fd, &bufs, *pos, call) };
     if let Ok(n) = r {
         *pos += n as u64;
     }
-    Some(r)
+    Route::Served(r)
 }
 
 /// # Safety
@@ -63,23 +63,23 @@ unsafe fn write_pos(
     bufs: Res<Vec<(*const u8, usize)>>,
     call: Call,
     append: Option<bool>,
-) -> Option<Res<usize>> {
-    let d = desc(fd)?;
+) -> Route<usize> {
+    let d = desc_or_pass!(fd);
     if let Err(e) = check_write(&d) {
         if let Err(ie) = &bufs {
             if call != Call::write && iov_before_access(true) {
-                return Some(Err(*ie));
+                return Route::err(*ie);
             }
         }
-        return Some(Err(e));
+        return Route::err(e);
     }
     if d.is_demoted() {
-        return None;
+        return Route::Pass(Pass::Demoted);
     }
     let e = engine();
     let bufs = match bufs {
         Ok(b) => b,
-        Err(err) => return Some(Err(err)),
+        Err(err) => return Route::err(err),
     };
     let mut pos = d.pos();
     let appending = append.unwrap_or(d.append());
@@ -89,23 +89,23 @@ unsafe fn write_pos(
     if d.is_coherent() {
         if append.unwrap_or(d.append()) {
             // The kernel descriptor carries O_APPEND again: let the kernel append.
-            return None;
+            return Route::Pass(Pass::CoherentAppend);
         }
         let k = match sys::lseek(fd, 0, libc::SEEK_CUR) {
             Ok(k) => k,
-            Err(err) => return Some(Err(err)),
+            Err(err) => return Route::err(err),
         };
         // SAFETY: forwarded contract.
         let r = unsafe { do_write(e, &d, fd, &bufs, k, None, call) };
         if let Ok((_, end)) = r {
             let _ = sys::lseek(fd, end as i64, libc::SEEK_SET);
         }
-        return Some(r.map(|(n, _)| n));
+        return Route::Served(r.map(|(n, _)| n));
     }
     // The kernel checks the file position before it appends (itself, where it holds it).
     if !(appending && d.pos_is_in_kernel()) {
         if let Err(err) = verify_area(*pos as i64, iov_total(&bufs)) {
-            return Some(Err(err));
+            return Route::err(err);
         }
     }
     // SAFETY: forwarded contract.
@@ -115,7 +115,7 @@ unsafe fn write_pos(
         AppendAt::Position(*pos)
     });
     let r = unsafe { do_write(e, &d, fd, &bufs, *pos, how, call) };
-    Some(r.map(|(n, end)| {
+    Route::Served(r.map(|(n, end)| {
         if end == u64::MAX {
             // The kernel appended at the file position and moved it to the end.
             d.set_pos_in_kernel(true);
@@ -133,7 +133,7 @@ unsafe fn write_pos(
 /// Buffer pointers come from the application: each must be valid for its length, or
 /// invalid so that the access faults (answered with EFAULT, never a crash). They must not
 /// point into memory the application does not own.
-pub unsafe fn read(fd: Fd, buf: *mut u8, len: usize) -> Option<Res<usize>> {
+pub unsafe fn read(fd: Fd, buf: *mut u8, len: usize) -> Route<usize> {
     // SAFETY: forwarded contract.
     unsafe { read_pos(fd, user_buf(buf, len, buf), Call::read) }
 }
@@ -142,7 +142,7 @@ pub unsafe fn read(fd: Fd, buf: *mut u8, len: usize) -> Option<Res<usize>> {
 /// Buffer pointers come from the application: each must be valid for its length, or
 /// invalid so that the access faults (answered with EFAULT, never a crash). They must not
 /// point into memory the application does not own.
-pub unsafe fn write(fd: Fd, buf: *const u8, len: usize) -> Option<Res<usize>> {
+pub unsafe fn write(fd: Fd, buf: *const u8, len: usize) -> Route<usize> {
     // SAFETY: forwarded contract.
     unsafe { write_pos(fd, user_buf(buf, len, buf), Call::write, None) }
 }
@@ -151,22 +151,22 @@ pub unsafe fn write(fd: Fd, buf: *const u8, len: usize) -> Option<Res<usize>> {
 /// Buffer pointers come from the application: each must be valid for its length, or
 /// invalid so that the access faults (answered with EFAULT, never a crash). They must not
 /// point into memory the application does not own.
-pub unsafe fn pread(fd: Fd, buf: *mut u8, len: usize, off: i64) -> Option<Res<usize>> {
-    let d = desc(fd)?;
+pub unsafe fn pread(fd: Fd, buf: *mut u8, len: usize, off: i64) -> Route<usize> {
+    let d = desc_or_pass!(fd);
     if off < 0 {
-        return Some(Err(Errno::INVAL));
+        return Route::err(Errno::INVAL);
     }
     if let Err(e) = check_read(&d) {
-        return Some(Err(e));
+        return Route::err(e);
     }
     if d.is_demoted() {
-        return None;
+        return Route::Pass(Pass::Demoted);
     }
     if !access_ok(buf, len) {
-        return Some(Err(Errno::FAULT));
+        return Route::err(Errno::FAULT);
     }
     // SAFETY: forwarded contract.
-    Some(unsafe {
+    Route::Served(unsafe {
         do_read(
             engine(),
             &d,
@@ -182,27 +182,27 @@ pub unsafe fn pread(fd: Fd, buf: *mut u8, len: usize, off: i64) -> Option<Res<us
 /// Buffer pointers come from the application: each must be valid for its length, or
 /// invalid so that the access faults (answered with EFAULT, never a crash). They must not
 /// point into memory the application does not own.
-pub unsafe fn pwrite(fd: Fd, buf: *const u8, len: usize, off: i64) -> Option<Res<usize>> {
-    let d = desc(fd)?;
+pub unsafe fn pwrite(fd: Fd, buf: *const u8, len: usize, off: i64) -> Route<usize> {
+    let d = desc_or_pass!(fd);
     if off < 0 {
-        return Some(Err(Errno::INVAL));
+        return Route::err(Errno::INVAL);
     }
     if let Err(e) = check_write(&d) {
-        return Some(Err(e));
+        return Route::err(e);
     }
     if d.is_demoted() {
-        return None;
+        return Route::Pass(Pass::Demoted);
     }
     if !access_ok(buf, len) {
-        return Some(Err(Errno::FAULT));
+        return Route::err(Errno::FAULT);
     }
     // The offset is checked even when O_APPEND ignores it.
     if let Err(e) = verify_area(off, len) {
-        return Some(Err(e));
+        return Route::err(e);
     }
     // Linux: pwrite on an O_APPEND descriptor appends, whatever the offset.
     // SAFETY: forwarded contract.
-    Some(
+    Route::Served(
         unsafe {
             do_write(
                 engine(),
@@ -222,8 +222,8 @@ pub unsafe fn pwrite(fd: Fd, buf: *const u8, len: usize, off: i64) -> Option<Res
 /// Buffer pointers come from the application: each must be valid for its length, or
 /// invalid so that the access faults (answered with EFAULT, never a crash). They must not
 /// point into memory the application does not own.
-pub unsafe fn readv(fd: Fd, iov: *const libc::iovec, cnt: i32) -> Option<Res<usize>> {
-    desc(fd)?;
+pub unsafe fn readv(fd: Fd, iov: *const libc::iovec, cnt: i32) -> Route<usize> {
+    desc_or_pass!(fd);
     // SAFETY: forwarded contract.
     unsafe { read_pos(fd, iovecs(iov, cnt), Call::readv) }
 }
@@ -232,11 +232,39 @@ pub unsafe fn readv(fd: Fd, iov: *const libc::iovec, cnt: i32) -> Option<Res<usi
 /// Buffer pointers come from the application: each must be valid for its length, or
 /// invalid so that the access faults (answered with EFAULT, never a crash). They must not
 /// point into memory the application does not own.
-pub unsafe fn writev(fd: Fd, iov: *const libc::iovec, cnt: i32) -> Option<Res<usize>> {
-    desc(fd)?;
+pub unsafe fn writev(fd: Fd, iov: *const libc::iovec, cnt: i32) -> Route<usize> {
+    desc_or_pass!(fd);
     let b = iovecs(iov, cnt).map(|v| v.into_iter().map(|(p, l)| (p as *const u8, l)).collect());
     // SAFETY: forwarded contract.
     unsafe { write_pos(fd, b, Call::writev, None) }
+}
+
+/// preadv: a negative offset is EINVAL (preadv2's -1, the file position, is not preadv's).
+/// # Safety
+/// Buffer pointers come from the application: each must be valid for its length, or
+/// invalid so that the access faults (answered with EFAULT, never a crash). They must not
+/// point into memory the application does not own.
+pub unsafe fn preadv(fd: Fd, iov: *const libc::iovec, cnt: i32, off: i64) -> Route<usize> {
+    if off < 0 {
+        desc_or_pass!(fd);
+        return Route::err(Errno::INVAL);
+    }
+    // SAFETY: forwarded contract.
+    unsafe { preadv2(fd, iov, cnt, off, 0) }
+}
+
+/// pwritev: a negative offset is EINVAL, as for [`preadv`].
+/// # Safety
+/// Buffer pointers come from the application: each must be valid for its length, or
+/// invalid so that the access faults (answered with EFAULT, never a crash). They must not
+/// point into memory the application does not own.
+pub unsafe fn pwritev(fd: Fd, iov: *const libc::iovec, cnt: i32, off: i64) -> Route<usize> {
+    if off < 0 {
+        desc_or_pass!(fd);
+        return Route::err(Errno::INVAL);
+    }
+    // SAFETY: forwarded contract.
+    unsafe { pwritev2(fd, iov, cnt, off, 0) }
 }
 
 /// preadv, preadv2 (flags; offset -1 means the file position).
@@ -250,44 +278,44 @@ pub unsafe fn preadv2(
     cnt: i32,
     off: i64,
     flags: i32,
-) -> Option<Res<usize>> {
-    let d = desc(fd)?;
+) -> Route<usize> {
+    let d = desc_or_pass!(fd);
     // The kernel's order: offset, descriptor, iovecs, zero total, flags.
     if off < -1 {
-        return Some(Err(Errno::INVAL));
+        return Route::err(Errno::INVAL);
     }
     if let Err(e) = check_read(&d) {
         if iov_before_access(false) {
             if let Err(ie) = iovecs(iov, cnt) {
-                return Some(Err(ie));
+                return Route::err(ie);
             }
         }
-        return Some(Err(e));
+        return Route::err(e);
     }
     if d.is_demoted() {
-        return None;
+        return Route::Pass(Pass::Demoted);
     }
     let b = match iovecs(iov, cnt) {
         Ok(b) => b,
-        Err(e) => return Some(Err(e)),
+        Err(e) => return Route::err(e),
     };
     let total = iov_total(&b);
     if total == 0 {
-        return Some(Ok(0));
+        return Route::Served(Ok(0));
     }
     if let Err(e) = check_rwf(off, total) {
-        return Some(Err(e));
+        return Route::err(e);
     }
     if flags & !SERVED_RWF != 0 {
         // SAFETY: forwarded contract.
-        return Some(unsafe { kernel_rw2(&d, fd, &b, off, flags, false) });
+        return Route::Served(unsafe { kernel_rw2(&d, fd, &b, off, flags, false) });
     }
     if off == -1 {
         // SAFETY: forwarded contract.
         return unsafe { read_pos(fd, Ok(b), Call::preadv) };
     }
     // SAFETY: forwarded contract.
-    Some(unsafe { do_read(engine(), &d, fd, &b, off as u64, Call::preadv) })
+    Route::Served(unsafe { do_read(engine(), &d, fd, &b, off as u64, Call::preadv) })
 }
 
 /// pwritev, pwritev2 (RWF_APPEND, RWF_NOAPPEND, RWF_DSYNC/RWF_SYNC; offset -1 means the
@@ -302,43 +330,46 @@ pub unsafe fn pwritev2(
     cnt: i32,
     off: i64,
     flags: i32,
-) -> Option<Res<usize>> {
-    let d = desc(fd)?;
+) -> Route<usize> {
+    let d = desc_or_pass!(fd);
     // The kernel's order: offset, descriptor, iovecs, zero total, flags.
     if off < -1 {
-        return Some(Err(Errno::INVAL));
+        return Route::err(Errno::INVAL);
     }
     if let Err(e) = check_write(&d) {
         if iov_before_access(true) {
             if let Err(ie) = iovecs(iov, cnt) {
-                return Some(Err(ie));
+                return Route::err(ie);
             }
         }
-        return Some(Err(e));
+        return Route::err(e);
     }
     if d.is_demoted() {
-        return None;
+        return Route::Pass(Pass::Demoted);
     }
     let b: Vec<(*const u8, usize)> = match iovecs(iov, cnt) {
         Ok(v) => v.into_iter().map(|(p, l)| (p as *const u8, l)).collect(),
-        Err(e) => return Some(Err(e)),
+        Err(e) => return Route::err(e),
     };
     let total = iov_total(&b);
     if total == 0 {
-        return Some(Ok(0));
+        return Route::Served(Ok(0));
     }
     if let Err(e) = check_rwf(off, total) {
-        return Some(Err(e));
+        return Route::err(e);
     }
     if flags & !SERVED_RWF != 0 {
         let bm: Vec<(*mut u8, usize)> = b.iter().map(|&(p, l)| (p as *mut u8, l)).collect();
         // SAFETY: forwarded contract (the kernel only reads these buffers).
-        return Some(unsafe { kernel_rw2(&d, fd, &bm, off, flags, true) });
+        return Route::Served(unsafe { kernel_rw2(&d, fd, &bm, off, flags, true) });
     }
     let append = (flags & libc::RWF_APPEND != 0).then_some(true);
     let r = if off == -1 {
         // SAFETY: forwarded contract.
-        unsafe { write_pos(fd, Ok(b), Call::pwritev, append) }?
+        match unsafe { write_pos(fd, Ok(b), Call::pwritev, append) } {
+            Route::Served(r) => r,
+            pass => return pass,
+        }
     } else {
         // SAFETY: forwarded contract.
         unsafe {
@@ -359,8 +390,8 @@ pub unsafe fn pwritev2(
     if r.is_ok() && flags & (libc::RWF_DSYNC | libc::RWF_SYNC) != 0 {
         // Per-write O_DSYNC/O_SYNC: durable on return (in atomic mode: a commit).
         if let Err(err) = sync_desc(&d, fd, flags & libc::RWF_SYNC == 0) {
-            return Some(Err(err));
+            return Route::err(err);
         }
     }
-    Some(r)
+    Route::Served(r)
 }

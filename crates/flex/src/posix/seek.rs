@@ -1,15 +1,18 @@
 //! lseek, SEEK_DATA/SEEK_HOLE included.
 
-use super::{desc, Fd};
+use super::{Fd, Pass, Route};
 use crate::engine::engine;
 use crate::inode::FAST_LIMIT;
 use crate::stats::Call;
-use crate::sys::{self, Errno, Res};
+use crate::sys::{self, Errno};
 
-pub fn lseek(fd: Fd, off: i64, whence: i32) -> Option<Res<i64>> {
-    let d = desc(fd)?;
-    if d.is_demoted() || d.is_coherent() {
-        return None;
+pub fn lseek(fd: Fd, off: i64, whence: i32) -> Route<i64> {
+    let d = desc_or_pass!(fd);
+    if d.is_demoted() {
+        return Route::Pass(Pass::Demoted);
+    }
+    if d.is_coherent() {
+        return Route::Pass(Pass::Coherent);
     }
     let e = engine();
     e.stats.served(Call::lseek);
@@ -22,7 +25,7 @@ pub fn lseek(fd: Fd, off: i64, whence: i32) -> Option<Res<i64>> {
         None if whence != libc::SEEK_SET && whence != libc::SEEK_CUR => {
             match d.inode.adopt_kernel_size(fd) {
                 Ok(s) => (s, true),
-                Err(err) => return Some(Err(err)),
+                Err(err) => return Route::err(err),
             }
         }
         None => (d.inode.lsize(), true),
@@ -37,7 +40,7 @@ pub fn lseek(fd: Fd, off: i64, whence: i32) -> Option<Res<i64>> {
             // where it knows the file's size (not over-allocated, nothing logged).
             let plain = !d.inode.in_trailer_mode() && d.inode.atomic.get().is_none();
             if off < 0 && plain {
-                return Some(sys::lseek(fd, off, whence).map(|k| {
+                return Route::Served(sys::lseek(fd, off, whence).map(|k| {
                     *pos = k;
                     k as i64
                 }));
@@ -48,10 +51,10 @@ pub fn lseek(fd: Fd, off: i64, whence: i32) -> Option<Res<i64>> {
                 off
             };
             if off < 0 {
-                return Some(Err(Errno::NXIO));
+                return Route::err(Errno::NXIO);
             }
             if off as u64 >= size {
-                return Some(Err(Errno::NXIO));
+                return Route::err(Errno::NXIO);
             }
             if !settled {
                 // Atomic mode with logged bytes the data file lacks: all of it is data
@@ -65,32 +68,32 @@ pub fn lseek(fd: Fd, off: i64, whence: i32) -> Option<Res<i64>> {
                 // Past the logical size the kernel sees preallocated zeros: clamp.
                 match sys::lseek(fd, off, whence) {
                     Ok(k) if whence == libc::SEEK_HOLE => (k.min(size)) as i128,
-                    Ok(k) if k >= size => return Some(Err(Errno::NXIO)),
+                    Ok(k) if k >= size => return Route::err(Errno::NXIO),
                     Ok(k) => k as i128,
                     Err(Errno::NXIO) if whence == libc::SEEK_HOLE => size as i128,
-                    Err(err) => return Some(Err(err)),
+                    Err(err) => return Route::err(err),
                 }
             } else {
                 match sys::lseek(fd, off, whence) {
                     Ok(k) => k as i128,
-                    Err(err) => return Some(Err(err)),
+                    Err(err) => return Route::err(err),
                 }
             }
         }
-        _ => return Some(Err(Errno::INVAL)),
+        _ => return Route::err(Errno::INVAL),
     };
     if target < 0 {
-        return Some(Err(Errno::INVAL));
+        return Route::err(Errno::INVAL);
     }
     if target >= FAST_LIMIT as i128 {
         // Each file system has its own limit (s_maxbytes): let the kernel judge.
         if target > i64::MAX as i128 {
-            return Some(Err(Errno::INVAL));
+            return Route::err(Errno::INVAL);
         }
         if let Err(err) = sys::lseek(fd, target as i64, libc::SEEK_SET) {
-            return Some(Err(err));
+            return Route::err(err);
         }
     }
     *pos = target as u64;
-    Some(Ok(target as i64))
+    Route::Served(Ok(target as i64))
 }

@@ -2,7 +2,7 @@
 //! taking the size back after the kernel changed it.
 
 use super::handoff::kernel_handoff;
-use super::{desc, Fd};
+use super::{Fd, Pass, Route};
 use crate::desc::Desc;
 use crate::engine::{engine, engine_if_started};
 use crate::stats::Call;
@@ -11,36 +11,43 @@ use std::ffi::CStr;
 use std::sync::atomic::Ordering::*;
 use std::sync::Arc;
 
-pub fn ftruncate(fd: Fd, len: i64) -> Option<Res<()>> {
-    let d = desc(fd)?;
+pub fn ftruncate(fd: Fd, len: i64) -> Route<()> {
+    let d = desc_or_pass!(fd);
     if d.is_demoted() {
-        return None;
+        return Route::Pass(Pass::Demoted);
     }
     engine().stats.served(Call::ftruncate);
     if len < 0 {
-        return Some(Err(Errno::INVAL));
+        return Route::err(Errno::INVAL);
     }
     if !d.writable() {
-        return Some(Err(Errno::INVAL));
+        return Route::err(Errno::INVAL);
     }
     if let Some(a) = d.inode.atomic.get() {
-        return Some(a.truncate(&d.inode, len as u64));
+        return Route::Served(a.truncate(&d.inode, len as u64));
     }
-    Some(
+    Route::Served(
         d.inode
             .set_len(Some(fd), len as u64, || sys::ftruncate(fd, len as u64)),
     )
 }
 
 /// truncate(path): if this process has the file over-allocated, trim it first.
-pub fn truncate(path: &CStr, len: i64) -> Option<Res<()>> {
-    let e = engine_if_started()?;
+pub fn truncate(path: &CStr, len: i64) -> Route<()> {
+    let Some(e) = engine_if_started() else {
+        return Route::Pass(Pass::NotManaged);
+    };
     // Open descriptions cache the size even outside trailer mode: they must see the new one.
     if e.trailer_files.load(Relaxed) <= 0 && e.table.is_empty() {
-        return None;
+        return Route::Pass(Pass::NotManaged);
     }
-    let st = sys::fstatat(libc::AT_FDCWD, path, 0).ok()?;
-    let inode = e.lookup(st.st_dev, st.st_ino)?;
+    // A path the kernel cannot stat, or a file flex does not know: the kernel's.
+    let Ok(st) = sys::fstatat(libc::AT_FDCWD, path, 0) else {
+        return Route::Pass(Pass::NotManaged);
+    };
+    let Some(inode) = e.lookup(st.st_dev, st.st_ino) else {
+        return Route::Pass(Pass::NotManaged);
+    };
     let fd = e
         .table
         .entries()
@@ -49,17 +56,17 @@ pub fn truncate(path: &CStr, len: i64) -> Option<Res<()>> {
         .map(|(fd, _)| fd);
     e.stats.served(Call::truncate);
     if len < 0 {
-        return Some(Err(Errno::INVAL));
+        return Route::err(Errno::INVAL);
     }
     if let Some(a) = inode.atomic.get() {
         // A file in atomic mode here: the truncation joins the open transaction (the
         // kernel's permission check first: the path must be writable by us).
         if let Err(err) = sys::check_writable(libc::AT_FDCWD, path) {
-            return Some(Err(err));
+            return Route::err(err);
         }
-        return Some(a.truncate(&inode, len as u64));
+        return Route::Served(a.truncate(&inode, len as u64));
     }
-    Some(inode.set_len(fd, len as u64, || {
+    Route::Served(inode.set_len(fd, len as u64, || {
         // SAFETY: a raw system call with a valid path string.
         let r = unsafe { libc::syscall(libc::SYS_truncate, path.as_ptr(), len) };
         if r < 0 {
@@ -74,48 +81,53 @@ pub fn truncate(path: &CStr, len: i64) -> Option<Res<()>> {
 }
 
 /// fallocate and posix_fallocate: leave trailer mode, let the kernel allocate, re-read size.
-pub fn fallocate(fd: Fd, mode: i32, off: i64, len: i64) -> Option<Res<()>> {
-    let d = desc(fd)?;
+pub fn fallocate(fd: Fd, mode: i32, off: i64, len: i64) -> Route<()> {
+    let d = desc_or_pass!(fd);
     if d.is_demoted() {
-        return None;
+        return Route::Pass(Pass::Demoted);
     }
     engine().stats.served(Call::fallocate);
     if let Some(a) = d.inode.atomic.get() {
-        return Some(atomic_fallocate(&d, &a, fd, mode, off, len));
+        return Route::Served(atomic_fallocate(&d, &a, fd, mode, off, len));
     }
     // A read-only description has a read-only kernel descriptor: the kernel refuses in its
     // own order (EINVAL for the range, EOPNOTSUPP for the mode, then EBADF).
     if d.writable() {
         if let Err(e) = d.inode.trim(fd) {
-            return Some(Err(e));
+            return Route::err(e);
         }
     }
     if let Err(err) = sys::fallocate(fd, mode, off, len) {
-        return Some(Err(err));
+        return Route::err(err);
     }
-    Some(d.inode.refresh(fd).map(|_| ()))
+    Route::Served(d.inode.refresh(fd).map(|_| ()))
 }
 
-/// posix_fallocate: the error number, as the C call returns it (None: not managed).
-/// `emulate` is the C library's own, which writes the bytes where the file system has no
-/// fallocate (FUSE, NFS...): the file is handed to the kernel around it.
-pub fn posix_fallocate(fd: Fd, off: i64, len: i64, emulate: impl FnOnce() -> i32) -> Option<i32> {
-    desc(fd)?;
+/// posix_fallocate: served as `Ok(the error number)`, as the C call returns it (0 on
+/// success; it sets no errno). `emulate` is the C library's own, which writes the bytes
+/// where the file system has no fallocate (FUSE, NFS...): the file is handed to the kernel
+/// around it.
+pub fn posix_fallocate(fd: Fd, off: i64, len: i64, emulate: impl FnOnce() -> i32) -> Route<i32> {
+    desc_or_pass!(fd);
     if off < 0 || len <= 0 {
-        return Some(libc::EINVAL);
+        return Route::Served(Ok(libc::EINVAL));
     }
-    match fallocate(fd, 0, off, len)? {
-        Ok(()) => Some(0),
+    let r = match fallocate(fd, 0, off, len) {
+        Route::Served(r) => r,
+        Route::Pass(p) => return Route::Pass(p),
+    };
+    Route::Served(Ok(match r {
+        Ok(()) => 0,
         Err(Errno::OPNOTSUPP) => {
             let after = kernel_handoff(fd, false, Call::fallocate);
             let r = emulate();
             if let Some(after) = after {
                 after();
             }
-            Some(r)
+            r
         }
-        Err(e) => Some(e.raw_os_error()),
-    }
+        Err(e) => e.raw_os_error(),
+    }))
 }
 
 /// fallocate of a file in atomic mode. Allocation (mode 0, KEEP_SIZE) changes no byte: the

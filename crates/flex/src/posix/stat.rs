@@ -29,7 +29,7 @@ pub fn fix_stat(dev: u64, ino: u64, size: &mut i64) {
 /// fstat on a managed descriptor: the kernel's answer with the logical size. Also keeps
 /// the cached size of exact files in step with the kernel.
 pub fn fstat_fix(fd: Fd, dev: u64, ino: u64, size: &mut i64) {
-    let Some(d) = desc(fd) else { return };
+    let Ok(d) = desc(fd) else { return };
     if d.is_demoted() || d.inode.dev != dev || d.inode.ino != ino {
         return;
     }

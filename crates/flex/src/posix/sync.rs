@@ -1,6 +1,6 @@
 //! fsync, fdatasync, sync_file_range (a commit point in atomic mode).
 
-use super::{desc, Fd};
+use super::{Fd, Pass, Route};
 use crate::desc::Desc;
 use crate::engine::engine;
 use crate::stats::Call;
@@ -14,31 +14,31 @@ pub(super) fn sync_desc(d: &Desc, fd: Fd, data_only: bool) -> Res<()> {
     }
 }
 
-pub fn fsync(fd: Fd, data_only: bool) -> Option<Res<()>> {
-    let d = desc(fd)?;
+pub fn fsync(fd: Fd, data_only: bool) -> Route<()> {
+    let d = desc_or_pass!(fd);
     if d.is_demoted() {
-        return None;
+        return Route::Pass(Pass::Demoted);
     }
     engine().stats.served(if data_only {
         Call::fdatasync
     } else {
         Call::fsync
     });
-    Some(sync_desc(&d, fd, data_only))
+    Route::Served(sync_desc(&d, fd, data_only))
 }
 
-pub fn sync_file_range(fd: Fd, off: i64, n: i64, flags: u32) -> Option<Res<()>> {
-    let d = desc(fd)?;
+pub fn sync_file_range(fd: Fd, off: i64, n: i64, flags: u32) -> Route<()> {
+    let d = desc_or_pass!(fd);
     if d.is_demoted() {
-        return None;
+        return Route::Pass(Pass::Demoted);
     }
     engine().stats.served(Call::sync_file_range);
     if let Err(e) = d.inode.trim(fd) {
-        return Some(Err(e));
+        return Route::err(e);
     }
     // SAFETY: a raw system call with scalar arguments.
     let r = unsafe { libc::syscall(libc::SYS_sync_file_range, fd, off, n, flags) };
-    Some(if r < 0 {
+    Route::Served(if r < 0 {
         // SAFETY: this thread's errno.
         Err(Errno::from_raw_os_error(unsafe {
             *libc::__errno_location()

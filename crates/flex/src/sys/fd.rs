@@ -8,6 +8,20 @@ pub fn close(fd: RawFd) -> Res<()> {
     ret(unsafe { libc::syscall(libc::SYS_close, fd) }).map(|_| ())
 }
 
+/// close_range of `[first, last]` with `flags`.
+pub fn close_range(first: u32, last: u32, flags: i32) -> Res<()> {
+    // SAFETY: a raw system call with scalar arguments.
+    ret(unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_long,
+            last as libc::c_long,
+            flags as libc::c_long,
+        )
+    })
+    .map(|_| ())
+}
+
 /// fcntl with an integer argument.
 pub fn fcntl_int(fd: RawFd, cmd: i32, arg: libc::c_long) -> Res<i32> {
     // SAFETY: a raw system call; integer commands take no pointer.

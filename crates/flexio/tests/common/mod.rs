@@ -1,11 +1,11 @@
 //! Shared helpers of the differential tests: the two sides (the kernel through libc, the
-//! engine through `flex::posix` dispatched exactly as `libflex.so` does), special buffers,
-//! and the test directory.
+//! engine through the same `flex::posix` entry points `libflex.so` calls, a pass made as
+//! the raw system call it makes), special buffers, and the test directory.
 #![allow(dead_code)]
 
 pub mod run;
 
-use flex::posix;
+use flex::posix::{self, Route};
 use flex::stats::Call;
 use std::ffi::{CStr, CString};
 use std::path::{Path, PathBuf};
@@ -26,12 +26,13 @@ fn ret(r: i64) -> R {
     }
 }
 
-/// Engine answer, or the raw system call when the engine does not manage the descriptor.
-fn eng<T: TryInto<i64>>(r: Option<flex::sys::Res<T>>, raw: impl FnOnce() -> i64) -> R {
+/// What libflex.so answers: the engine's served result (an error as its errno), or for a
+/// pass the raw system call (`raw`, the call libflex.so makes).
+fn eng<T: TryInto<i64>>(r: Route<T>, raw: impl FnOnce() -> i64) -> R {
     match r {
-        Some(Ok(v)) => Ok(v.try_into().unwrap_or(i64::MAX)),
-        Some(Err(e)) => Err(e.raw_os_error()),
-        None => ret(raw()),
+        Route::Served(Ok(v)) => Ok(v.try_into().unwrap_or(i64::MAX)),
+        Route::Served(Err(e)) => Err(e.raw_os_error()),
+        Route::Pass(_) => ret(raw()),
     }
 }
 
@@ -88,7 +89,7 @@ pub fn remove_dir(d: tempfile::TempDir) {
 }
 
 /// The kernel (libc straight to the kernel: this binary is not under LD_PRELOAD) or the
-/// engine (`flex::posix`, with the preload library's dispatch and argument checks).
+/// engine (the `flex::posix` entry points libflex.so exports, argument checks included).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {
     Kernel,
@@ -146,7 +147,7 @@ impl Side {
         match self {
             // SAFETY: closing a descriptor number (possibly invalid: EBADF).
             Side::Kernel => ret(unsafe { libc::close(fd) } as i64),
-            Side::Engine { .. } => eng(posix::close(fd).map(|r| r.map(|()| 0i64)), || {
+            Side::Engine { .. } => eng(posix::close(fd).map(|()| 0i64), || {
                 // SAFETY: as above.
                 unsafe { libc::syscall(libc::SYS_close, fd) }
             }),
@@ -257,12 +258,9 @@ impl Side {
         match self {
             Side::Kernel => ret(raw()),
             Side::Engine { .. } => {
-                // As libflex.so: preadv with a negative offset is EINVAL (preadv2's -1
-                // means the file position).
                 let r = match flags {
-                    None if off < 0 => posix::reject(fd, libc::EINVAL),
                     // SAFETY: forwarded contract.
-                    None => unsafe { posix::preadv2(fd, iov, cnt, off, 0) },
+                    None => unsafe { posix::preadv(fd, iov, cnt, off) },
                     // SAFETY: forwarded contract.
                     Some(f) => unsafe { posix::preadv2(fd, iov, cnt, off, f) },
                 };
@@ -292,9 +290,8 @@ impl Side {
             Side::Kernel => ret(raw()),
             Side::Engine { .. } => {
                 let r = match flags {
-                    None if off < 0 => posix::reject(fd, libc::EINVAL),
                     // SAFETY: forwarded contract.
-                    None => unsafe { posix::pwritev2(fd, iov, cnt, off, 0) },
+                    None => unsafe { posix::pwritev(fd, iov, cnt, off) },
                     // SAFETY: forwarded contract.
                     Some(f) => unsafe { posix::pwritev2(fd, iov, cnt, off, f) },
                 };
@@ -329,13 +326,10 @@ impl Side {
                 } else {
                     libc::SYS_fsync
                 };
-                eng(
-                    posix::fsync(fd, data_only).map(|r| r.map(|()| 0i64)),
-                    || {
-                        // SAFETY: scalar argument.
-                        unsafe { libc::syscall(nr, fd) }
-                    },
-                )
+                eng(posix::fsync(fd, data_only).map(|()| 0i64), || {
+                    // SAFETY: scalar argument.
+                    unsafe { libc::syscall(nr, fd) }
+                })
             }
         }
     }
@@ -344,7 +338,7 @@ impl Side {
         match self {
             // SAFETY: scalar arguments.
             Side::Kernel => ret(unsafe { libc::ftruncate(fd, len) } as i64),
-            Side::Engine { .. } => eng(posix::ftruncate(fd, len).map(|r| r.map(|()| 0i64)), || {
+            Side::Engine { .. } => eng(posix::ftruncate(fd, len).map(|()| 0i64), || {
                 // SAFETY: scalar arguments.
                 unsafe { libc::syscall(libc::SYS_ftruncate, fd, len) }
             }),
@@ -356,7 +350,7 @@ impl Side {
             // SAFETY: scalar arguments.
             Side::Kernel => ret(unsafe { libc::fallocate(fd, mode, off, len) } as i64),
             Side::Engine { .. } => eng(
-                posix::fallocate(fd, mode, off, len).map(|r| r.map(|()| 0i64)),
+                posix::fallocate(fd, mode, off, len).map(|()| 0i64),
                 // SAFETY: scalar arguments.
                 || unsafe { libc::syscall(libc::SYS_fallocate, fd, mode, off, len) },
             ),
@@ -369,9 +363,13 @@ impl Side {
             // SAFETY: scalar arguments.
             Side::Kernel => unsafe { libc::posix_fallocate(fd, off, len) },
             Side::Engine { .. } => {
-                // SAFETY: scalar arguments (the C library's emulation, as libflex.so).
+                // SAFETY: scalar arguments (the C library's own, as libflex.so's passes).
                 let libc_call = || unsafe { libc::posix_fallocate(fd, off, len) };
-                posix::posix_fallocate(fd, off, len, libc_call).unwrap_or_else(libc_call)
+                // As libflex.so: the served error number, else the C library's call.
+                match posix::posix_fallocate(fd, off, len, libc_call) {
+                    Route::Served(Ok(code)) => code,
+                    _ => libc_call(),
+                }
             }
         };
         if code == 0 {
@@ -419,21 +417,9 @@ impl Side {
             // SAFETY: integer commands only.
             Side::Kernel => ret(unsafe { libc::fcntl(fd, cmd, arg) } as i64),
             Side::Engine { .. } => {
-                if !posix::desc_exists(fd) {
-                    return ret(raw());
-                }
-                match cmd {
-                    libc::F_GETFL => eng(posix::fcntl_getfl(fd), raw),
-                    libc::F_SETFL => eng(posix::fcntl_setfl(fd, arg), raw),
-                    libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => {
-                        let r = ret(raw());
-                        if let Ok(n) = r {
-                            posix::dup_result(fd, n as i32);
-                        }
-                        r
-                    }
-                    _ => ret(raw()),
-                }
+                // SAFETY: integer commands only (a lock's pointer would be read
+                // fault-safely).
+                eng(unsafe { posix::fcntl(fd, cmd, arg as libc::c_long) }, raw)
             }
         }
     }
