@@ -115,9 +115,10 @@ pub(super) fn access_ok(p: *const u8, len: usize) -> bool {
 }
 
 /// One application buffer, checked as the kernel does before any IO.
-pub(super) fn user_buf<P>(p: *const u8, len: usize, keep: P) -> Res<Vec<(P, usize)>> {
+/// An array, not a Vec: read and write allocate nothing.
+pub(super) fn user_buf<P>(p: *const u8, len: usize, keep: P) -> Res<[(P, usize); 1]> {
     if access_ok(p, len) {
-        Ok(vec![(keep, len.min(MAX_RW))])
+        Ok([(keep, len.min(MAX_RW))])
     } else {
         Err(Errno::FAULT)
     }

@@ -12,11 +12,24 @@ use crate::engine::engine;
 use crate::inode::{AppendAt, MAX_RW};
 use crate::stats::Call;
 use crate::sys::{self, Errno, Res};
+use std::sync::atomic::Ordering::Relaxed;
+
+/// A description reachable through descriptor 0-2 (its offset is the kernel's) of a file
+/// no mapping serves yet: the kernel does the whole call, one system call as without flex
+/// (not lseek, pread/pwrite, lseek). The size it changes is learnt as another process's
+/// change would be.
+fn kernel_owns(d: &crate::desc::Desc) -> bool {
+    d.is_coherent()
+        && !d.explicit
+        && d.inode.atomic.get().is_none()
+        && !d.inode.is_mapped(false)
+        && !d.inode.in_trailer_mode()
+}
 
 /// read, readv, preadv(-1): at the description's offset, under its position lock.
 /// # Safety
 /// As the public entry points.
-unsafe fn read_pos(fd: Fd, bufs: Res<Vec<(*mut u8, usize)>>, call: Call) -> Route<usize> {
+unsafe fn read_pos(fd: Fd, bufs: Res<&[(*mut u8, usize)]>, call: Call) -> Route<usize> {
     let d = desc_or_pass!(fd);
     if let Err(e) = check_read(&d) {
         if let Err(ie) = &bufs {
@@ -34,6 +47,11 @@ unsafe fn read_pos(fd: Fd, bufs: Res<Vec<(*mut u8, usize)>>, call: Call) -> Rout
         Ok(b) => b,
         Err(err) => return Route::err(err),
     };
+    // Reads count towards adoption: a file read this way is mapped like any other.
+    if kernel_owns(&d) && d.inode.io.fetch_add(1, Relaxed) < e.config.adopt_after {
+        e.stats.passed(call);
+        return Route::Pass(Pass::Coherent);
+    }
     let mut pos = d.pos_at(fd);
     if d.is_coherent() {
         // The kernel's offset is the truth (stdio may have moved it).
@@ -42,14 +60,14 @@ unsafe fn read_pos(fd: Fd, bufs: Res<Vec<(*mut u8, usize)>>, call: Call) -> Rout
             Err(err) => return Route::err(err),
         };
         // SAFETY: forwarded contract.
-        let r = unsafe { do_read(e, &d, fd, &bufs, k, call) };
+        let r = unsafe { do_read(e, &d, fd, bufs, k, call) };
         if let Ok(n) = r {
             let _ = sys::lseek(fd, (k + n as u64) as i64, libc::SEEK_SET);
         }
         return Route::Served(r);
     }
     // SAFETY: forwarded contract.
-    let r = unsafe { do_read(e, &d, fd, &bufs, *pos, call) };
+    let r = unsafe { do_read(e, &d, fd, bufs, *pos, call) };
     if let Ok(n) = r {
         *pos += n as u64;
     }
@@ -60,7 +78,7 @@ unsafe fn read_pos(fd: Fd, bufs: Res<Vec<(*mut u8, usize)>>, call: Call) -> Rout
 /// As the public entry points.
 unsafe fn write_pos(
     fd: Fd,
-    bufs: Res<Vec<(*const u8, usize)>>,
+    bufs: Res<&[(*const u8, usize)]>,
     call: Call,
     append: Option<bool>,
 ) -> Route<usize> {
@@ -81,6 +99,12 @@ unsafe fn write_pos(
         Ok(b) => b,
         Err(err) => return Route::err(err),
     };
+    // Writes do not: a file only written through such a descriptor (dd's output, a
+    // redirected log) is never mapped, its writes are the kernel's (one system call).
+    if kernel_owns(&d) {
+        e.stats.passed(call);
+        return Route::Pass(Pass::Coherent);
+    }
     let mut pos = d.pos();
     let appending = append.unwrap_or(d.append());
     if !appending {
@@ -96,7 +120,7 @@ unsafe fn write_pos(
             Err(err) => return Route::err(err),
         };
         // SAFETY: forwarded contract.
-        let r = unsafe { do_write(e, &d, fd, &bufs, k, None, call) };
+        let r = unsafe { do_write(e, &d, fd, bufs, k, None, call) };
         if let Ok((_, end)) = r {
             let _ = sys::lseek(fd, end as i64, libc::SEEK_SET);
         }
@@ -104,7 +128,7 @@ unsafe fn write_pos(
     }
     // The kernel checks the file position before it appends (itself, where it holds it).
     if !(appending && d.pos_is_in_kernel()) {
-        if let Err(err) = verify_area(*pos as i64, iov_total(&bufs)) {
+        if let Err(err) = verify_area(*pos as i64, iov_total(bufs)) {
             return Route::err(err);
         }
     }
@@ -114,7 +138,7 @@ unsafe fn write_pos(
     } else {
         AppendAt::Position(*pos)
     });
-    let r = unsafe { do_write(e, &d, fd, &bufs, *pos, how, call) };
+    let r = unsafe { do_write(e, &d, fd, bufs, *pos, how, call) };
     Route::Served(r.map(|(n, end)| {
         if end == u64::MAX {
             // The kernel appended at the file position and moved it to the end.
@@ -135,7 +159,9 @@ unsafe fn write_pos(
 /// point into memory the application does not own.
 pub unsafe fn read(fd: Fd, buf: *mut u8, len: usize) -> Route<usize> {
     // SAFETY: forwarded contract.
-    unsafe { read_pos(fd, user_buf(buf, len, buf), Call::read) }
+    let b = user_buf(buf, len, buf);
+    // SAFETY: forwarded contract.
+    unsafe { read_pos(fd, b.as_ref().map(|b| &b[..]).map_err(|e| *e), Call::read) }
 }
 
 /// # Safety
@@ -144,7 +170,16 @@ pub unsafe fn read(fd: Fd, buf: *mut u8, len: usize) -> Route<usize> {
 /// point into memory the application does not own.
 pub unsafe fn write(fd: Fd, buf: *const u8, len: usize) -> Route<usize> {
     // SAFETY: forwarded contract.
-    unsafe { write_pos(fd, user_buf(buf, len, buf), Call::write, None) }
+    let b = user_buf(buf, len, buf);
+    // SAFETY: forwarded contract.
+    unsafe {
+        write_pos(
+            fd,
+            b.as_ref().map(|b| &b[..]).map_err(|e| *e),
+            Call::write,
+            None,
+        )
+    }
 }
 
 /// # Safety
@@ -225,7 +260,9 @@ pub unsafe fn pwrite(fd: Fd, buf: *const u8, len: usize, off: i64) -> Route<usiz
 pub unsafe fn readv(fd: Fd, iov: *const libc::iovec, cnt: i32) -> Route<usize> {
     desc_or_pass!(fd);
     // SAFETY: forwarded contract.
-    unsafe { read_pos(fd, iovecs(iov, cnt), Call::readv) }
+    let b = iovecs(iov, cnt);
+    // SAFETY: forwarded contract.
+    unsafe { read_pos(fd, b.as_deref().map_err(|e| *e), Call::readv) }
 }
 
 /// # Safety
@@ -234,9 +271,13 @@ pub unsafe fn readv(fd: Fd, iov: *const libc::iovec, cnt: i32) -> Route<usize> {
 /// point into memory the application does not own.
 pub unsafe fn writev(fd: Fd, iov: *const libc::iovec, cnt: i32) -> Route<usize> {
     desc_or_pass!(fd);
-    let b = iovecs(iov, cnt).map(|v| v.into_iter().map(|(p, l)| (p as *const u8, l)).collect());
+    let b = iovecs(iov, cnt).map(|v| {
+        v.into_iter()
+            .map(|(p, l)| (p as *const u8, l))
+            .collect::<Vec<_>>()
+    });
     // SAFETY: forwarded contract.
-    unsafe { write_pos(fd, b, Call::writev, None) }
+    unsafe { write_pos(fd, b.as_deref().map_err(|e| *e), Call::writev, None) }
 }
 
 /// preadv: a negative offset is EINVAL (preadv2's -1, the file position, is not preadv's).
@@ -312,7 +353,7 @@ pub unsafe fn preadv2(
     }
     if off == -1 {
         // SAFETY: forwarded contract.
-        return unsafe { read_pos(fd, Ok(b), Call::preadv) };
+        return unsafe { read_pos(fd, Ok(&b), Call::preadv) };
     }
     // SAFETY: forwarded contract.
     Route::Served(unsafe { do_read(engine(), &d, fd, &b, off as u64, Call::preadv) })
@@ -366,7 +407,7 @@ pub unsafe fn pwritev2(
     let append = (flags & libc::RWF_APPEND != 0).then_some(true);
     let r = if off == -1 {
         // SAFETY: forwarded contract.
-        match unsafe { write_pos(fd, Ok(b), Call::pwritev, append) } {
+        match unsafe { write_pos(fd, Ok(&b), Call::pwritev, append) } {
             Route::Served(r) => r,
             pass => return pass,
         }
