@@ -12,8 +12,8 @@ compile_error!("libflex.so targets x86_64 Linux (variadic calls rely on the SysV
 
 use engine::posix::{Pass, Route};
 use engine::sys::{Errno, Res};
-use std::cell::Cell;
-use std::ffi::{c_char, CStr};
+
+use std::ffi::{c_char, c_int, CStr};
 use std::mem::MaybeUninit;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -24,32 +24,27 @@ mod proc;
 mod stdio;
 mod times;
 
-thread_local! {
-    /// Set while this thread runs engine code: a libc call made from inside the engine
-    /// (by std, say) must go straight to the kernel instead of re-entering the engine.
-    static BUSY: Cell<bool> = const { Cell::new(false) };
+extern "C" {
+    /// Mark this thread as running engine code: 1, or 0 when it already is (a libc call
+    /// made from inside the engine, by std say, must go straight to the kernel instead of
+    /// re-entering the engine). csrc/guard.c: an initial-exec thread-local.
+    fn flex_guard_enter() -> c_int;
+    /// Leave engine code.
+    fn flex_guard_leave();
 }
 
 /// Run an engine entry point. Re-entered (engine code calling libc): `Pass::Reentered`,
 /// the caller makes the call itself. errno is preserved on success, a panic becomes EIO.
 #[inline]
 pub(crate) fn guarded<T>(f: impl FnOnce() -> Route<T>) -> Route<T> {
-    let entered = BUSY
-        .try_with(|b| {
-            if b.get() {
-                false
-            } else {
-                b.set(true);
-                true
-            }
-        })
-        .unwrap_or(false);
-    if !entered {
+    // SAFETY: plain C functions on this thread's own flag.
+    if unsafe { flex_guard_enter() } == 0 {
         return Route::Pass(Pass::Reentered);
     }
     let saved = errno();
     let r = catch_unwind(AssertUnwindSafe(f)).unwrap_or(Route::Served(Err(Errno::IO)));
-    let _ = BUSY.try_with(|b| b.set(false));
+    // SAFETY: as above.
+    unsafe { flex_guard_leave() };
     if matches!(r, Route::Served(Ok(_))) {
         set_errno(saved);
     }
