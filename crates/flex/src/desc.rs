@@ -8,7 +8,9 @@
 
 use crate::inode::Inode;
 use arc_swap::ArcSwapOption;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicUsize, Ordering::*};
+use std::sync::atomic::{
+    AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering::*,
+};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 pub struct Desc {
@@ -110,7 +112,27 @@ impl Desc {
 
 const L2: usize = 1024;
 const L1: usize = 1024;
-type Page = [ArcSwapOption<Desc>; L2];
+/// A page of descriptor slots, with one bit per slot saying whether it is set: a call on
+/// a descriptor flex does not manage costs one load of that word, not the slot's (whose
+/// load takes a thread-local debt slot, in arc-swap).
+struct Page {
+    slots: [ArcSwapOption<Desc>; L2],
+    used: [AtomicU64; L2 / 64],
+}
+
+impl Page {
+    fn is_used(&self, b: usize) -> bool {
+        self.used[b / 64].load(Acquire) & (1 << (b % 64)) != 0
+    }
+    fn mark(&self, b: usize, used: bool) {
+        let bit = 1u64 << (b % 64);
+        if used {
+            self.used[b / 64].fetch_or(bit, Release);
+        } else {
+            self.used[b / 64].fetch_and(!bit, Release);
+        }
+    }
+}
 
 pub struct Table {
     pages: [AtomicPtr<Page>; L1],
@@ -131,7 +153,7 @@ impl Table {
         }
     }
 
-    fn slot(&self, fd: i32, create: bool) -> Option<&ArcSwapOption<Desc>> {
+    fn slot(&self, fd: i32, create: bool) -> Option<(&Page, usize)> {
         let fd = usize::try_from(fd).ok()?;
         let (a, b) = (fd / L2, fd % L2);
         let cell = self.pages.get(a)?;
@@ -140,7 +162,10 @@ impl Table {
             if !create {
                 return None;
             }
-            let fresh: Box<Page> = Box::new(core::array::from_fn(|_| ArcSwapOption::empty()));
+            let fresh: Box<Page> = Box::new(Page {
+                slots: core::array::from_fn(|_| ArcSwapOption::empty()),
+                used: [const { AtomicU64::new(0) }; L2 / 64],
+            });
             let raw = Box::into_raw(fresh);
             match cell.compare_exchange(core::ptr::null_mut(), raw, AcqRel, Acquire) {
                 Ok(_) => p = raw,
@@ -153,7 +178,7 @@ impl Table {
         }
         // SAFETY: pages are allocated once and never freed, so the reference is valid for
         // the life of the table (the process).
-        Some(unsafe { &(*p)[b] })
+        Some((unsafe { &*p }, b))
     }
 
     /// The description behind `fd`, if flex manages it.
@@ -162,14 +187,20 @@ impl Table {
         if self.count.load(Relaxed) == 0 {
             return None;
         }
-        self.slot(fd, false)?.load_full()
+        let (page, b) = self.slot(fd, false)?;
+        if !page.is_used(b) {
+            return None;
+        }
+        page.slots[b].load_full()
     }
 
     /// Point `fd` at `d` (replacing what was there; returns the old description).
     pub fn set(&self, fd: i32, d: Arc<Desc>) -> Option<Arc<Desc>> {
-        let slot = self.slot(fd, true)?;
+        let (page, b) = self.slot(fd, true)?;
         d.fds.fetch_add(1, AcqRel);
-        let old = slot.swap(Some(d));
+        let old = page.slots[b].swap(Some(d));
+        // After the slot: a call that sees the bit finds the description.
+        page.mark(b, true);
         if old.is_none() {
             self.count.fetch_add(1, AcqRel);
         }
@@ -181,7 +212,9 @@ impl Table {
         if self.count.load(Relaxed) == 0 {
             return None;
         }
-        let old = self.slot(fd, false)?.swap(None);
+        let (page, b) = self.slot(fd, false)?;
+        page.mark(b, false);
+        let old = page.slots[b].swap(None);
         if old.is_some() {
             self.count.fetch_sub(1, AcqRel);
         }
@@ -201,7 +234,7 @@ impl Table {
             }
             // SAFETY: pages are never freed.
             let page = unsafe { &*p };
-            for (b, s) in page.iter().enumerate() {
+            for (b, s) in page.slots.iter().enumerate() {
                 if let Some(d) = s.load_full() {
                     out.push(((a * L2 + b) as i32, d));
                 }
