@@ -232,7 +232,7 @@ fn parse_paths(v: &OsStr) -> Rule<Vec<Vec<u8>>> {
                 String::from_utf8_lossy(p)
             ));
         }
-        out.push(normalize(p));
+        out.push(normalize(p).into_owned());
     }
     Ok(out)
 }
@@ -270,7 +270,11 @@ fn parse_secs(v: &OsStr) -> Rule<std::time::Duration> {
 }
 
 /// Lexically normalise an absolute path: collapse `//`, `.` and `..` (no symlinks resolved).
-pub fn normalize(path: &[u8]) -> Vec<u8> {
+/// A path that is normal already (most are) is returned as it is, without allocating.
+pub fn normalize(path: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if is_normal(path) {
+        return std::borrow::Cow::Borrowed(path);
+    }
     let mut parts: Vec<&[u8]> = Vec::new();
     for c in path.split(|&b| b == b'/') {
         match c {
@@ -289,7 +293,18 @@ pub fn normalize(path: &[u8]) -> Vec<u8> {
     if out.is_empty() {
         out.push(b'/');
     }
-    out
+    std::borrow::Cow::Owned(out)
+}
+
+/// Absolute, and no empty, `.` or `..` component (a trailing `/` is an empty one).
+fn is_normal(path: &[u8]) -> bool {
+    if path == b"/" {
+        return true;
+    }
+    path.first() == Some(&b'/')
+        && path[1..]
+            .split(|&b| b == b'/')
+            .all(|c| !matches!(c, b"" | b"." | b".."))
 }
 
 impl Config {
@@ -428,8 +443,23 @@ mod tests {
 
     #[test]
     fn normalizes_and_matches_prefixes() {
-        assert_eq!(normalize(b"/a//b/./c/../d"), b"/a/b/d");
-        assert_eq!(normalize(b"/.."), b"/");
+        assert_eq!(&*normalize(b"/a//b/./c/../d"), b"/a/b/d");
+        assert_eq!(&*normalize(b"/.."), b"/");
+        for p in [&b"/"[..], b"/a", b"/a/b.c/.d/..e"] {
+            assert!(
+                matches!(normalize(p), std::borrow::Cow::Borrowed(_)),
+                "{p:?}"
+            );
+            assert_eq!(&*normalize(p), p);
+        }
+        for (p, n) in [
+            (&b"/a/"[..], &b"/a"[..]),
+            (b"/a/.", b"/a"),
+            (b"//a", b"/a"),
+            (b"/a/b/..", b"/a"),
+        ] {
+            assert_eq!(&*normalize(p), n, "{p:?}");
+        }
         let c = Config {
             paths: vec![b"/dev/shm/x".to_vec()],
             ..Config::default()

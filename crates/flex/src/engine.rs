@@ -8,7 +8,8 @@ use crate::inode::Inode;
 use crate::log::flex_log;
 use crate::stats::Stats;
 use crate::sys;
-use std::collections::{BTreeMap, HashMap};
+use rustc_hash::FxHashMap;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering::*};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Instant;
@@ -53,7 +54,8 @@ struct PrivateFds {
 
 #[derive(Default)]
 struct Inodes {
-    map: HashMap<(u64, u64), Arc<Inode>>,
+    /// By (dev, ino), with a fast hash: keys come from the file system, not from an adversary.
+    map: FxHashMap<(u64, u64), Arc<Inode>>,
     /// Inodes with no open description (the mapping cache), by the time they went idle:
     /// oldest first, O(log n) to find and to remove.
     idle: BTreeMap<u64, (u64, u64)>,
@@ -61,7 +63,7 @@ struct Inodes {
     /// idle: the unmapper's queue.
     mapped: BTreeMap<u64, ((u64, u64), Instant)>,
     /// When each idle inode went idle (its key in `idle`), and the bytes its mapping holds.
-    idle_since: HashMap<(u64, u64), (u64, u64)>,
+    idle_since: FxHashMap<(u64, u64), (u64, u64)>,
     /// Address space held by idle mappings (the sum over `mapped`).
     idle_bytes: u64,
     clock: u64,
