@@ -3,20 +3,20 @@
 //!
 //! - [`log`]: the on-disk redo log format and the [`log::Media`] seam (mapping, plain file,
 //!   or the persistence simulator of [`crate::persist::sim`]).
-//! - [`core`]: the protocol (log, index of uncommitted ranges, commit, apply, checkpoint,
+//! - [`protocol`]: the protocol (log, index of uncommitted ranges, commit, apply, checkpoint,
 //!   recovery), generic over the log medium and the data file.
 //! - Here: the log mapping, the engine hooks, and the per-process background applier
 //!   (`Worker`) that applies committed batches off the application's threads.
 
-pub mod core;
 pub mod log;
+pub mod protocol;
 pub mod site;
 
 #[cfg(test)]
 mod tests;
 
-use self::core::{Core, DataDev, Replayed};
 use self::log::Media;
+use self::protocol::{Core, DataDev, Replayed};
 use crate::engine::engine;
 use crate::fault;
 use crate::inode::{AppendAt, Inode};
@@ -389,7 +389,7 @@ pub struct AtomicFile {
     /// `FLEX_ATOMIC=write`: every write is its own transaction, durable when it returns.
     per_write: bool,
     /// The core's counters already added to the engine's stats.
-    reported: Mutex<self::core::CoreStats>,
+    reported: Mutex<self::protocol::CoreStats>,
 }
 
 /// The per-inode attachment point (a field of [`Inode`]): empty for ordinary files.
@@ -620,7 +620,7 @@ fn replay_plain(lfd: RawFd, ident: u64, fd: RawFd) -> Res<Replayed> {
         fd: lfd,
         len: sys::fstat(lfd)?.st_size as u64,
     };
-    let (_log, r) = core::recover(m, ident, &mut FdData(fd), fresh_gen())?;
+    let (_log, r) = protocol::recover(m, ident, &mut FdData(fd), fresh_gen())?;
     Ok(r)
 }
 
@@ -834,7 +834,7 @@ pub fn attach(inode: &Arc<Inode>, fd: RawFd, writable: bool, dirfd: RawFd, path:
         inode.set_nomap();
     }
     let mut data = InodeData { inode, fd: dfd };
-    let (log, r) = match core::recover(m, ident, &mut data, fresh_gen()) {
+    let (log, r) = match protocol::recover(m, ident, &mut data, fresh_gen()) {
         Ok(v) => v,
         Err(err) => {
             if leased {
@@ -928,7 +928,7 @@ fn recover_siblings(main: &CStr, ident: u64, st: &rustix::fs::Stat, data: &mut I
             continue;
         };
         if let Ok(m) = MapLog::new(lfd) {
-            if let Ok((_log, r)) = core::recover(m, ident, data, fresh_gen()) {
+            if let Ok((_log, r)) = protocol::recover(m, ident, data, fresh_gen()) {
                 if r.txns > 0 || r.discarded > 0 {
                     engine().stats.recoveries.fetch_add(1, Relaxed);
                 }
@@ -1262,7 +1262,7 @@ impl AtomicFile {
     }
 
     /// Add what the core counted since the last report to the engine's stats.
-    fn report(&self, now: &self::core::CoreStats) {
+    fn report(&self, now: &self::protocol::CoreStats) {
         let mut was = self.reported.lock().unwrap_or_else(|p| p.into_inner());
         let s = &engine().stats;
         let undo = now.undo_commits - was.undo_commits;

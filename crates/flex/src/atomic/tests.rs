@@ -3,8 +3,8 @@
 //! lines still in flight; recovery on the durable image; the result must be exactly the
 //! last committed state of a model (or, for a crash inside a commit, the state it commits).
 
-use super::core::{recover, Batch, Core, CoreStats, Policy};
 use super::log::Log;
+use super::protocol::{recover, Batch, Core, CoreStats, Policy};
 use crate::persist::sim::{SimDev, World};
 
 struct Rng(u64);
@@ -60,7 +60,7 @@ struct Bg {
 
 impl Bg {
     /// Finish the batch in flight (the foreground waits for it).
-    fn drain<D: super::core::DataDev>(&mut self, core: &mut Core<SimDev<Tag>>, data: &mut D) {
+    fn drain<D: super::protocol::DataDev>(&mut self, core: &mut Core<SimDev<Tag>>, data: &mut D) {
         if let Some((b, i)) = self.batch.take() {
             for k in i..=b.ops.len() {
                 // SAFETY: a batch taken and not finished.
@@ -72,7 +72,7 @@ impl Bg {
     }
 
     /// One random move of the applier.
-    fn act<D: super::core::DataDev>(
+    fn act<D: super::protocol::DataDev>(
         &mut self,
         r: &mut Rng,
         core: &mut Core<SimDev<Tag>>,
@@ -636,7 +636,7 @@ fn auto_policy_follows_the_mix() {
         // SAFETY: our own buffer.
         unsafe { c.write(&mut data, i * 100, buf.as_ptr(), 100, false) }.unwrap();
     }
-    assert_eq!(c.mode(), super::core::Mode::Redo);
+    assert_eq!(c.mode(), super::protocol::Mode::Redo);
     c.commit(&mut data).unwrap();
     // Mostly reads now: the commit checkpoints, the next transaction is undo.
     for _ in 0..100 {
@@ -647,7 +647,7 @@ fn auto_policy_follows_the_mix() {
     c.commit(&mut data).unwrap();
     // SAFETY: our own buffer.
     unsafe { c.write(&mut data, 50, buf.as_ptr(), 10, false) }.unwrap();
-    assert_eq!(c.mode(), super::core::Mode::Undo);
+    assert_eq!(c.mode(), super::protocol::Mode::Undo);
     c.commit(&mut data).unwrap();
     assert!(c.stats.undo_commits >= 1);
     // Writes dominate again: back to redo.
@@ -658,7 +658,7 @@ fn auto_policy_follows_the_mix() {
             c.commit(&mut data).unwrap();
         }
     }
-    assert_eq!(c.mode(), super::core::Mode::Redo);
+    assert_eq!(c.mode(), super::protocol::Mode::Redo);
     assert!(c.stats.switches >= 2, "{:?}", c.stats);
 }
 
