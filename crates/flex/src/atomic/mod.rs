@@ -7,22 +7,31 @@
 //!   recovery), generic over the log medium and the data file.
 //! - `media`: the log mapped (`MapLog`), or through plain system calls (`FileLog`).
 //! - `data`: the data file through the inode (`InodeData`) or a descriptor (`FdData`).
-//! - Here: finding, opening and recovering logs, the engine hooks, and the per-process
+//! - `logfile`: finding, creating, opening, locking and removing a data file's log.
+//! - `recover`: recovery through plain system calls ([`recover_fd`]), of old-location logs
+//!   and of the sibling logs that processes sharing a file left.
+//! - Here: attaching the atomic state to the inode, the engine hooks, and the per-process
 //!   background applier (`Worker`) that applies committed batches off the application's
 //!   threads.
 
 mod data;
 pub mod log;
+mod logfile;
 mod media;
 pub mod protocol;
+mod recover;
 pub mod site;
 
 #[cfg(test)]
 mod tests;
 
-use self::data::{FdData, InodeData};
-use self::media::{FileLog, MapLog};
-use self::protocol::{Core, DataDev, Replayed};
+pub use recover::recover_fd;
+
+use self::data::InodeData;
+use self::logfile::{find_log, find_sibling_log, unlink_log};
+use self::media::MapLog;
+use self::protocol::{Core, DataDev};
+use self::recover::{fresh_gen, recover_legacy, recover_read_only, recover_siblings};
 use crate::engine::engine;
 use crate::inode::Inode;
 use crate::sys::{self, Errno, Res};
@@ -112,232 +121,6 @@ impl Slot {
         self.on.store(false, Release);
         self.f.swap(None)
     }
-}
-
-fn fresh_gen() -> u64 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    (t ^ (std::process::id() as u64) << 40) >> 1
-}
-
-/// Open (or create) the log of the data file (mode `data_mode`) and lock it. None: no log
-/// and `create` is false. EBUSY: another live process holds it. EPERM: not a regular
-/// file; or, in a shared flex directory (`shared`: the data file's owner), a log flex may
-/// not trust: other links, or owned by someone else than this process's user, the data
-/// file's owner or root (replaying a planted log would write into the data file).
-fn open_log(
-    dirfd: RawFd,
-    lpath: &CStr,
-    data_mode: u32,
-    shared: Option<u32>,
-    create: bool,
-) -> Res<Option<(RawFd, u64)>> {
-    for _ in 0..4 {
-        let flags = libc::O_RDWR | libc::O_NOFOLLOW | libc::O_CLOEXEC;
-        let fd = match sys::openat(dirfd, lpath, flags, 0) {
-            Ok(fd) => fd,
-            Err(Errno::NOENT) if create => {
-                match sys::openat(dirfd, lpath, flags | libc::O_CREAT | libc::O_EXCL, 0o600) {
-                    Ok(fd) => fd,
-                    Err(Errno::EXIST) => continue,
-                    Err(e) => return Err(e),
-                }
-            }
-            Err(Errno::NOENT) => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let st = match sys::fstat(fd) {
-            Ok(st) => st,
-            Err(e) => {
-                let _ = sys::close(fd);
-                return Err(e);
-            }
-        };
-        let planted = shared.is_some_and(|u| st.st_nlink != 1 || !site::trusted(st.st_uid, u));
-        if st.st_mode & libc::S_IFMT != libc::S_IFREG || planted {
-            let _ = sys::close(fd);
-            return Err(Errno::PERM);
-        }
-        // Never more readable than the data file.
-        let mode = data_mode & 0o666;
-        if st.st_mode & 0o7777 != mode {
-            let _ = rustix::fs::fchmod(sys::bfd(fd), rustix::fs::Mode::from_raw_mode(mode));
-        }
-        if sys::ofd_lock(fd, 0, true, true).is_err() {
-            let _ = sys::close(fd);
-            return Err(Errno::BUSY);
-        }
-        // The previous owner may have unlinked it between our open and our lock.
-        match sys::fstatat(dirfd, lpath, libc::AT_SYMLINK_NOFOLLOW) {
-            Ok(s2) if s2.st_ino == st.st_ino && s2.st_dev == st.st_dev => {
-                return Ok(Some((fd, st.st_ino)))
-            }
-            _ => {
-                let _ = sys::close(fd);
-            }
-        }
-    }
-    Err(Errno::BUSY)
-}
-
-fn unlink_log(path: &CStr, ino: u64) {
-    if sys::fstatat(libc::AT_FDCWD, path, libc::AT_SYMLINK_NOFOLLOW).is_ok_and(|s| s.st_ino == ino)
-    {
-        // SAFETY: a raw system call with a valid path string.
-        unsafe { libc::syscall(libc::SYS_unlinkat, libc::AT_FDCWD, path.as_ptr(), 0) };
-    }
-}
-
-/// A data file's log, open and locked (see [`site`]).
-struct LogFile {
-    fd: RawFd,
-    /// The log's own inode number (it is removed only if still the same file).
-    ino: u64,
-    /// Absolute path.
-    path: CString,
-    /// The data file's identity in the header ([`site::ident`]).
-    ident: u64,
-}
-
-/// Find the log of the data file `fd` (status `st`) in its flex directory, or with
-/// `create` make one. Ok(None): none found (`create` false), or no flex directory can be
-/// made (the caller serves the file plainly). EBUSY: another live process holds it.
-/// Where the log lives is decided here only ([`site`]); [`attach`] and recovery call it.
-fn find_log(fd: RawFd, st: &rustix::fs::Stat, create: bool) -> Res<Option<LogFile>> {
-    let ident = site::ident(fd, st.st_ino);
-    let dirs = site::dirs(fd, st.st_dev);
-    let found = |lfd: RawFd, ino: u64, path: CString| LogFile {
-        fd: lfd,
-        ino,
-        path,
-        ident,
-    };
-    // An existing log first, in whichever directory it is.
-    for (d, _) in &dirs {
-        if !site::trusted_dir(d, st.st_uid) {
-            continue;
-        }
-        let Some(p) = site::log_in(d, st.st_ino) else {
-            continue;
-        };
-        if sys::fstatat(libc::AT_FDCWD, &p, libc::AT_SYMLINK_NOFOLLOW).is_err() {
-            continue;
-        }
-        // A log this process cannot open (another user's) is not one to replace either.
-        let r = open_log(libc::AT_FDCWD, &p, st.st_mode, Some(st.st_uid), false);
-        let r = r.map_err(|e| if e == Errno::ACCESS { Errno::PERM } else { e });
-        if let Some((lfd, ino)) = r? {
-            return Ok(Some(found(lfd, ino, p)));
-        }
-    }
-    if !create {
-        return Ok(None);
-    }
-    for (d, mode) in &dirs {
-        if site::make_dir(d, *mode).is_err() || !site::trusted_dir(d, st.st_uid) {
-            continue;
-        }
-        let Some(p) = site::log_in(d, st.st_ino) else {
-            continue;
-        };
-        match open_log(libc::AT_FDCWD, &p, st.st_mode, Some(st.st_uid), true) {
-            Ok(Some((lfd, ino))) => return Ok(Some(found(lfd, ino, p))),
-            Err(e @ (Errno::BUSY | Errno::PERM)) => return Err(e),
-            Ok(None) | Err(_) => {}
-        }
-    }
-    Ok(None)
-}
-
-/// The main log of the data file is held by another live process (the file is shared):
-/// a log of this process's own beside it, and the main log's path.
-fn find_sibling_log(fd: RawFd, st: &rustix::fs::Stat) -> Res<Option<(LogFile, CString)>> {
-    let ident = site::ident(fd, st.st_ino);
-    for (d, _) in &site::dirs(fd, st.st_dev) {
-        if !site::trusted_dir(d, st.st_uid) {
-            continue;
-        }
-        let Some(main) = site::log_in(d, st.st_ino) else {
-            continue;
-        };
-        if sys::fstatat(libc::AT_FDCWD, &main, libc::AT_SYMLINK_NOFOLLOW).is_err() {
-            continue;
-        }
-        let own = sibling_path(&main)?;
-        if let Some((lfd, ino)) = open_log(libc::AT_FDCWD, &own, st.st_mode, Some(st.st_uid), true)?
-        {
-            let l = LogFile {
-                fd: lfd,
-                ino,
-                path: own,
-                ident,
-            };
-            return Ok(Some((l, main)));
-        }
-    }
-    Ok(None)
-}
-
-/// Is there a log of the data file (a new-location one, or an old `.<name>.flexlog`)?
-fn has_log(fd: RawFd, st: &rustix::fs::Stat, dirfd: RawFd, path: &CStr) -> bool {
-    let exists = |p: &CStr| sys::fstatat(dirfd, p, libc::AT_SYMLINK_NOFOLLOW).is_ok();
-    site::legacy_path(path.to_bytes()).is_some_and(|p| exists(&p))
-        || site::dirs(fd, st.st_dev)
-            .iter()
-            .filter_map(|(d, _)| site::log_in(d, st.st_ino))
-            .any(|p| exists(&p))
-}
-
-/// Replay the log `lfd` into the data file `fd` through plain system calls.
-fn replay_plain(lfd: RawFd, ident: u64, fd: RawFd) -> Res<Replayed> {
-    let m = FileLog {
-        fd: lfd,
-        len: sys::fstat(lfd)?.st_size as u64,
-    };
-    let (_log, r) = protocol::recover(m, ident, &mut FdData(fd), fresh_gen())?;
-    Ok(r)
-}
-
-/// A log of an older version, `<dir>/.<name>.flexlog` beside the data file (its header
-/// names the data file by inode number only): recover from it and remove it. Such logs
-/// are never created any more.
-fn recover_legacy(dirfd: RawFd, path: &CStr, fd: RawFd) -> Res<Option<Replayed>> {
-    let Some(lpath) = site::legacy_path(path.to_bytes()) else {
-        return Ok(None);
-    };
-    if sys::fstatat(dirfd, &lpath, libc::AT_SYMLINK_NOFOLLOW).is_err() {
-        return Ok(None);
-    }
-    let st = sys::fstat(fd)?;
-    let Some((lfd, _)) = open_log(dirfd, &lpath, st.st_mode, None, false)? else {
-        return Ok(None);
-    };
-    let r = replay_plain(lfd, st.st_ino, fd);
-    if r.is_ok() {
-        // SAFETY: a raw system call with a valid path string.
-        unsafe { libc::syscall(libc::SYS_unlinkat, dirfd, lpath.as_ptr(), 0) };
-    }
-    let _ = sys::close(lfd);
-    r.map(Some)
-}
-
-/// Recover through a plain read-write descriptor (read-only opens, `flexio recover`):
-/// replay the committed transactions of the file's log, if any, then remove the log (an
-/// old-location log first, see [`recover_legacy`]). Ok(None): no log.
-pub fn recover_fd(dirfd: RawFd, path: &CStr, fd: RawFd) -> Res<Option<Replayed>> {
-    let old = recover_legacy(dirfd, path, fd)?;
-    let st = sys::fstat(fd)?;
-    let Some(l) = find_log(fd, &st, false)? else {
-        return Ok(old);
-    };
-    let r = replay_plain(l.fd, l.ident, fd);
-    if r.is_ok() {
-        unlink_log(&l.path, l.ino);
-    }
-    let _ = sys::close(l.fd);
-    r.map(Some)
 }
 
 /// Fallback reason: the file's log is not one flex may use (see [`open_log`]).
@@ -501,80 +284,6 @@ fn data_descriptor(fd: RawFd) -> Res<(RawFd, bool)> {
         (libc::O_RDWR, false) => Ok((sys::fcntl_int(fd, libc::F_DUPFD_CLOEXEC, 0)?, true)),
         _ => Ok((sys::reopen_rw(fd)?, false)),
     }
-}
-
-/// A log of this process's own for a file another process holds the main log of:
-/// `<main log>.<pid>.<n>`.
-fn sibling_path(main: &CStr) -> Res<CString> {
-    use std::sync::atomic::AtomicU64;
-    static N: AtomicU64 = AtomicU64::new(0);
-    let mut v = main.to_bytes().to_vec();
-    let n = N.fetch_add(1, Relaxed);
-    v.extend_from_slice(format!(".{}.{n}", std::process::id()).as_bytes());
-    CString::new(v).map_err(|_| Errno::INVAL)
-}
-
-/// Recover and remove every sibling log of `main` whose owner is gone (its lock can be
-/// taken). A crash of a sharing process leaves one; its uncommitted undo transaction is
-/// rolled back, its committed ones (a sibling only ever logs undo) are in the data file.
-fn recover_siblings(main: &CStr, ident: u64, st: &rustix::fs::Stat, data: &mut InodeData<'_>) {
-    let bytes = main.to_bytes();
-    let (dir, name) = match bytes.iter().rposition(|&b| b == b'/') {
-        Some(i) => (&bytes[..i.max(1)], &bytes[i + 1..]),
-        None => (&b"."[..], bytes),
-    };
-    let Ok(dirc) = CString::new(dir.to_vec()) else {
-        return;
-    };
-    let Ok(names) = sys::list_dir(&dirc) else {
-        return;
-    };
-    let mut prefix = name.to_vec();
-    prefix.push(b'.');
-    for n in names.into_iter().filter(|n| n.starts_with(&prefix)) {
-        let mut p = dirc.to_bytes().to_vec();
-        p.push(b'/');
-        p.extend_from_slice(&n);
-        let Ok(pc) = CString::new(p) else { continue };
-        // Only a log nobody holds (open_log takes its owner's lock, never creates).
-        let Ok(Some((lfd, lino))) =
-            open_log(libc::AT_FDCWD, &pc, st.st_mode, Some(st.st_uid), false)
-        else {
-            continue;
-        };
-        if let Ok(m) = MapLog::new(lfd) {
-            if let Ok((_log, r)) = protocol::recover(m, ident, data, fresh_gen()) {
-                if r.txns > 0 || r.discarded > 0 {
-                    engine().stats.recoveries.fetch_add(1, Relaxed);
-                }
-                unlink_log(&pc, lino);
-            }
-        } else {
-            let _ = sys::close(lfd);
-        }
-    }
-}
-
-fn recover_read_only(dirfd: RawFd, path: &CStr, fd: RawFd) -> Res<Option<Replayed>> {
-    if !has_log(fd, &sys::fstat(fd)?, dirfd, path) {
-        return Ok(None);
-    }
-    let rw = match sys::reopen_rw(fd) {
-        Ok(rw) => rw,
-        Err(Errno::ACCESS | Errno::PERM | Errno::ROFS) => {
-            // A reader without write permission cannot replay a log: it reads what the
-            // kernel has (a live writer's log is its own to apply anyway).
-            engine()
-                .stats
-                .fallback("atomic: reader cannot recover a log (no write permission)");
-            return Ok(None);
-        }
-        Err(err) => return Err(err),
-    };
-    let r = recover_fd(dirfd, path, rw);
-    let st = sys::fstat(fd)?;
-    engine().close_data_fd(rw, st.st_dev, st.st_ino);
-    r
 }
 
 /// The application's buffers copied into one (a buffer that faults part way ends it
