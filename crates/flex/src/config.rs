@@ -57,7 +57,7 @@ pub struct Config {
     pub atomic_apply_inline: bool,
     /// `FLEX_ATOMIC_POLICY=auto|redo|undo`: how transactions log (auto: from each file's
     /// measured read/write mix).
-    pub atomic_policy: crate::atomic::core::Policy,
+    pub atomic_policy: crate::atomic::protocol::Policy,
 }
 
 impl Default for Config {
@@ -77,7 +77,7 @@ impl Default for Config {
             atomic_write: false,
             atomic_log: 16 << 20,
             atomic_apply_inline: true,
-            atomic_policy: crate::atomic::core::Policy::Auto,
+            atomic_policy: crate::atomic::protocol::Policy::Auto,
         }
     }
 }
@@ -331,7 +331,7 @@ impl Config {
     /// their defaults; a value that breaks its variable's rule keeps the default too and
     /// is reported, one error per variable.
     pub fn parse(get: impl Fn(&str) -> Option<OsString>) -> (Config, Vec<ConfigError>) {
-        use crate::atomic::core::Policy;
+        use crate::atomic::protocol::Policy;
         use crate::persist::{FlushKind, NtKind};
         let mut c = Config::default();
         let mut r = Reader {
@@ -517,7 +517,7 @@ mod tests {
         assert_eq!(c.grow_min, 128 << 10);
         assert!(c.atomic && c.atomic_write && !c.atomic_apply_inline && !c.disabled);
         assert_eq!(c.atomic_log, 64 << 10);
-        assert_eq!(c.atomic_policy, crate::atomic::core::Policy::Undo);
+        assert_eq!(c.atomic_policy, crate::atomic::protocol::Policy::Undo);
     }
 
     #[test]

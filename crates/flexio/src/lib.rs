@@ -319,7 +319,9 @@ pub fn recover<P: AsRef<Path>>(path: P) -> io::Result<Recovery> {
 /// older version is replayed first): the file becomes exactly its last committed state
 /// and the log is removed. Idempotent.
 /// `Ok(None)`: no log. EBUSY: a live process has the file open in atomic mode.
-pub fn recover_atomic<P: AsRef<Path>>(path: P) -> io::Result<Option<flex::atomic::core::Replayed>> {
+pub fn recover_atomic<P: AsRef<Path>>(
+    path: P,
+) -> io::Result<Option<flex::atomic::protocol::Replayed>> {
     let p = CString::new(path.as_ref().as_os_str().as_bytes())
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     let fd = flex::sys::openat(

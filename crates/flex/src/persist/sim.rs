@@ -11,8 +11,8 @@
 //! flight. Used by the failure-atomic protocol's tests (`crate::atomic`), which run the
 //! engine's own code against it.
 
-use crate::atomic::core::DataDev;
 use crate::atomic::log::Media;
+use crate::atomic::protocol::DataDev;
 use crate::sys::Res;
 use std::cell::RefCell;
 use std::collections::BTreeSet;
