@@ -74,11 +74,17 @@ impl<M: Media> Core<M> {
         let off = if append { self.size } else { off };
         let end = off.checked_add(len as u64).ok_or(Errno::FBIG)?;
         if self.mode == Mode::Undo {
+            // A write past the end also changes the chunk of the old end: the kernel
+            // fills the gap with zeros, which that chunk's last stamp did not cover.
+            let mut old_end = None;
             if self.shared {
+                let before = data.size()?;
+                if off > before && before % log::CHUNK != 0 {
+                    old_end = Some(before);
+                }
                 // Which chunks are about to change, durable with the saved bytes (the
                 // save's barriers): a crash inside the write rolls them back.
-                let before = data.size()?;
-                self.log.append_intent(off, end, before)?;
+                self.log.append_intent(off.min(before), end, before)?;
             }
             self.save(data, off, end)?;
             if self.shared {
@@ -101,7 +107,17 @@ impl<M: Media> Core<M> {
             let end = off + n as u64;
             self.size = self.size.max(end);
             if self.shared {
-                self.stamp(data, off, end, before)?;
+                match old_end.filter(|&b| b / log::CHUNK < off / log::CHUNK) {
+                    Some(b) => {
+                        // The old end's chunk first: once its stamp is in, a crash before
+                        // the next one leaves [off, end) past the old size, which the size
+                        // going back cuts. The second stamp continues the size chain.
+                        self.stamp(data, b, b + 1, before)?;
+                        let now = data.size()?;
+                        self.stamp(data, off, end, now)?;
+                    }
+                    None => self.stamp(data, off, end, before)?,
+                }
             }
             return Ok((n, end));
         }

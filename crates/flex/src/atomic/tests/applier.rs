@@ -1,7 +1,7 @@
 //! The background applier, simulated: batches applied step by step and idle files
 //! checkpointed, interleaved at random with the foreground.
 
-use super::workload::{Rng, Tag};
+use super::workload::Tag;
 use crate::atomic::protocol::{Batch, Core, DataDev};
 use crate::persist::sim::SimDev;
 
@@ -31,11 +31,11 @@ impl Bg {
     /// One random move of the applier.
     pub(super) fn act<D: DataDev>(
         &mut self,
-        r: &mut Rng,
+        r: &mut fastrand::Rng,
         core: &mut Core<SimDev<Tag>>,
         data: &mut D,
     ) {
-        match r.below(5) {
+        match r.u32(..5) {
             0 => {
                 if self.batch.is_none() {
                     self.batch = core.take_batch().map(|b| (b, 0));
@@ -44,7 +44,7 @@ impl Bg {
             1 | 2 => {
                 let done = match &mut self.batch {
                     Some((b, i)) => {
-                        let end = (*i + 1 + r.below(3) as usize).min(b.ops.len() + 1);
+                        let end = (*i + 1 + r.usize(..3)).min(b.ops.len() + 1);
                         for k in *i..end {
                             // SAFETY: a batch taken and not finished.
                             unsafe { b.step(data, k) }.expect("apply step");
@@ -71,7 +71,7 @@ impl Bg {
                     // A newer sync replaces a pending one.
                     data.sync().expect("sync");
                     self.synced = Some(core.applied);
-                    if r.below(2) == 0 {
+                    if r.bool() {
                         // The reset right after the sync (else after later foreground ops).
                         self.act_reset(core);
                     }
@@ -80,7 +80,7 @@ impl Bg {
             _ => {
                 // Often late: foreground operations (commits, applied batches) come
                 // between the sync and the reset, which must then refuse.
-                if r.below(4) == 0 {
+                if r.u32(..4) == 0 {
                     self.act_reset(core);
                 }
             }

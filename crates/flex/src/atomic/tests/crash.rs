@@ -2,7 +2,7 @@
 //! subsets of the lines in flight, each result one of the states the model allows, and
 //! crashes inside recovery recovered to the same state.
 
-use super::workload::{workload_mode, Pol, Rng, Tag, INO};
+use super::workload::{workload_mode, Pol, Tag, INO};
 use crate::atomic::log;
 use crate::atomic::protocol::{recover, Policy};
 use crate::persist::sim::{SimDev, World};
@@ -69,13 +69,13 @@ pub(super) fn check_run_mode(
 ) -> (usize, usize, usize) {
     let (run, _, _) = workload_mode(seed, page, ops, bound, bg, pol);
     assert!(run.commits > 0);
-    let mut r = Rng(seed.wrapping_mul(31) | 1);
+    let mut r = fastrand::Rng::with_seed(seed.wrapping_mul(31));
     let (mut images, mut nested) = (0usize, 0usize);
     for (pi, p) in run.points.iter().enumerate() {
         let n = p.inflight.len();
         let mut masks: Vec<Vec<bool>> = vec![vec![false; n], vec![true; n]];
         for _ in 0..subsets {
-            masks.push((0..n).map(|_| r.below(2) == 0).collect());
+            masks.push((0..n).map(|_| r.bool()).collect());
         }
         for (mi, m) in masks.iter().enumerate() {
             let img = p.image(|i| m[i]);
@@ -119,7 +119,7 @@ pub(super) fn check_run_mode(
                 for mask in [
                     vec![false; k],
                     vec![true; k],
-                    (0..k).map(|_| r.below(2) == 0).collect(),
+                    (0..k).map(|_| r.bool()).collect(),
                 ] {
                     let img2 = q.image(|i| mask[i]);
                     let (again, _) = recover_image(&img2, page, false);
@@ -153,7 +153,12 @@ pub(super) fn crash_sweep(
     assert!(tot.0 > min);
 }
 
-/// Each seed with cache-line (DAX) and page-cache persistence.
+/// Each seed with cache-line (DAX) and page-cache persistence; `FLEX_CRASH_SEEDS=N` runs
+/// N seeds instead of `n` (long runs).
 pub(super) fn seeds_both_grains(n: u64) -> impl Iterator<Item = (u64, bool)> {
+    let n = std::env::var("FLEX_CRASH_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(n);
     (1..=n).flat_map(|seed| [(seed, false), (seed, true)])
 }

@@ -6,19 +6,6 @@ use crate::atomic::log::Log;
 use crate::atomic::protocol::{Core, CoreStats, Policy};
 use crate::persist::sim::{SimDev, World};
 
-pub(super) struct Rng(pub(super) u64);
-impl Rng {
-    pub(super) fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    pub(super) fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
 /// Acceptable model states (indices into the state list) for a crash at this moment.
 pub(super) type Tag = Vec<usize>;
 
@@ -62,10 +49,8 @@ pub(super) fn workload_mode(
     bg: bool,
     pol: Pol,
 ) -> (Run, u64, u64) {
-    let mut r = Rng(seed | 1);
-    let init: Vec<u8> = (0..(r.below(9000) as usize))
-        .map(|_| r.next() as u8)
-        .collect();
+    let mut r = fastrand::Rng::with_seed(seed);
+    let init: Vec<u8> = (0..r.usize(..9000)).map(|_| r.u8(..)).collect();
     let w = World::new(vec![0usize]);
     let ldev = World::add(&w, &[], page);
     let ddev = World::add(&w, &init, page);
@@ -108,11 +93,11 @@ pub(super) fn workload_mode(
         let pending = states.len() - 1;
         w.borrow_mut().tag = vec![committed, pending];
         let before = core.stats.commits;
-        if pol == Pol::Switch && r.below(8) == 0 {
-            core.policy = [Policy::Redo, Policy::Undo, Policy::Auto][r.below(3) as usize];
+        if pol == Pol::Switch && r.u32(..8) == 0 {
+            core.policy = [Policy::Redo, Policy::Undo, Policy::Auto][r.usize(..3)];
         }
         if pol == Pol::Shared {
-            if r.below(7) == 0 {
+            if r.u32(..7) == 0 {
                 if core.inflight() {
                     app.drain(&mut core, &mut data);
                 }
@@ -121,16 +106,16 @@ pub(super) fn workload_mode(
                 if core.stats.commits != before {
                     committed = pending;
                 }
-            } else if r.below(9) == 0 {
+            } else if r.u32(..9) == 0 {
                 core.end_shared(Policy::Redo);
             }
         }
-        match r.below(10) {
+        match r.u32(..10) {
             0..=3 => {
-                let off = r.below(cur.len() as u64 + 3000) as usize;
-                let big = r.below(4) == 0;
-                let len = 1 + r.below(if big { 9000 } else { 700 }) as usize;
-                let buf: Vec<u8> = (0..len).map(|_| r.next() as u8 | 1).collect();
+                let off = r.usize(..cur.len() + 3000);
+                let big = r.u32(..4) == 0;
+                let len = 1 + r.usize(..if big { 9000 } else { 700 });
+                let buf: Vec<u8> = (0..len).map(|_| r.u8(..) | 1).collect();
                 if core.inflight() && core.needs_room(len as u64) {
                     app.drain(&mut core, &mut data);
                 }
@@ -145,8 +130,8 @@ pub(super) fn workload_mode(
                 cur[off..off + len].copy_from_slice(&buf);
             }
             4 | 5 => {
-                let len = 1 + r.below(1500) as usize;
-                let buf: Vec<u8> = (0..len).map(|_| r.next() as u8 | 1).collect();
+                let len = 1 + r.usize(..1500);
+                let buf: Vec<u8> = (0..len).map(|_| r.u8(..) | 1).collect();
                 if core.inflight() && core.needs_room(len as u64) {
                     app.drain(&mut core, &mut data);
                 }
@@ -157,7 +142,7 @@ pub(super) fn workload_mode(
                 cur.extend_from_slice(&buf);
             }
             6 => {
-                let len = r.below(cur.len() as u64 + 2000) as usize;
+                let len = r.usize(..cur.len() + 2000);
                 if core.inflight() && core.needs_room(0) {
                     app.drain(&mut core, &mut data);
                 }
@@ -174,7 +159,7 @@ pub(super) fn workload_mode(
             }
         }
         if bg {
-            for _ in 0..r.below(5) {
+            for _ in 0..r.u32(..5) {
                 app.act(&mut r, &mut core, &mut data);
             }
         }
@@ -186,7 +171,7 @@ pub(super) fn workload_mode(
             states.push(cur.clone());
             committed = states.len() - 1;
         }
-        let reads = if pol == Pol::Switch && r.below(3) == 0 {
+        let reads = if pol == Pol::Switch && r.u32(..3) == 0 {
             // A read-mostly phase: auto picks undo for the next transactions.
             30
         } else {
@@ -195,13 +180,13 @@ pub(super) fn workload_mode(
         for _ in 0..reads {
             core.note_read();
         }
-        if r.below(3) == 0 {
+        if r.u32(..3) == 0 {
             // Reads see this process's own uncommitted writes.
             let mut got = vec![0u8; cur.len() + 10];
             // SAFETY: our own buffer.
             let n = unsafe { core.read(&data, 0, got.as_mut_ptr(), got.len()) }.expect("read");
             assert_eq!(&got[..n], &cur[..], "read-your-writes (seed {seed})");
-            let off = r.below(cur.len() as u64 + 1);
+            let off = r.u64(..cur.len() as u64 + 1);
             let mut got = vec![0u8; 777];
             // SAFETY: our own buffer.
             let n = unsafe { core.read(&data, off, got.as_mut_ptr(), got.len()) }.expect("read");
