@@ -199,35 +199,15 @@ macro_rules! raw {
 }
 pub(crate) use raw;
 
-/// One system call, inline (no libc `syscall()` round trip on the passthrough path):
-/// up to six arguments in the x86_64 system-call registers; -1 with errno on failure, as
-/// libc's wrappers. Integer arguments narrower than a register are sign- or zero-extended
-/// by the `as usize` of [`raw!`]; the kernel reads only the width it declares.
+/// One system call with the application's arguments ([`engine::sys::raw::syscall`]);
+/// -1 with errno on failure, as libc's wrappers.
 ///
 /// # Safety
 /// The arguments must be valid for system call `nr` as the application passed them.
 #[inline(always)]
 pub(crate) unsafe fn raw_syscall(nr: libc::c_long, args: &[usize]) -> libc::c_long {
-    let mut a = [0usize; 6];
-    a[..args.len()].copy_from_slice(args);
-    let ret: isize;
-    // SAFETY: the `syscall` instruction with the kernel's x86_64 convention: number in rax,
-    // arguments in rdi, rsi, rdx, r10, r8, r9; it clobbers rcx and r11 and no stack.
-    unsafe {
-        core::arch::asm!(
-            "syscall",
-            inlateout("rax") nr as isize => ret,
-            in("rdi") a[0],
-            in("rsi") a[1],
-            in("rdx") a[2],
-            in("r10") a[3],
-            in("r8") a[4],
-            in("r9") a[5],
-            lateout("rcx") _,
-            lateout("r11") _,
-            options(nostack),
-        );
-    }
+    // SAFETY: forwarded contract.
+    let ret = unsafe { engine::sys::raw::syscall(nr, args) };
     if (-4095..0).contains(&ret) {
         set_errno(-ret as i32);
         -1

@@ -143,7 +143,7 @@ macro_rules! exit_call {
             // SAFETY: the raw exit_group system call never returns, so the end of this
             // function is never reached.
             unsafe {
-                libc::syscall(libc::SYS_exit_group, status);
+                engine::sys::raw::syscall(libc::SYS_exit_group, &[status as usize]);
                 core::hint::unreachable_unchecked()
             }
         }

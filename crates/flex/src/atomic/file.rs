@@ -400,15 +400,7 @@ impl AtomicFile {
 fn file_too_big(need: u64) {
     if let Some(v) = rustix::process::getrlimit(rustix::process::Resource::Fsize).current {
         if need > v {
-            // SAFETY: a raw system call sending a signal to this thread.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_tgkill,
-                    libc::getpid(),
-                    libc::syscall(libc::SYS_gettid),
-                    libc::SIGXFSZ,
-                )
-            };
+            sys::signal::raise(libc::SIGXFSZ);
         }
     }
 }

@@ -71,8 +71,7 @@ pub(super) fn open_log(
 pub(super) fn unlink_log(path: &CStr, ino: u64) {
     if sys::fstatat(libc::AT_FDCWD, path, libc::AT_SYMLINK_NOFOLLOW).is_ok_and(|s| s.st_ino == ino)
     {
-        // SAFETY: a raw system call with a valid path string.
-        unsafe { libc::syscall(libc::SYS_unlinkat, libc::AT_FDCWD, path.as_ptr(), 0) };
+        let _ = sys::unlinkat(libc::AT_FDCWD, path);
     }
 }
 

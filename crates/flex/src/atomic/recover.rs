@@ -48,8 +48,7 @@ pub(super) fn recover_legacy(dirfd: RawFd, path: &CStr, fd: RawFd) -> Res<Option
     };
     let r = replay_plain(lfd, st.st_ino, fd);
     if r.is_ok() {
-        // SAFETY: a raw system call with a valid path string.
-        unsafe { libc::syscall(libc::SYS_unlinkat, dirfd, lpath.as_ptr(), 0) };
+        let _ = sys::unlinkat(dirfd, &lpath);
     }
     let _ = sys::close(lfd);
     r.map(Some)

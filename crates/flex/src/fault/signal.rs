@@ -15,6 +15,7 @@ use core::sync::atomic::{
 use std::sync::Once;
 
 use super::kernels;
+use crate::sys::{self, signal::KernelSigaction};
 
 /// Words of a glibc `sigset_t` (1024 bits).
 const SET_WORDS: usize = 16;
@@ -128,10 +129,7 @@ static WRITER: AtomicBool = AtomicBool::new(false);
 /// rt_sigprocmask on the kernel's 64-bit signal set (no libc wrapper that could be
 /// interposed, and async-signal-safe).
 fn sigprocmask_raw(how: c_int, set: Option<&u64>, old: Option<&mut u64>) {
-    let set_ptr = set.map_or(core::ptr::null(), |s| s as *const u64);
-    let old_ptr = old.map_or(core::ptr::null_mut(), |o| o as *mut u64);
-    // SAFETY: both pointers are null or point to live 8-byte sets, the size passed.
-    unsafe { libc::syscall(libc::SYS_rt_sigprocmask, how, set_ptr, old_ptr, 8usize) };
+    sys::signal::sigprocmask(how, set, old);
 }
 
 impl WriteLock {
@@ -174,15 +172,6 @@ fn resolve_real_sigaction() -> usize {
     f
 }
 
-/// Kernel `struct sigaction` for x86_64 `rt_sigaction`.
-#[repr(C)]
-struct KernelSigaction {
-    handler: usize,
-    flags: u64,
-    restorer: usize,
-    mask: u64,
-}
-
 const SA_RESTORER: c_int = 0x0400_0000;
 
 /// `rt_sigaction` without libc, for when dlsym finds no `sigaction` (static binaries).
@@ -214,20 +203,7 @@ unsafe fn raw_sigaction(
         restorer: 0,
         mask: 0,
     };
-    let kact_ptr = kact
-        .as_ref()
-        .map_or(core::ptr::null(), |k| k as *const KernelSigaction);
-    // SAFETY: pointers to live kernel-layout structs; sigsetsize 8 is the kernel's.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_rt_sigaction,
-            sig,
-            kact_ptr,
-            &mut kold as *mut KernelSigaction,
-            8usize,
-        )
-    };
-    if r != 0 {
+    if !sys::signal::rt_sigaction(sig, kact.as_ref(), &mut kold) {
         return -1;
     }
     if !old.is_null() {
@@ -453,16 +429,8 @@ unsafe fn forward(sig: c_int, code: c_int, info: *mut libc::siginfo_t, uc: *mut 
         // SAFETY: a live sigaction; the real sigaction is async-signal-safe.
         unsafe { real_sigaction(sig, &dfl, core::ptr::null_mut()) };
         if sent {
-            // SAFETY: plain system calls on this thread; info is the kernel's siginfo.
-            unsafe {
-                let pid = libc::syscall(libc::SYS_getpid);
-                let tid = libc::syscall(libc::SYS_gettid);
-                if info.is_null()
-                    || libc::syscall(libc::SYS_rt_tgsigqueueinfo, pid, tid, sig, info) != 0
-                {
-                    libc::syscall(libc::SYS_tgkill, pid, tid, sig);
-                }
-            }
+            // SAFETY: info is null or the kernel's siginfo for this signal.
+            unsafe { sys::signal::requeue(sig, info) };
         }
         return;
     }

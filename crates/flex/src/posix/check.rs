@@ -33,24 +33,15 @@ pub(super) fn iov_before_access(write: bool) -> bool {
         return false;
     };
     use rustix::fd::AsRawFd;
-    let (fd, nr) = if write {
-        (r.as_raw_fd(), libc::SYS_writev)
-    } else {
-        (w.as_raw_fd(), libc::SYS_readv)
-    };
+    // The wrong end of the pipe for the call: EBADF from the mode check.
+    let fd = if write { r.as_raw_fd() } else { w.as_raw_fd() };
     // Another thread of the program may close a descriptor number it does not own (ours)
     // and open a file that takes it: only an answer about our own pipe counts.
     let ours = || sys::fstat(fd).map(|st| st.st_ino).ok();
     let before = ours();
-    // SAFETY: a raw system call with an invalid count: the kernel rejects it before
-    // touching any memory.
-    let rc = unsafe { libc::syscall(nr, fd, core::ptr::null::<libc::iovec>(), -1i32) };
-    // SAFETY: this thread's errno.
-    let errno = if rc < 0 {
-        unsafe { *libc::__errno_location() }
-    } else {
-        0
-    };
+    let errno = sys::vector_io_probe(fd, write)
+        .err()
+        .map_or(0, |e| e.raw_os_error());
     if before.is_none() || ours() != before || (errno != libc::EINVAL && errno != libc::EBADF) {
         return false; // not known: the newer kernels' order, asked again next time
     }

@@ -66,18 +66,7 @@ pub fn truncate(path: &CStr, len: i64) -> Route<()> {
         }
         return Route::Served(a.truncate(&inode, len as u64));
     }
-    Route::Served(inode.set_len(fd, len as u64, || {
-        // SAFETY: a raw system call with a valid path string.
-        let r = unsafe { libc::syscall(libc::SYS_truncate, path.as_ptr(), len) };
-        if r < 0 {
-            // SAFETY: this thread's errno.
-            Err(Errno::from_raw_os_error(unsafe {
-                *libc::__errno_location()
-            }))
-        } else {
-            Ok(())
-        }
-    }))
+    Route::Served(inode.set_len(fd, len as u64, || sys::truncate(path, len)))
 }
 
 /// fallocate and posix_fallocate: leave trailer mode, let the kernel allocate, re-read size.

@@ -4,7 +4,7 @@ use super::{Fd, Pass, Route};
 use crate::desc::Desc;
 use crate::engine::engine;
 use crate::stats::Call;
-use crate::sys::{Errno, Res};
+use crate::sys::{self, Res};
 
 /// fsync or fdatasync of a description: a commit in atomic mode.
 pub(super) fn sync_desc(d: &Desc, fd: Fd, data_only: bool) -> Res<()> {
@@ -36,14 +36,5 @@ pub fn sync_file_range(fd: Fd, off: i64, n: i64, flags: u32) -> Route<()> {
     if let Err(e) = d.inode.trim(fd) {
         return Route::err(e);
     }
-    // SAFETY: a raw system call with scalar arguments.
-    let r = unsafe { libc::syscall(libc::SYS_sync_file_range, fd, off, n, flags) };
-    Route::Served(if r < 0 {
-        // SAFETY: this thread's errno.
-        Err(Errno::from_raw_os_error(unsafe {
-            *libc::__errno_location()
-        }))
-    } else {
-        Ok(())
-    })
+    Route::Served(sys::sync_file_range(fd, off, n, flags))
 }

@@ -116,3 +116,21 @@ pub fn list_dir(path: &core::ffi::CStr) -> Res<Vec<Vec<u8>>> {
     let _ = close(fd);
     r.map(|_| names)
 }
+
+/// unlinkat(2) of `path` relative to `dirfd` (a file, not a directory).
+pub fn unlinkat(dirfd: RawFd, path: &core::ffi::CStr) -> Res<()> {
+    // SAFETY: a raw system call with a valid path string.
+    ret(unsafe { libc::syscall(libc::SYS_unlinkat, dirfd, path.as_ptr(), 0) }).map(|_| ())
+}
+
+/// truncate(2) of `path` to the application's own (signed) length: the kernel judges it.
+pub fn truncate(path: &core::ffi::CStr, len: i64) -> Res<()> {
+    // SAFETY: a raw system call with a valid path string.
+    ret(unsafe { libc::syscall(libc::SYS_truncate, path.as_ptr(), len) }).map(|_| ())
+}
+
+/// sync_file_range(2) with the application's own arguments.
+pub fn sync_file_range(fd: RawFd, off: i64, n: i64, flags: u32) -> Res<()> {
+    // SAFETY: a raw system call with scalar arguments.
+    ret(unsafe { libc::syscall(libc::SYS_sync_file_range, fd, off, n, flags) }).map(|_| ())
+}

@@ -192,3 +192,16 @@ pub unsafe fn pwrite_exact(fd: RawFd, buf: *const u8, len: usize, off: u64) -> R
     let _ = fcntl_int(fd, libc::F_SETFL, fl as libc::c_long);
     r
 }
+
+/// readv or writev (`write`) of `fd` with a NULL iovec and a count of -1: the kernel
+/// rejects it before touching memory; which error (EINVAL for the count, EBADF for the
+/// descriptor's mode) tells its order of checks.
+pub fn vector_io_probe(fd: RawFd, write: bool) -> Res<usize> {
+    let nr = if write {
+        libc::SYS_writev
+    } else {
+        libc::SYS_readv
+    };
+    // SAFETY: an invalid count: the kernel rejects the call before reading the iovec.
+    ret(unsafe { libc::syscall(nr, fd, core::ptr::null::<libc::iovec>(), -1i32) })
+}

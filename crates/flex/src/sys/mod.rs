@@ -1,6 +1,7 @@
 //! The engine's one way out to the kernel, a module per kernel concept: [`io`] (data
 //! transfer), [`fs`] (files and metadata), [`fd`] (descriptors and locks), [`signal`]
-//! (masks and directed signals), [`thread`] (futexes, thread ids). The engine never calls
+//! (masks and directed signals), [`thread`] (futexes, thread ids), [`raw`] (the
+//! `syscall` instruction, for libflex.so's passthrough). The engine never calls
 //! the libc wrappers that libflex.so intercepts (that would call itself): these use
 //! rustix, or `libc::syscall` where the buffer is a raw pointer owned by the application
 //! (its validity is the kernel's to judge).
@@ -8,6 +9,7 @@
 pub mod fd;
 pub mod fs;
 pub mod io;
+pub mod raw;
 pub mod signal;
 pub mod thread;
 

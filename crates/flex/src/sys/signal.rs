@@ -31,3 +31,27 @@ pub unsafe fn requeue(sig: i32, info: *mut libc::siginfo_t) {
         raise(sig);
     }
 }
+
+/// The kernel's `struct sigaction` for x86_64 `rt_sigaction`.
+#[repr(C)]
+pub struct KernelSigaction {
+    pub handler: usize,
+    pub flags: u64,
+    pub restorer: usize,
+    pub mask: u64,
+}
+
+/// rt_sigaction(sig, act, old) with the kernel's structure; false on failure (errno set).
+pub fn rt_sigaction(sig: i32, act: Option<&KernelSigaction>, old: &mut KernelSigaction) -> bool {
+    let act = act.map_or(core::ptr::null(), |k| k as *const KernelSigaction);
+    // SAFETY: pointers to live kernel-layout structures; sigsetsize 8 is the kernel's.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            sig,
+            act,
+            old as *mut KernelSigaction,
+            8usize,
+        ) == 0
+    }
+}
