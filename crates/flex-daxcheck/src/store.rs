@@ -51,7 +51,7 @@ mod imp {
     }
 
     pub fn fallbacks() -> String {
-        let j = flexio::flex::engine::engine().stats.to_json();
+        let j = flexio::flex_engine::runtime::engine().stats.to_json();
         let key = "\"fallbacks\":";
         j.find(key)
             .map(|i| &j[i + key.len()..])

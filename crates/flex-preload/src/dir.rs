@@ -1,11 +1,11 @@
 //! Directory listings: flex's own directory of atomic-mode logs (`.flex-atomic`, at the
-//! root of a file system's mount, see `flex::atomic::site`) is never shown to the program.
+//! root of a file system's mount, see `flex_engine::atomic::site`) is never shown to the program.
 //! `getdents64` drops its entry from the kernel's buffer; `readdir` and friends (glibc's
 //! call the system call directly) skip it. Only an entry with exactly that name that is a
 //! sticky directory is hidden; everything else is the kernel's answer.
 
 use crate::{hook, raw, real};
-use engine::atomic::site;
+use flex_engine::atomic::site;
 use libc::{c_int, c_void, dirent, dirent64, DIR};
 use std::ffi::CStr;
 

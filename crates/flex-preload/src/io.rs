@@ -1,13 +1,13 @@
 //! Descriptor calls: open, close, the read/write family, seeking, syncing, sizing, dup.
 
 use crate::{guarded, hook, raw, real, CRet};
-use engine::posix::{self, Route};
+use flex_engine::posix::{self, Route};
 use libc::{c_char, c_int, c_long, c_uint, c_void, iovec, mode_t, off_t, size_t, ssize_t};
 
 /// Does flex manage any descriptor at all? (One atomic load: the passthrough fast path.)
 #[inline]
 fn any() -> bool {
-    engine::engine::engine_if_started().is_some_and(|e| !e.table.is_empty())
+    flex_engine::runtime::engine_if_started().is_some_and(|e| !e.table.is_empty())
 }
 
 /// One exported descriptor call: ask the engine when anything is managed, else (or when
@@ -232,7 +232,7 @@ fn open_engine(dirfd: c_int, path: *const c_char, flags: c_int, mode: mode_t) ->
         libc::SYS_openat,
         dirfd,
         path,
-        flags & !(engine::O_FLEX | engine::config::O_FLEX_ATOMIC),
+        flags & !(flex_engine::O_FLEX | flex_engine::config::O_FLEX_ATOMIC),
         mode
     ) as c_int
 }
@@ -344,7 +344,7 @@ pub unsafe extern "C" fn mmap(
 ) -> *mut c_void {
     if fd >= 0 && any() {
         hook(|| {
-            if let Some(after) = posix::kernel_handoff(fd, false, engine::stats::Call::mmap) {
+            if let Some(after) = posix::kernel_handoff(fd, false, flex_engine::stats::Call::mmap) {
                 after();
             }
         });
@@ -367,7 +367,7 @@ pub unsafe extern "C" fn mmap64(
 
 /// Run a kernel data-moving call with both descriptors handed over (exact size, offsets
 /// synced when the call uses them), then take the offsets and sizes back.
-fn handoff<R>(fds: &[(c_int, bool)], call: engine::stats::Call, f: impl FnOnce() -> R) -> R {
+fn handoff<R>(fds: &[(c_int, bool)], call: flex_engine::stats::Call, f: impl FnOnce() -> R) -> R {
     let mut afters = Vec::new();
     if any() {
         hook(|| {
@@ -393,7 +393,7 @@ fn handoff<R>(fds: &[(c_int, bool)], call: engine::stats::Call, f: impl FnOnce()
 pub unsafe extern "C" fn sendfile(out: c_int, inp: c_int, off: *mut off_t, n: size_t) -> ssize_t {
     handoff(
         &[(out, true), (inp, off.is_null())],
-        engine::stats::Call::sendfile,
+        flex_engine::stats::Call::sendfile,
         || raw!(libc::SYS_sendfile, out, inp, off, n) as ssize_t,
     )
 }
@@ -415,7 +415,7 @@ pub unsafe extern "C" fn copy_file_range(
 ) -> ssize_t {
     handoff(
         &[(inp, off_in.is_null()), (out, off_out.is_null())],
-        engine::stats::Call::copy_file_range,
+        flex_engine::stats::Call::copy_file_range,
         || {
             raw!(
                 libc::SYS_copy_file_range,
@@ -441,7 +441,7 @@ pub unsafe extern "C" fn splice(
 ) -> ssize_t {
     handoff(
         &[(inp, off_in.is_null()), (out, off_out.is_null())],
-        engine::stats::Call::splice,
+        flex_engine::stats::Call::splice,
         || raw!(libc::SYS_splice, inp, off_in, out, off_out, n, flags) as ssize_t,
     )
 }

@@ -1,5 +1,5 @@
 //! libflex.so: the C ABI of FLEX. Its only job is to export the intercepted libc calls,
-//! copy the program's strings fault-safely, hand the calls to the engine (`flex::posix`)
+//! copy the program's strings fault-safely, hand the calls to the engine (`flex_engine::posix`)
 //! under a re-entrancy guard, turn a served error into -1 + errno, and make every call the
 //! engine passes (`Route::Pass`) itself, with raw system calls (or, for calls that are
 //! more than a system call, such as fork or fopen, with the next definition in libc). The
@@ -10,8 +10,8 @@
 #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
 compile_error!("libflex.so targets x86_64 Linux (variadic calls rely on the SysV register ABI)");
 
-use engine::posix::{Pass, Route};
-use engine::sys::{Errno, Res};
+use flex_engine::posix::{Pass, Route};
+use flex_engine::sys::{Errno, Res};
 
 use std::ffi::{c_char, c_int, CStr};
 use std::mem::MaybeUninit;
@@ -69,7 +69,7 @@ pub(crate) fn hook(f: impl FnOnce()) {
 #[inline]
 pub(crate) fn user_str(p: *const c_char, buf: &mut [MaybeUninit<u8>]) -> Option<&CStr> {
     // SAFETY: copy_cstr accepts any address; a bad one faults inside the guarded copy.
-    unsafe { engine::fault::copy_cstr(p, buf) }.ok()
+    unsafe { flex_engine::fault::copy_cstr(p, buf) }.ok()
 }
 
 /// Run `f` on the program's path at `p`, copied as [`user_str`] does, up to PATH_MAX bytes.
@@ -79,10 +79,10 @@ pub(crate) fn user_str(p: *const c_char, buf: &mut [MaybeUninit<u8>]) -> Option<
 pub(crate) fn with_path<R>(p: *const c_char, f: impl FnOnce(&CStr) -> R) -> Option<R> {
     let mut small = [MaybeUninit::uninit(); 512];
     // SAFETY: copy_cstr accepts any address; a bad one faults inside the guarded copy.
-    match unsafe { engine::fault::copy_cstr(p, &mut small) } {
+    match unsafe { flex_engine::fault::copy_cstr(p, &mut small) } {
         Ok(s) => Some(f(s)),
         Err(e) if e == Errno::NAMETOOLONG => {
-            let mut big = Box::<[u8]>::new_uninit_slice(engine::fault::PATH_MAX);
+            let mut big = Box::<[u8]>::new_uninit_slice(flex_engine::fault::PATH_MAX);
             Some(f(user_str(p, &mut big)?))
         }
         Err(_) => None,
@@ -199,7 +199,7 @@ macro_rules! raw {
 }
 pub(crate) use raw;
 
-/// One system call with the application's arguments ([`engine::sys::raw::syscall`]);
+/// One system call with the application's arguments ([`flex_engine::sys::raw::syscall`]);
 /// -1 with errno on failure, as libc's wrappers.
 ///
 /// # Safety
@@ -207,7 +207,7 @@ pub(crate) use raw;
 #[inline(always)]
 pub(crate) unsafe fn raw_syscall(nr: libc::c_long, args: &[usize]) -> libc::c_long {
     // SAFETY: forwarded contract.
-    let ret = unsafe { engine::sys::raw::syscall(nr, args) };
+    let ret = unsafe { flex_engine::sys::raw::syscall(nr, args) };
     if (-4095..0).contains(&ret) {
         set_errno(-ret as i32);
         -1
@@ -219,7 +219,7 @@ pub(crate) unsafe fn raw_syscall(nr: libc::c_long, args: &[usize]) -> libc::c_lo
 /// Exit-time destructor: flush our stdio streams, make sizes exact, write statistics.
 extern "C" fn flex_fini() {
     stdio::flush_all();
-    hook(engine::posix::at_exit);
+    hook(flex_engine::posix::at_exit);
 }
 
 // No constructor: the engine (FLEX_* parsing, fault handlers) is created by the first

@@ -4,8 +4,8 @@
 //! runs for faults that are not ours).
 
 use crate::{guarded, hook, raw, real};
-use engine::posix::{self, Route};
-use engine::stats::Call;
+use flex_engine::posix::{self, Route};
+use flex_engine::stats::Call;
 use libc::{c_char, c_int, c_uint, sighandler_t};
 
 fn fix(st: *mut libc::stat) {
@@ -113,7 +113,7 @@ fn identity_call(
     f: impl FnOnce() -> c_int,
 ) -> c_int {
     let mut id = None;
-    if !path.is_null() && engine::engine::engine_if_started().is_some() {
+    if !path.is_null() && flex_engine::runtime::engine_if_started().is_some() {
         let _ = guarded(|| {
             // An unreadable path: the kernel answers EFAULT, no name goes away.
             id = crate::with_path(path, |p| posix::path_identity(dirfd, p)).flatten();
@@ -195,7 +195,7 @@ pub unsafe extern "C" fn renameat2(
 
 #[no_mangle]
 pub unsafe extern "C" fn truncate(p: *const c_char, len: libc::off_t) -> c_int {
-    if !p.is_null() && engine::engine::engine_if_started().is_some() {
+    if !p.is_null() && flex_engine::runtime::engine_if_started().is_some() {
         // An unreadable path goes to the kernel as given (EFAULT, ENAMETOOLONG).
         if let Route::Served(r) = guarded(|| crate::on_path(p, |p| posix::truncate(p, len))) {
             return crate::CRet::c(r);
@@ -237,7 +237,7 @@ pub unsafe extern "C" fn sigaction(
     old: *mut libc::sigaction,
 ) -> c_int {
     // SAFETY: same contract as sigaction; app_sigaction passes other signals to libc.
-    unsafe { engine::fault::app_sigaction(sig, act, old) }
+    unsafe { flex_engine::fault::app_sigaction(sig, act, old) }
 }
 
 /// signal, bsd_signal, sysv_signal, sigset: libc implements them with its internal
@@ -248,7 +248,7 @@ macro_rules! signal_call {
         pub unsafe extern "C" fn $name(sig: c_int, h: sighandler_t) -> sighandler_t {
             if sig == libc::SIGSEGV || sig == libc::SIGBUS {
                 // SAFETY: same contract as signal.
-                return unsafe { engine::fault::app_signal(sig, h) };
+                return unsafe { flex_engine::fault::app_signal(sig, h) };
             }
             match real!(@ident $name: unsafe extern "C" fn(c_int, sighandler_t) -> sighandler_t) {
                 // SAFETY: libc's implementation with the application's arguments.

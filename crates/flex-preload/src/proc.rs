@@ -22,14 +22,14 @@ fn enosys<T>(v: T) -> T {
 
 #[no_mangle]
 pub unsafe extern "C" fn fork() -> pid_t {
-    hook(engine::posix::before_fork);
+    hook(flex_engine::posix::before_fork);
     let pid = match real!("fork": unsafe extern "C" fn() -> pid_t) {
         // SAFETY: libc's fork (it runs the atfork handlers).
         Some(f) => unsafe { f() },
         None => enosys(-1),
     };
     if pid == 0 {
-        hook(engine::posix::after_fork_child);
+        hook(flex_engine::posix::after_fork_child);
     }
     pid
 }
@@ -39,7 +39,7 @@ macro_rules! exec_call {
     ($( fn $name:ident($($a:ident: $t:ty),*); )*) => {$(
         #[no_mangle]
         pub unsafe extern "C" fn $name($($a: $t),*) -> c_int {
-            hook(|| engine::posix::before_exec(false));
+            hook(|| flex_engine::posix::before_exec(false));
             match real!(@ident $name: unsafe extern "C" fn($($t),*) -> c_int) {
                 // SAFETY: libc's implementation with the application's arguments.
                 Some(f) => unsafe { f($($a),*) },
@@ -97,7 +97,7 @@ macro_rules! spawn_call {
             argv: *const *mut c_char,
             envp: *const *mut c_char,
         ) -> c_int {
-            hook(|| engine::posix::before_exec(true));
+            hook(|| flex_engine::posix::before_exec(true));
             match real!(@ident $name: SpawnFn) {
                 // SAFETY: libc's implementation with the application's arguments.
                 Some(f) => unsafe { f(pid, path, fa, attr, argv, envp) },
@@ -111,7 +111,7 @@ spawn_call!(posix_spawn, posix_spawnp);
 
 #[no_mangle]
 pub unsafe extern "C" fn system(cmd: *const c_char) -> c_int {
-    hook(|| engine::posix::before_exec(true));
+    hook(|| flex_engine::posix::before_exec(true));
     match real!("system": unsafe extern "C" fn(*const c_char) -> c_int) {
         // SAFETY: libc's implementation with the application's argument.
         Some(f) => unsafe { f(cmd) },
@@ -121,7 +121,7 @@ pub unsafe extern "C" fn system(cmd: *const c_char) -> c_int {
 
 #[no_mangle]
 pub unsafe extern "C" fn popen(cmd: *const c_char, mode: *const c_char) -> *mut FILE {
-    hook(|| engine::posix::before_exec(true));
+    hook(|| flex_engine::posix::before_exec(true));
     match real!("popen": unsafe extern "C" fn(*const c_char, *const c_char) -> *mut FILE) {
         // SAFETY: libc's implementation with the application's arguments.
         Some(f) => unsafe { f(cmd, mode) },
@@ -135,7 +135,7 @@ macro_rules! exit_call {
     ($($name:ident),*) => {$(
         #[no_mangle]
         pub unsafe extern "C" fn $name(status: c_int) -> ! {
-            hook(engine::posix::before_underscore_exit);
+            hook(flex_engine::posix::before_underscore_exit);
             if let Some(f) = real!(@ident $name: unsafe extern "C" fn(c_int) -> !) {
                 // SAFETY: libc's _exit with the application's status.
                 unsafe { f(status) }
@@ -143,7 +143,7 @@ macro_rules! exit_call {
             // SAFETY: the raw exit_group system call never returns, so the end of this
             // function is never reached.
             unsafe {
-                engine::sys::raw::syscall(libc::SYS_exit_group, &[status as usize]);
+                flex_engine::sys::raw::syscall(libc::SYS_exit_group, &[status as usize]);
                 core::hint::unreachable_unchecked()
             }
         }

@@ -3,7 +3,7 @@
 //! working through our own FILE -> fd table. Streams on other files are libc's.
 
 use crate::{guarded, real};
-use engine::posix::{Pass, Route};
+use flex_engine::posix::{Pass, Route};
 use libc::{c_char, c_int, c_void, size_t, ssize_t, FILE};
 use std::collections::HashMap;
 use std::ffi::CStr;
@@ -147,7 +147,7 @@ fn open_stream(path: *const c_char, mode: *const c_char, real_fopen: Option<Fope
         };
         (m, append_only) = (mb, ao);
         crate::on_path(path, |p| {
-            engine::posix::open(libc::AT_FDCWD, p, flags, 0o666)
+            flex_engine::posix::open(libc::AT_FDCWD, p, flags, 0o666)
         })
     });
     let Route::Served(r) = r else {
@@ -160,7 +160,7 @@ fn open_stream(path: *const c_char, mode: *const c_char, real_fopen: Option<Fope
             return core::ptr::null_mut();
         }
     };
-    if !engine::posix::is_managed(fd) {
+    if !flex_engine::posix::is_managed(fd) {
         // Not a regular file after all: a libc stream on the kernel descriptor.
         return match real!("fdopen": unsafe extern "C" fn(c_int, *const c_char) -> *mut FILE) {
             // SAFETY: libc's fdopen with a descriptor we just opened.
@@ -195,7 +195,7 @@ pub unsafe extern "C" fn fopen64(path: *const c_char, mode: *const c_char) -> *m
 
 #[no_mangle]
 pub unsafe extern "C" fn fdopen(fd: c_int, mode: *const c_char) -> *mut FILE {
-    if !mode.is_null() && engine::posix::is_managed(fd) {
+    if !mode.is_null() && flex_engine::posix::is_managed(fd) {
         // An unreadable mode goes to libc as given (it faults there, as without flex).
         let mut mbuf = [MaybeUninit::uninit(); MODE_MAX];
         let mut m: Option<&[u8]> = None;

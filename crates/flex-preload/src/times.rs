@@ -4,7 +4,7 @@
 //! cannot bump the times the program sets afterwards. Then libc's call, unchanged.
 
 use crate::{hook, raw, real};
-use engine::atomic;
+use flex_engine::atomic;
 use libc::{c_char, c_int, timespec, timeval, utimbuf};
 
 /// Before the program sets the times of the file `fd`, or `path` relative to `dirfd`.

@@ -61,9 +61,9 @@ fn libflex() -> anyhow::Result<PathBuf> {
 }
 
 /// The `FLEX_*` variables of this environment that break their rule (the rules are
-/// `flex::config`'s, the ones libflex.so applies).
-fn config_errors() -> Vec<flex::config::ConfigError> {
-    flex::config::Config::parse(|k| std::env::var_os(k)).1
+/// `flex_engine::config`'s, the ones libflex.so applies).
+fn config_errors() -> Vec<flex_engine::config::ConfigError> {
+    flex_engine::config::Config::parse(|k| std::env::var_os(k)).1
 }
 
 fn run(a: RunArgs) -> anyhow::Result<i32> {

@@ -13,17 +13,17 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
-use flex::posix;
-use flex::sys::{Errno, Res};
+use flex_engine::posix;
+use flex_engine::sys::{Errno, Res};
 use std::ffi::CString;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-pub use flex;
-pub use flex::persist::Granularity;
-pub use flex::trailer::Recovery;
+pub use flex_engine;
+pub use flex_engine::persist::Granularity;
+pub use flex_engine::trailer::Recovery;
 
 fn err(e: Errno) -> io::Error {
     io::Error::from_raw_os_error(e.raw_os_error())
@@ -125,9 +125,18 @@ impl OpenOptions {
         let flags = self.flags()?;
         let p = CString::new(path.as_ref().as_os_str().as_bytes())
             .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        let extra = if self.atomic { flex::O_FLEX_ATOMIC } else { 0 };
-        let r = posix::open(libc::AT_FDCWD, &p, flags | flex::O_FLEX | extra, self.mode)
-            .or_kernel(|| flex::sys::openat(libc::AT_FDCWD, &p, flags, self.mode));
+        let extra = if self.atomic {
+            flex_engine::O_FLEX_ATOMIC
+        } else {
+            0
+        };
+        let r = posix::open(
+            libc::AT_FDCWD,
+            &p,
+            flags | flex_engine::O_FLEX | extra,
+            self.mode,
+        )
+        .or_kernel(|| flex_engine::sys::openat(libc::AT_FDCWD, &p, flags, self.mode));
         r.map(|fd| File { fd }).map_err(err)
     }
 }
@@ -173,22 +182,24 @@ impl File {
     }
 
     pub fn sync_all(&self) -> io::Result<()> {
-        call(posix::fsync(self.fd, false), || flex::sys::fsync(self.fd))
+        call(posix::fsync(self.fd, false), || {
+            flex_engine::sys::fsync(self.fd)
+        })
     }
     pub fn sync_data(&self) -> io::Result<()> {
         call(posix::fsync(self.fd, true), || {
-            flex::sys::fdatasync(self.fd)
+            flex_engine::sys::fdatasync(self.fd)
         })
     }
     pub fn set_len(&self, len: u64) -> io::Result<()> {
         let len = i64::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
         call(posix::ftruncate(self.fd, len), || {
-            flex::sys::ftruncate(self.fd, len as u64)
+            flex_engine::sys::ftruncate(self.fd, len as u64)
         })
     }
     /// The logical size of the file.
     pub fn len(&self) -> io::Result<u64> {
-        let st = flex::sys::fstat(self.fd).map_err(err)?;
+        let st = flex_engine::sys::fstat(self.fd).map_err(err)?;
         let mut size = st.st_size;
         posix::fstat_fix(self.fd, st.st_dev, st.st_ino, &mut size);
         Ok(size as u64)
@@ -208,7 +219,7 @@ impl Drop for File {
     fn drop(&mut self) {
         // Closing the last description makes the kernel's size exact.
         if posix::close(self.fd).is_pass() {
-            let _ = flex::sys::close(self.fd);
+            let _ = flex_engine::sys::close(self.fd);
         }
     }
 }
@@ -220,7 +231,7 @@ impl Read for &File {
             unsafe { posix::read(self.fd, buf.as_mut_ptr(), buf.len()) },
             || {
                 // SAFETY: as above.
-                unsafe { flex::sys::read(self.fd, buf.as_mut_ptr(), buf.len()) }
+                unsafe { flex_engine::sys::read(self.fd, buf.as_mut_ptr(), buf.len()) }
             },
         )
     }
@@ -233,7 +244,7 @@ impl Write for &File {
             unsafe { posix::write(self.fd, buf.as_ptr(), buf.len()) },
             || {
                 // SAFETY: as above.
-                unsafe { flex::sys::write(self.fd, buf.as_ptr(), buf.len()) }
+                unsafe { flex_engine::sys::write(self.fd, buf.as_ptr(), buf.len()) }
             },
         )
     }
@@ -253,7 +264,7 @@ impl Seek for &File {
             SeekFrom::End(o) => (o, libc::SEEK_END),
         };
         call(posix::lseek(self.fd, off, whence), || {
-            flex::sys::lseek(self.fd, off, whence).map(|v| v as i64)
+            flex_engine::sys::lseek(self.fd, off, whence).map(|v| v as i64)
         })
         .map(|v| v as u64)
     }
@@ -286,7 +297,7 @@ impl std::os::unix::fs::FileExt for File {
             unsafe { posix::pread(self.fd, buf.as_mut_ptr(), buf.len(), off) },
             || {
                 // SAFETY: as above.
-                unsafe { flex::sys::pread(self.fd, buf.as_mut_ptr(), buf.len(), offset) }
+                unsafe { flex_engine::sys::pread(self.fd, buf.as_mut_ptr(), buf.len(), offset) }
             },
         )
     }
@@ -297,7 +308,7 @@ impl std::os::unix::fs::FileExt for File {
             unsafe { posix::pwrite(self.fd, buf.as_ptr(), buf.len(), off) },
             || {
                 // SAFETY: as above.
-                unsafe { flex::sys::pwrite(self.fd, buf.as_ptr(), buf.len(), offset) }
+                unsafe { flex_engine::sys::pwrite(self.fd, buf.as_ptr(), buf.len(), offset) }
             },
         )
     }
@@ -311,7 +322,7 @@ pub fn recover<P: AsRef<Path>>(path: P) -> io::Result<Recovery> {
     recover_atomic(path.as_ref())?;
     let p = CString::new(path.as_ref().as_os_str().as_bytes())
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    flex::trailer::recover_path(&p).map_err(err)
+    flex_engine::trailer::recover_path(&p).map_err(err)
 }
 
 /// Replay the failure-atomic log of `path`, if any (`<mount root>/.flex-atomic/<ino>.log`,
@@ -321,18 +332,18 @@ pub fn recover<P: AsRef<Path>>(path: P) -> io::Result<Recovery> {
 /// `Ok(None)`: no log. EBUSY: a live process has the file open in atomic mode.
 pub fn recover_atomic<P: AsRef<Path>>(
     path: P,
-) -> io::Result<Option<flex::atomic::protocol::Replayed>> {
+) -> io::Result<Option<flex_engine::atomic::protocol::Replayed>> {
     let p = CString::new(path.as_ref().as_os_str().as_bytes())
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let fd = flex::sys::openat(
+    let fd = flex_engine::sys::openat(
         libc::AT_FDCWD,
         &p,
         libc::O_RDWR | libc::O_NOFOLLOW | libc::O_CLOEXEC,
         0,
     )
     .map_err(err)?;
-    let r = flex::atomic::recover_fd(libc::AT_FDCWD, &p, fd);
-    let _ = flex::sys::close(fd);
+    let r = flex_engine::atomic::recover_fd(libc::AT_FDCWD, &p, fd);
+    let _ = flex_engine::sys::close(fd);
     r.map_err(err)
 }
 

@@ -132,7 +132,7 @@ fn writer_child() {
 
 /// The log of `p`, at its file system's mount root (docs/atomic.md, "The log").
 fn log_of(p: &Path) -> std::path::PathBuf {
-    flex::atomic::site::log_location(p).unwrap_or_else(|| p.with_extension("no-such-log"))
+    flex_engine::atomic::site::log_location(p).unwrap_or_else(|| p.with_extension("no-such-log"))
 }
 
 #[test]

@@ -18,7 +18,7 @@ use std::process::Command;
 /// The log of the data file `p`: in the flex directory at its file system's mount root
 /// (docs/atomic.md, "The log"); a path that does not exist when `p` does not.
 fn log_of(p: &Path) -> PathBuf {
-    flex::atomic::site::log_location(p).unwrap_or_else(|| p.with_extension("no-such-log"))
+    flex_engine::atomic::site::log_location(p).unwrap_or_else(|| p.with_extension("no-such-log"))
 }
 
 /// The log location of older versions, beside the data file.
@@ -1124,7 +1124,7 @@ os.kill(os.getpid(), signal.SIGKILL)
 /// atomic open, and removed.
 #[test]
 fn a_log_left_by_an_older_version_is_recovered_once() {
-    use flex::atomic::log;
+    use flex_engine::atomic::log;
     use std::os::unix::fs::MetadataExt;
     let t = run::TestDir::new("atomic-legacy");
     for (n, by_open) in [("r", false), ("o", true)] {
@@ -1253,7 +1253,7 @@ print("ok")
 /// file is served plainly instead (stats: `atomic: untrusted log`), its bytes unchanged.
 #[test]
 fn a_log_planted_by_another_user_is_never_replayed() {
-    use flex::atomic::log;
+    use flex_engine::atomic::log;
     use std::os::unix::fs::MetadataExt;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -1265,7 +1265,7 @@ fn a_log_planted_by_another_user_is_never_replayed() {
     std::fs::write(&p, b"0123456789").unwrap();
     let f = std::fs::File::open(&p).unwrap();
     let ino = f.metadata().unwrap().ino();
-    let ident = flex::atomic::site::ident(std::os::fd::AsRawFd::as_raw_fd(&f), ino);
+    let ident = flex_engine::atomic::site::ident(std::os::fd::AsRawFd::as_raw_fd(&f), ino);
     drop(f);
     let lp = log_of(&p);
     // Where the log would go (the directory exists once any atomic file was open there).

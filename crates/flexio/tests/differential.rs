@@ -1,5 +1,5 @@
 //! Differential tests: random sequences of file calls run once through the kernel (libc on
-//! file A) and once through the engine (`flex::posix`, dispatched as libflex.so does, on
+//! file A) and once through the engine (`flex_engine::posix`, dispatched as libflex.so does, on
 //! twin file B). After every step: identical return values and errno, identical file
 //! offsets of every open descriptor, identical logical sizes; at check points and at the
 //! end: identical bytes, and after the last close identical kernel sizes and contents.

@@ -735,7 +735,7 @@ fn crashed_file(path: &Path, data: &[u8], ksize: u64) {
     let f = std::fs::File::create(path).unwrap();
     f.write_all_at(data, 0).unwrap();
     f.set_len(ksize).unwrap();
-    let t = flexio::flex::trailer::Trailer {
+    let t = flexio::flex_engine::trailer::Trailer {
         lsize: data.len() as u64,
         ksize,
         ino: f.metadata().unwrap().ino(),

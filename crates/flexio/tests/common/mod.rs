@@ -1,12 +1,12 @@
 //! Shared helpers of the differential tests: the two sides (the kernel through libc, the
-//! engine through the same `flex::posix` entry points `libflex.so` calls, a pass made as
+//! engine through the same `flex_engine::posix` entry points `libflex.so` calls, a pass made as
 //! the raw system call it makes), special buffers, and the test directory.
 #![allow(dead_code)]
 
 pub mod run;
 
-use flex::posix::{self, Route};
-use flex::stats::Call;
+use flex_engine::posix::{self, Route};
+use flex_engine::stats::Call;
 use std::ffi::{CStr, CString};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -89,7 +89,7 @@ pub fn remove_dir(d: tempfile::TempDir) {
 }
 
 /// The kernel (libc straight to the kernel: this binary is not under LD_PRELOAD) or the
-/// engine (the `flex::posix` entry points libflex.so exports, argument checks included).
+/// engine (the `flex_engine::posix` entry points libflex.so exports, argument checks included).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {
     Kernel,
@@ -110,7 +110,7 @@ impl Side {
             Side::Kernel => ret(unsafe { libc::openat(dirfd, path.as_ptr(), flags, mode) } as i64),
             Side::Engine { explicit } => {
                 let f = if explicit {
-                    flags | flex::O_FLEX
+                    flags | flex_engine::O_FLEX
                 } else {
                     flags
                 };

@@ -1,0 +1,105 @@
+//! System-call-shaped entry points, one per intercepted call.
+//!
+//! Each returns a [`Route`]: `Route::Pass(reason)` when the call is not flex's to serve
+//! (a descriptor or path flex does not manage, a description handed back to the kernel,
+//! ...; the caller then makes the system call untouched), or `Route::Served(result)` with
+//! the kernel's errno semantics. The preload library turns `Err(errno)` into `-1` +
+//! `errno`. The argument policy is here too (a negative preadv offset, posix_fallocate's
+//! range, the fcntl commands flex serves, close_range around flex's own descriptors), so
+//! the preload library and the differential tests call the same code.
+//!
+//! The descriptor lookup `desc` answers `Err(Pass::NotManaged)` for descriptors flex
+//! does not manage; entry points take it with `desc_or_pass!`, which returns that pass
+//! visibly (a `?` on it does not compile in a function returning a `Route`). The reasons
+//! are also the fallbacks `FLEX_STATS` counts, one atomic counter per reason.
+//!
+//! One file per call family: `open` (open, close, close_range), `rw` (read, write and
+//! their vectored and positioned forms), `io` (the data paths under them), `check` (the
+//! kernel's argument checks, in its order), `seek`, `sync`, `size` (ftruncate, truncate,
+//! fallocate), `fd` (dup, fcntl, locks), `process` (fork, exec, exit), `stat`, `handoff`
+//! (mmap, sendfile, copy_file_range, splice), `path` (unlink, rename, chdir) and `route`
+//! (the answer and the reasons to pass). This file holds the descriptor lookup they share
+//! and the small queries about the table.
+
+use crate::desc::Desc;
+use crate::runtime::engine_if_started;
+use crate::stats::Call;
+use crate::sys::{Errno, Res};
+use std::sync::Arc;
+
+/// The managed description of `fd`, or the entry point returns `Route::Pass(reason)`.
+macro_rules! desc_or_pass {
+    ($fd:expr) => {
+        match $crate::posix::desc($fd) {
+            Ok(d) => d,
+            Err(p) => return $crate::posix::Route::Pass(p),
+        }
+    };
+}
+
+mod check;
+mod fd;
+mod handoff;
+mod io;
+mod open;
+mod path;
+mod process;
+mod route;
+mod rw;
+mod seek;
+mod size;
+mod stat;
+mod sync;
+
+pub use fd::{dup2_before, dup_result, fcntl, offset_to_kernel, offset_to_kernel_for_lock};
+pub use handoff::kernel_handoff;
+pub use open::{close, close_range, open};
+pub use path::{chdir_happened, forget, path_identity};
+pub use process::{
+    after_fork_child, at_exit, before_exec, before_fork, before_underscore_exit, demote,
+};
+pub use route::{Pass, Route};
+pub use rw::{pread, preadv, preadv2, pwrite, pwritev, pwritev2, read, readv, write, writev};
+pub use seek::lseek;
+pub use size::{fallocate, ftruncate, posix_fallocate, truncate};
+pub use stat::{fix_stat, fstat_fix};
+pub use sync::{fsync, sync_file_range};
+
+type Fd = i32;
+
+/// The managed description of `fd`; `Err(Pass::NotManaged)` if there is none (cheap when
+/// nothing is managed: no engine, or an empty table, is one atomic load).
+#[inline]
+fn desc(fd: Fd) -> Result<Arc<Desc>, Pass> {
+    engine_if_started()
+        .and_then(|e| e.table.get(fd))
+        .ok_or(Pass::NotManaged)
+}
+
+/// Count a call passed to the kernel (for the statistics of managed descriptors).
+pub fn count_passthrough(call: Call) {
+    if let Some(e) = engine_if_started() {
+        e.stats.passed(call);
+    }
+}
+
+/// Does the table know `fd` (managed, or handed back to the kernel)?
+pub fn desc_exists(fd: Fd) -> bool {
+    desc(fd).is_ok()
+}
+
+/// Is `fd` managed (for the shim's stdio and for tests)?
+pub fn is_managed(fd: Fd) -> bool {
+    desc(fd).is_ok_and(|d| !d.is_demoted())
+}
+
+/// Granularity of a managed descriptor's mapping (None until mapped).
+pub fn granularity(fd: Fd) -> Option<crate::persist::Granularity> {
+    desc(fd).ok()?.inode.granularity()
+}
+
+/// Map a managed descriptor now (used by the Rust API, which always wants the mapping).
+pub fn map_now(fd: Fd) -> Res<()> {
+    let d = desc(fd).map_err(|_| Errno::BADF)?;
+    d.inode.map_for(fd, d.writable())
+}
