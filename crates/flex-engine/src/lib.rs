@@ -16,11 +16,11 @@
 
 pub mod atomic;
 pub mod config;
-pub mod desc;
+pub(crate) mod desc;
 pub mod fault;
-pub mod inode;
-pub mod lease;
-pub mod log;
+pub(crate) mod inode;
+pub(crate) mod lease;
+pub(crate) mod log;
 pub mod persist;
 pub mod posix;
 pub mod runtime;
