@@ -85,6 +85,8 @@ reasons! {
     Coherent => "coherent: the kernel holds the offset",
     /// A coherent description appending: the kernel descriptor carries O_APPEND.
     CoherentAppend => "coherent: the kernel appends",
+    /// An append the kernel places (nothing over-allocated): its own call, as issued.
+    KernelAppend => "an append the kernel places",
     /// An fcntl command the kernel serves on a managed descriptor.
     KernelCommand => "a command the kernel serves",
     /// close_range with CLOSE_RANGE_CLOEXEC: it only marks descriptors.

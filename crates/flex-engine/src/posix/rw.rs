@@ -107,6 +107,27 @@ unsafe fn write_pos(
     }
     let mut pos = d.pos();
     let appending = append.unwrap_or(d.append());
+    // As do_write decides: off DAX the kernel appends, mapped or not.
+    let kernel_appends = if d.inode.is_mapped(true) {
+        d.inode.kernel_extends(0, true)
+    } else {
+        !d.explicit && d.inode.kernel_extends_unmapped(fd, 0, true)
+    };
+    if appending && d.inode.atomic.get().is_none() && kernel_appends {
+        // The kernel would place this append anyway (no over-allocation to keep in
+        // step): the call as the program made it, one system call as without flex. The
+        // file position is the kernel's from here, as after the kernel's own append; it
+        // goes there first (a write of nothing, or a failing one, leaves it, and the
+        // kernel checks it), unless the last append left it there.
+        if !d.pos_is_in_kernel() {
+            if let Err(err) = sys::lseek(fd, *pos as i64, libc::SEEK_SET) {
+                return Route::err(err);
+            }
+        }
+        d.set_pos_in_kernel(true);
+        e.stats.passed(call);
+        return Route::Pass(Pass::KernelAppend);
+    }
     if !appending {
         d.sync_pos(&mut pos, fd);
     }
