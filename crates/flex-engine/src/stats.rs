@@ -76,8 +76,6 @@ pub struct Stats {
     pub atomic_switches: AtomicU64,
     /// Fallbacks by reason: one counter per [`Pass`].
     fallbacks: [AtomicU64; Pass::COUNT],
-    /// Fallbacks named by a text that is no [`Pass`]'s (none today): counted by text.
-    other_fallbacks: Mutex<BTreeMap<&'static str, u64>>,
     files: Mutex<BTreeMap<Vec<u8>, FileStat>>,
 }
 
@@ -107,7 +105,6 @@ impl Default for Stats {
             atomic_undo: Z,
             atomic_switches: Z,
             fallbacks: [Z; Pass::COUNT],
-            other_fallbacks: Mutex::new(BTreeMap::new()),
             files: Mutex::new(BTreeMap::new()),
         }
     }
@@ -187,9 +184,6 @@ impl Stats {
         for c in &self.fallbacks {
             c.store(0, Relaxed);
         }
-        if let Ok(mut m) = self.other_fallbacks.lock() {
-            m.clear();
-        }
     }
 
     /// Count a fallback (lock-free: one counter per reason).
@@ -198,26 +192,9 @@ impl Stats {
         self.fallbacks[reason as usize].fetch_add(1, Relaxed);
     }
 
-    /// Count a fallback named by its text (callers outside `posix`): in its reason's
-    /// counter when the text is a [`Pass::why`], else under the text itself.
-    pub fn fallback(&self, reason: &'static str) {
-        match Pass::from_why(reason) {
-            Some(p) => self.fell_back(p),
-            None => {
-                if let Ok(mut m) = self.other_fallbacks.lock() {
-                    *m.entry(reason).or_insert(0) += 1;
-                }
-            }
-        }
-    }
-
     /// Every fallback counted, by its text.
     fn fallback_counts(&self) -> BTreeMap<&'static str, u64> {
-        let mut m = self
-            .other_fallbacks
-            .lock()
-            .map(|m| m.clone())
-            .unwrap_or_default();
+        let mut m = BTreeMap::new();
         for p in Pass::ALL {
             let v = self.fallbacks[*p as usize].load(Relaxed);
             if v > 0 {
@@ -294,14 +271,12 @@ mod tests {
     fn fallbacks_count_by_reason_and_print_its_text() {
         let s = Stats::default();
         s.fell_back(Pass::MmapFailed);
-        s.fallback("mmap failed");
-        s.fallback("atomic: early commit (log full)");
-        s.fallback("a reason no Pass names");
+        s.fell_back(Pass::MmapFailed);
+        s.fell_back(Pass::AtomicEarlyCommit);
         let m = s.fallback_counts();
         assert_eq!(m.get("mmap failed"), Some(&2));
         assert_eq!(m.get("atomic: early commit (log full)"), Some(&1));
-        assert_eq!(m.get("a reason no Pass names"), Some(&1));
-        assert_eq!(m.len(), 3);
+        assert_eq!(m.len(), 2);
         s.reset();
         assert!(s.fallback_counts().is_empty());
     }

@@ -10,6 +10,7 @@ use super::media::MapLog;
 use super::protocol::{self, Core};
 use super::recover::{fresh_gen, recover_legacy, recover_read_only, recover_siblings};
 use crate::inode::Inode;
+use crate::posix::Pass;
 use crate::runtime::engine;
 use crate::sys::{self, Errno, Res};
 use arc_swap::ArcSwapOption;
@@ -64,10 +65,6 @@ impl Slot {
     }
 }
 
-/// Fallback reason: the file's log is not one flex may use (see
-/// [`open_log`](super::logfile::open_log)).
-const UNTRUSTED: &str = "atomic: untrusted log (not flex's, or another user's)";
-
 /// At open in atomic mode: find or create the file's log, recover what a crash left, and
 /// attach the atomic state to the inode: exclusive under a write lease, else shared (a
 /// log of this process's own beside the main one; README, "Sharing").
@@ -87,7 +84,7 @@ pub(crate) fn attach(
     // log must sit on the data's own local file system, where fdatasync orders the two
     // and no other machine or copy-up sees it.
     if let Some(reason) = inode.fs(fd).unmappable() {
-        e.stats.fallback(reason);
+        e.stats.fell_back(reason);
         inode.set_nomap();
         return Ok(());
     }
@@ -102,12 +99,11 @@ pub(crate) fn attach(
             }
             Ok(None) => Ok(()),
             Err(Errno::BUSY) => {
-                e.stats
-                    .fallback("atomic: reader while another process writes");
+                e.stats.fell_back(Pass::AtomicReaderWhileWriting);
                 Ok(())
             }
             Err(Errno::PERM) => {
-                e.stats.fallback(UNTRUSTED);
+                e.stats.fell_back(Pass::AtomicUntrustedLog);
                 Ok(())
             }
             Err(err) => Err(err),
@@ -128,18 +124,18 @@ pub(crate) fn attach(
         }
         Ok(None) => {
             // Never a log in the program's directories: the file is served plainly.
-            e.stats.fallback("atomic: no place for the log");
+            e.stats.fell_back(Pass::AtomicNoLogPlace);
             return Ok(());
         }
         Err(Errno::BUSY) => match find_sibling_log(fd, &st)? {
             Some((l, main)) => (l, main, false),
             None => {
-                e.stats.fallback("atomic: no place for the log");
+                e.stats.fell_back(Pass::AtomicNoLogPlace);
                 return Ok(());
             }
         },
         Err(Errno::PERM) => {
-            e.stats.fallback(UNTRUSTED);
+            e.stats.fell_back(Pass::AtomicUntrustedLog);
             return Ok(());
         }
         Err(err) => return Err(err),
@@ -202,8 +198,7 @@ pub(crate) fn attach(
     if !leased {
         // Shared from the start: every write in place, undo-logged and stamped.
         core.go_shared(&mut data)?;
-        e.stats
-            .fallback("atomic: shared with another opener (undo, in place)");
+        e.stats.fell_back(Pass::AtomicSharedUndo);
     }
     inode.atomic.f.store(Some(Arc::new_cyclic(|me| AtomicFile {
         me: me.clone(),
@@ -257,7 +252,7 @@ pub(crate) fn detach(inode: &Inode) -> Res<()> {
     unlink_log(&a.log_path, a.log_ino);
     let e = engine();
     if st.early_commits > 0 {
-        e.stats.fallback("atomic: early commit (log full)");
+        e.stats.fell_back(Pass::AtomicEarlyCommit);
     }
     Ok(())
 }

@@ -6,6 +6,7 @@ use super::data::InodeData;
 use super::media::MapLog;
 use super::protocol::{self, Core};
 use crate::inode::Inode;
+use crate::posix::Pass;
 use crate::runtime::engine;
 use crate::sys::{self, Errno, Res};
 use rustix::fd::RawFd;
@@ -110,16 +111,12 @@ impl AtomicFile {
         let mut c = self.quiet(c);
         let mut data = self.data(inode);
         if c.go_shared(&mut data).is_err() {
-            engine()
-                .stats
-                .fallback("atomic: going shared failed (file refuses IO)");
+            engine().stats.fell_back(Pass::AtomicGoingSharedFailed);
         }
         drop(c);
         if self.lease.swap(false, AcqRel) {
             crate::lease::release(self.dfd());
-            engine()
-                .stats
-                .fallback("atomic: shared with another opener (undo, in place)");
+            engine().stats.fell_back(Pass::AtomicSharedUndo);
         }
     }
 

@@ -8,6 +8,7 @@ use super::logfile::{find_log, has_log, open_log, unlink_log};
 use super::media::{FileLog, MapLog};
 use super::protocol::{self, Replayed};
 use super::site;
+use crate::posix::Pass;
 use crate::runtime::engine;
 use crate::sys::{self, Errno, Res};
 use rustix::fd::RawFd;
@@ -126,9 +127,7 @@ pub(super) fn recover_read_only(dirfd: RawFd, path: &CStr, fd: RawFd) -> Res<Opt
         Err(Errno::ACCESS | Errno::PERM | Errno::ROFS) => {
             // A reader without write permission cannot replay a log: it reads what the
             // kernel has (a live writer's log is its own to apply anyway).
-            engine()
-                .stats
-                .fallback("atomic: reader cannot recover a log (no write permission)");
+            engine().stats.fell_back(Pass::AtomicReaderNoRecover);
             return Ok(None);
         }
         Err(err) => return Err(err),

@@ -1,6 +1,7 @@
 //! The facts flex needs of a file's file system, asked once per inode.
 
 use super::holes::PAGE_SZ;
+use crate::posix::Pass;
 use crate::sys;
 use rustix::fd::RawFd;
 
@@ -84,7 +85,7 @@ impl FsFacts {
 
     /// File systems whose files flex leaves to the kernel, and why: a mapping of them is
     /// not coherent with what the kernel's own calls see.
-    pub(crate) fn unmappable(&self) -> Option<&'static str> {
+    pub(crate) fn unmappable(&self) -> Option<Pass> {
         const OVERLAYFS: i64 = 0x794c_7630;
         const FUSE: i64 = 0x6573_5546;
         const NFS: i64 = 0x6969;
@@ -94,11 +95,11 @@ impl FsFacts {
         const V9FS: i64 = 0x0102_1997;
         Some(match self.f_type {
             // Copy-up moves the file to the upper layer: a mapping keeps the lower one.
-            OVERLAYFS => "overlayfs: a mapping goes stale when the file is copied up",
+            OVERLAYFS => Pass::Overlayfs,
             // The daemon's file changes behind the page cache (invalidated at open).
-            FUSE => "FUSE: the page cache is not coherent across opens",
+            FUSE => Pass::Fuse,
             // Close-to-open coherence: a mapping kept across close misses other clients.
-            NFS | SMB2 | CIFS | CEPH | V9FS => "network file system: close-to-open coherence",
+            NFS | SMB2 | CIFS | CEPH | V9FS => Pass::NetworkFs,
             _ => return None,
         })
     }

@@ -254,7 +254,7 @@ impl Inode {
         }
         if !self.is_mapped(false) {
             if let Some(reason) = self.fs(fd).unmappable() {
-                e.stats.fallback(reason);
+                e.stats.fell_back(reason);
                 self.set_nomap();
                 return Err(Errno::OPNOTSUPP);
             }

@@ -4,6 +4,7 @@
 use super::holes::Span;
 use super::{Inode, MAX_RW};
 use crate::fault;
+use crate::posix::Pass;
 use crate::runtime::engine;
 use crate::sys::{self, Res};
 use rustix::fd::RawFd;
@@ -68,7 +69,7 @@ impl Inode {
                 let m = self.map_r();
                 if !ok || m.base.is_null() || pos + n as u64 > m.len as u64 {
                     drop(m);
-                    e.stats.fallback("read beyond mapping");
+                    e.stats.fell_back(Pass::ReadBeyondMapping);
                     // SAFETY: forwarded contract of read_at.
                     return unsafe { self.kernel_read(fd, buf, len, off, done) };
                 }
@@ -84,7 +85,7 @@ impl Inode {
             done += n - rem;
             if rem != 0 {
                 // The kernel knows the truth (EFAULT, or a file truncated under us).
-                e.stats.fallback("fault during read");
+                e.stats.fell_back(Pass::FaultDuringRead);
                 if !owned {
                     // Truncated: the bytes copied before the fault may lie past the new
                     // end (the zero-filled tail of its last page).
@@ -129,7 +130,7 @@ impl Inode {
         off: u64,
         done: usize,
     ) -> Res<usize> {
-        engine().stats.fallback("read over a hole");
+        engine().stats.fell_back(Pass::ReadOverHole);
         // SAFETY: forwarded contract of read_at.
         let r = unsafe { self.kernel_read(fd, buf, len, off, done) };
         if matches!(r, Ok(n) if n < len) {

@@ -4,6 +4,7 @@
 use super::{Inode, MAPPED, PAGE};
 use crate::config::LogLevel;
 use crate::log::flex_log;
+use crate::posix::Pass;
 use crate::runtime::engine;
 use crate::sys::{self, Res};
 use crate::trailer;
@@ -33,9 +34,7 @@ impl Inode {
                 // Nothing to trim through (the descriptor went): still let the opener go.
                 self.give_back_lease();
             }
-            engine()
-                .stats
-                .fallback("lease broken: another process opened the file");
+            engine().stats.fell_back(Pass::LeaseBroken);
         }
     }
 

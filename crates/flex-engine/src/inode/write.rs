@@ -6,6 +6,7 @@ use super::{grow_target, round_up, AppendAt, Inode, FAST_LIMIT, MAPPED, MAX_RW, 
 use crate::config::LogLevel;
 use crate::log::flex_log;
 use crate::persist;
+use crate::posix::Pass;
 use crate::runtime::{engine, Engine};
 use crate::sys::{self, Errno, Res};
 use crate::trailer::{self, Trailer};
@@ -160,7 +161,7 @@ impl Inode {
         let off = if append { self.lsize() } else { off };
         let end = off.checked_add(total as u64).ok_or(Errno::FBIG)?;
         if end > FAST_LIMIT {
-            e.stats.fallback("offset beyond fast range");
+            e.stats.fell_back(Pass::BeyondFastRange);
             if let Some(how) = how_append {
                 // SAFETY: forwarded contract.
                 return unsafe { self.kernel_append_locked(fd, bufs, how) };
@@ -181,7 +182,7 @@ impl Inode {
             match grown {
                 Ok(()) => {}
                 Err(Errno::NOSPC) | Err(Errno::FBIG) | Err(Errno::DQUOT) => {
-                    e.stats.fallback("cannot reserve space");
+                    e.stats.fell_back(Pass::CannotReserve);
                     drop(m);
                     return self.kernel_write_locked(fd, bufs, off);
                 }
@@ -191,14 +192,14 @@ impl Inode {
         if self.ensure_map(&mut m, fd, end, true, e).is_err() {
             // No mapping can cover the file (sparse, far beyond the fast range): the
             // kernel writes.
-            e.stats.fallback("cannot map");
+            e.stats.fell_back(Pass::CannotMap);
             drop(m);
             return self.kernel_write_locked(fd, bufs, off);
         }
         if m.holes.is_some() && !m.hole_reads && !m.write_in_place(off, end, self.lsize()) {
             // Blocks smaller than a page: a write fault would allocate all of the page's.
             drop(m);
-            e.stats.fallback("write into a hole");
+            e.stats.fell_back(Pass::WriteIntoHole);
             let r = self.kernel_write_locked(fd, bufs, off);
             if let Ok((n, _)) = r {
                 let mut m = self.map_w();
@@ -311,7 +312,7 @@ impl Inode {
         done: usize,
     ) -> Res<(usize, u64)> {
         let e = engine();
-        e.stats.fallback("fault during write");
+        e.stats.fell_back(Pass::FaultDuringWrite);
         let rest = skip(bufs, done);
         match self.kernel_write_locked(fd, &rest, off + done as u64) {
             Ok((n, end)) => {

@@ -64,7 +64,9 @@ macro_rules! reasons {
                 match self { $(Pass::$name => $why,)* }
             }
 
-            /// The reason whose text is `why` (callers that name a fallback by its text).
+            /// The reason whose text is `why` (the texts must be distinct: FLEX_STATS
+            /// keys its fallbacks by them).
+            #[cfg(test)]
             pub fn from_why(why: &str) -> Option<Pass> {
                 match why {
                     $($why => Some(Pass::$name),)*
