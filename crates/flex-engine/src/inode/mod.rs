@@ -70,7 +70,7 @@ pub struct Inode {
     /// PAGE, TRAILER), updated under the map lock.
     state: AtomicU32,
     /// IO calls seen while unmapped: mapping pays off only for files that see enough IO.
-    pub io: AtomicU32,
+    io: AtomicU32,
     /// mmap refused (file system without mmap...): the kernel serves this file.
     nomap: AtomicBool,
     /// Its file system's facts, asked at the first mapping.
@@ -180,6 +180,11 @@ impl Inode {
     pub fn is_mapped(&self, write: bool) -> bool {
         let s = self.state.load(Acquire);
         s & MAPPED != 0 && (s & WRITABLE != 0 || !write)
+    }
+    /// Count an IO call a mapping could serve (towards FLEX_ADOPT_AFTER); the count
+    /// before this one.
+    pub fn count_io(&self) -> u32 {
+        self.io.fetch_add(1, Relaxed)
     }
     pub fn nomap(&self) -> bool {
         self.nomap.load(Relaxed)

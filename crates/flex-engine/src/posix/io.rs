@@ -68,7 +68,7 @@ fn mapped(e: &Engine, d: &Desc, fd: Fd, write: bool) -> bool {
     if i.is_mapped(write) {
         return true;
     }
-    if !d.explicit && i.io.fetch_add(1, Relaxed) < e.config.adopt_after {
+    if !d.explicit && i.count_io() < e.config.adopt_after {
         return false;
     }
     // A read-write description maps writable at once: no remap at its first write.
@@ -119,7 +119,7 @@ pub(super) unsafe fn do_read(
             // Another process grew the file: take its size, and the read counts towards
             // adoption (a reader following a growing file gets mapped).
             let _ = d.inode.adopt_kernel_size(fd);
-            d.inode.io.fetch_add(1, Relaxed);
+            d.inode.count_io();
         }
         return r;
     }

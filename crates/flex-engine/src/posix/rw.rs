@@ -12,7 +12,6 @@ use crate::inode::{AppendAt, MAX_RW};
 use crate::runtime::engine;
 use crate::stats::Call;
 use crate::sys::{self, Errno, Res};
-use std::sync::atomic::Ordering::Relaxed;
 
 /// A description reachable through descriptor 0-2 (its offset is the kernel's) of a file
 /// no mapping serves yet: the kernel does the whole call, one system call as without flex
@@ -48,7 +47,7 @@ unsafe fn read_pos(fd: Fd, bufs: Res<&[(*mut u8, usize)]>, call: Call) -> Route<
         Err(err) => return Route::err(err),
     };
     // Reads count towards adoption: a file read this way is mapped like any other.
-    if kernel_owns(&d) && d.inode.io.fetch_add(1, Relaxed) < e.config.adopt_after {
+    if kernel_owns(&d) && d.inode.count_io() < e.config.adopt_after {
         e.stats.passed(call);
         return Route::Pass(Pass::Coherent);
     }
