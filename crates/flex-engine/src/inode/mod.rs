@@ -227,6 +227,17 @@ impl Inode {
             && !crate::lease::overallocate_everywhere()
     }
 
+    /// Whether the kernel writes `..end` as things stand: by `kernel_extends` once the
+    /// file is mapped, by `kernel_extends_unmapped` before (an explicit `O_FLEX`
+    /// descriptor maps instead). One rule for plain writes and for appends.
+    pub fn kernel_places(&self, fd: RawFd, end: u64, append: bool, explicit: bool) -> bool {
+        if self.is_mapped(true) {
+            self.kernel_extends(end, append)
+        } else {
+            !explicit && self.kernel_extends_unmapped(fd, end, append)
+        }
+    }
+
     pub fn in_trailer_mode(&self) -> bool {
         self.state.load(Acquire) & TRAILER != 0
     }

@@ -107,12 +107,8 @@ unsafe fn write_pos(
     let mut pos = d.pos();
     let appending = append.unwrap_or(d.append());
     // As do_write decides: off DAX the kernel appends, mapped or not.
-    let kernel_appends = if d.inode.is_mapped(true) {
-        d.inode.kernel_extends(0, true)
-    } else {
-        !d.explicit && d.inode.kernel_extends_unmapped(fd, 0, true)
-    };
-    if appending && d.inode.atomic.get().is_none() && kernel_appends {
+    if appending && d.inode.atomic.get().is_none() && d.inode.kernel_places(fd, 0, true, d.explicit)
+    {
         // The kernel would place this append anyway (no over-allocation to keep in
         // step): the call as the program made it, one system call as without flex. The
         // file position is the kernel's from here, as after the kernel's own append; it
