@@ -229,7 +229,8 @@ impl Inode {
 
     /// Whether the kernel writes `..end` as things stand: by `kernel_extends` once the
     /// file is mapped, by `kernel_extends_unmapped` before (an explicit `O_FLEX`
-    /// descriptor maps instead). One rule for plain writes and for appends.
+    /// descriptor maps instead). The append path asks it; `do_write` asks its two halves
+    /// with the mapping between them.
     pub fn kernel_places(&self, fd: RawFd, end: u64, append: bool, explicit: bool) -> bool {
         if self.is_mapped(true) {
             self.kernel_extends(end, append)

@@ -172,12 +172,10 @@ pub(super) unsafe fn do_write(
     }
     let end = off.saturating_add(total as u64);
     // A file only ever extended (a new journal, a log) is never mapped, and such writes do
-    // not count towards adoption (FLEX_ADOPT_AFTER counts calls a mapping would serve):
-    // the rule is asked before mapping, and again once mapped.
-    if d.inode.kernel_places(fd, end, append, d.explicit)
-        || !mapped(e, d, fd, true)
-        || d.inode.kernel_extends(end, append)
-    {
+    // not count towards adoption (FLEX_ADOPT_AFTER counts calls a mapping would serve).
+    // Inode::kernel_places's two halves, with the mapping between them (each asked once).
+    let unmapped_extend = !d.explicit && d.inode.kernel_extends_unmapped(fd, end, append);
+    if unmapped_extend || !mapped(e, d, fd, true) || d.inode.kernel_extends(end, append) {
         e.stats.passed(call);
         // SAFETY: forwarded contract (the kernel honours O_SYNC/O_DSYNC itself).
         return unsafe { d.inode.kernel_write(fd, bufs, off, how) };
