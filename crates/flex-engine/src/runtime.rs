@@ -9,7 +9,7 @@ use crate::log::flex_log;
 use crate::stats::Stats;
 use crate::sys;
 use rustc_hash::FxHashMap;
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicI64, Ordering::*};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Instant;
@@ -55,16 +55,22 @@ struct PrivateFds {
 #[derive(Default)]
 struct Inodes {
     /// By (dev, ino), with a fast hash: keys come from the file system, not from an adversary.
-    map: FxHashMap<(u64, u64), Arc<Inode>>,
-    /// Inodes with no open description (the mapping cache), by the time they went idle:
-    /// oldest first, O(log n) to find and to remove.
-    idle: BTreeMap<u64, (u64, u64)>,
-    /// The idle inodes that hold a mapping, by the same key, with the instant they went
-    /// idle: the unmapper's queue.
-    mapped: BTreeMap<u64, ((u64, u64), Instant)>,
-    /// When each idle inode went idle (its key in `idle`), and the bytes its mapping holds.
-    idle_since: FxHashMap<(u64, u64), (u64, u64)>,
-    /// Address space held by idle mappings (the sum over `mapped`).
+    /// One table for the inode and its idle state: an open or a close of a file that is
+    /// not in the CPU's caches (10,000 small files) misses on one bucket, not two.
+    map: FxHashMap<(u64, u64), Cached>,
+    /// Entries of `map` that are idle.
+    idle_n: usize,
+    /// Idle inodes oldest first, by tick, for eviction past FLEX_MAP_CACHE. A close pushes
+    /// and a reopen leaves its entry behind (stale: its tick is no longer the inode's), so
+    /// a close/open pair costs a push and a hash update, not ordered-map surgery; stale
+    /// entries are skipped when met and swept when they outnumber the live ones.
+    idle: VecDeque<(u64, (u64, u64))>,
+    /// The idle inodes that hold a mapping, as `idle`, with the instant they went idle:
+    /// the unmapper's queue.
+    mapped: VecDeque<(u64, (u64, u64), Instant)>,
+    /// Live entries of `mapped`.
+    mapped_n: usize,
+    /// Address space held by idle mappings (the sum over the live `mapped`).
     idle_bytes: u64,
     clock: u64,
     /// The process whose unmapper thread runs (0: none; another pid: inherited by fork,
@@ -73,6 +79,15 @@ struct Inodes {
     /// The thread could not be created: closes release due mappings themselves.
     no_unmapper: bool,
     unmapper_wait: Wait,
+}
+
+/// An inode of the cache and its idle state.
+struct Cached {
+    inode: Arc<Inode>,
+    /// The tick it went idle at (0: a description is open).
+    idle: u64,
+    /// Bytes its mapping held then.
+    bytes: u64,
 }
 
 /// What the unmapper thread is doing: a close wakes it only when it has to.
@@ -88,31 +103,103 @@ enum Wait {
 }
 
 impl Inodes {
-    fn unidle(&mut self, k: (u64, u64)) {
-        if let Some((t, bytes)) = self.idle_since.remove(&k) {
-            self.idle.remove(&t);
-            if bytes > 0 {
-                self.mapped.remove(&t);
-                self.idle_bytes = self.idle_bytes.saturating_sub(bytes);
+    /// Is the queue entry (tick `t`, key `k`) current (the inode is idle since `t`)?
+    fn live(&self, t: u64, k: (u64, u64)) -> bool {
+        self.map.get(&k).is_some_and(|c| c.idle == t)
+    }
+
+    /// An inode went idle: queue it (its mapping's `bytes`, if any, for the unmapper).
+    fn enter_idle(&mut self, k: (u64, u64), bytes: u64) {
+        self.clock += 1;
+        let t = self.clock;
+        let Some(c) = self.map.get_mut(&k) else {
+            return;
+        };
+        if c.idle == 0 {
+            self.idle_n += 1;
+        } else if c.bytes > 0 {
+            self.mapped_n -= 1;
+            self.idle_bytes = self.idle_bytes.saturating_sub(c.bytes);
+        }
+        (c.idle, c.bytes) = (t, bytes);
+        self.idle.push_back((t, k));
+        if bytes > 0 {
+            self.mapped.push_back((t, k, Instant::now()));
+            self.mapped_n += 1;
+            self.idle_bytes += bytes;
+        }
+        self.sweep();
+    }
+
+    /// Drop stale queue entries once they outnumber the live ones (amortised O(1)).
+    fn sweep(&mut self) {
+        if self.idle.len() > 2 * self.idle_n + 64 {
+            let mut q = std::mem::take(&mut self.idle);
+            q.retain(|&(t, k)| self.live(t, k));
+            self.idle = q;
+        }
+        if self.mapped.len() > 2 * self.mapped_n + 64 {
+            let mut q = std::mem::take(&mut self.mapped);
+            q.retain(|&(t, k, _)| self.live(t, k));
+            self.mapped = q;
+        }
+    }
+
+    /// The entry is no longer idle (a description opened, or it leaves the cache).
+    fn unidle(c: &mut Cached, idle_n: &mut usize, mapped_n: &mut usize, idle_bytes: &mut u64) {
+        if c.idle != 0 {
+            *idle_n -= 1;
+            if c.bytes > 0 {
+                *mapped_n -= 1;
+                *idle_bytes = idle_bytes.saturating_sub(c.bytes);
             }
+            (c.idle, c.bytes) = (0, 0);
         }
     }
 
     /// Take an idle inode out of the cache (the caller unmaps it, outside the lock).
     fn take(&mut self, k: (u64, u64)) -> Option<Arc<Inode>> {
-        self.unidle(k);
-        self.map.remove(&k)
+        let mut c = self.map.remove(&k)?;
+        Self::unidle(
+            &mut c,
+            &mut self.idle_n,
+            &mut self.mapped_n,
+            &mut self.idle_bytes,
+        );
+        Some(c.inode)
+    }
+
+    /// The oldest idle inode, past the cache's bound: taken out (None: within the bound).
+    fn evict_one(&mut self, bound: usize) -> Option<Option<Arc<Inode>>> {
+        while self.idle_n > bound {
+            let (t, k) = self.idle.pop_front()?;
+            if self.live(t, k) {
+                return Some(self.take(k));
+            }
+        }
+        None
+    }
+
+    /// The oldest live entry of the unmapper's queue (stale ones in front are dropped).
+    fn oldest_mapped(&mut self) -> Option<((u64, u64), Instant)> {
+        while let Some(&(t, k, at)) = self.mapped.front() {
+            if self.live(t, k) {
+                return Some((k, at));
+            }
+            self.mapped.pop_front();
+        }
+        None
     }
 
     /// Idle mappings due for release: the oldest while idle mapped bytes exceed the bound,
     /// and every one idle for longer than the idle time.
     fn due(&mut self, now: Instant, c: &Config) -> Vec<Arc<Inode>> {
         let mut out = Vec::new();
-        while let Some((&t, &(k, at))) = self.mapped.first_key_value() {
+        while let Some((k, at)) = self.oldest_mapped() {
             if self.idle_bytes <= c.idle_bytes && now.saturating_duration_since(at) < c.idle_unmap {
                 break;
             }
-            self.mapped.remove(&t);
+            self.mapped.pop_front();
             out.extend(self.take(k));
         }
         out
@@ -300,10 +387,11 @@ impl Engine {
     /// busy and re-reads the size under the size lock. `Found::Busy` asks the caller to.
     pub fn inode(&self, dev: u64, ino: u64, size: u64, path: &[u8]) -> (Arc<Inode>, Found) {
         let mut g = self.inodes.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(i) = g.map.get(&(dev, ino)) {
-            let i = i.clone();
+        let g = &mut *g;
+        if let Some(c) = g.map.get_mut(&(dev, ino)) {
+            let i = c.inode.clone();
             if i.descs.fetch_add(1, std::sync::atomic::Ordering::AcqRel) == 0 {
-                g.unidle((dev, ino));
+                Inodes::unidle(c, &mut g.idle_n, &mut g.mapped_n, &mut g.idle_bytes);
                 i.adopt_size(size);
                 return (i, Found::Idle);
             }
@@ -311,7 +399,14 @@ impl Engine {
         }
         let i = Arc::new(Inode::new(dev, ino, size, path.to_vec()));
         i.descs.store(1, std::sync::atomic::Ordering::Release);
-        g.map.insert((dev, ino), i.clone());
+        g.map.insert(
+            (dev, ino),
+            Cached {
+                inode: i.clone(),
+                idle: 0,
+                bytes: 0,
+            },
+        );
         (i, Found::Fresh)
     }
 
@@ -326,25 +421,16 @@ impl Engine {
         {
             return;
         }
-        g.clock += 1;
-        let (t, k) = (g.clock, (inode.dev, inode.ino));
+        let k = (inode.dev, inode.ino);
         self.close_deferred(k);
         let bytes = inode.mapped_len();
-        g.idle.insert(t, k);
-        g.idle_since.insert(k, (t, bytes));
-        if bytes > 0 {
-            g.mapped.insert(t, (k, Instant::now()));
-            g.idle_bytes += bytes;
-        }
+        g.enter_idle(k, bytes);
         let mut evicted = Vec::new();
-        while g.idle.len() > self.config.map_cache {
-            let Some((_, k)) = g.idle.pop_first() else {
-                break;
-            };
-            evicted.extend(g.take(k));
+        while let Some(i) = g.evict_one(self.config.map_cache) {
+            evicted.extend(i);
         }
         let (mut wake, mut spawn) = (false, false);
-        if bytes > 0 && g.idle_since.contains_key(&k) {
+        if bytes > 0 && g.map.get(&k).is_some_and(|c| c.idle != 0) {
             let pid = self.pid.load(Relaxed);
             if g.no_unmapper {
                 evicted.extend(g.due(Instant::now(), &self.config));
@@ -355,7 +441,7 @@ impl Engine {
                     g.unmapper_wait = Wait::Awake;
                     spawn = true;
                 }
-            } else if (g.unmapper_wait == Wait::Forever && g.mapped.len() == 1)
+            } else if (g.unmapper_wait == Wait::Forever && g.mapped_n == 1)
                 || (g.unmapper_wait != Wait::Awake && g.idle_bytes > self.config.idle_bytes)
             {
                 // Its queue was empty, or the bound is passed: the thread's timeout does
@@ -434,9 +520,8 @@ impl Engine {
                 continue;
             }
             let deadline = g
-                .mapped
-                .first_key_value()
-                .and_then(|(_, &(_, at))| at.checked_add(self.config.idle_unmap));
+                .oldest_mapped()
+                .and_then(|(_, at)| at.checked_add(self.config.idle_unmap));
             g = match deadline {
                 Some(d) => {
                     g.unmapper_wait = Wait::Timed;
@@ -464,7 +549,7 @@ impl Engine {
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => return,
         };
-        if g.mapped.is_empty() || g.no_unmapper {
+        if g.mapped_n == 0 || g.no_unmapper {
             return;
         }
         g.unmapper = self.pid.load(Relaxed);
@@ -480,7 +565,7 @@ impl Engine {
         let idle = g
             .map
             .get(&(dev, ino))
-            .is_some_and(|i| i.descs.load(std::sync::atomic::Ordering::Acquire) == 0);
+            .is_some_and(|c| c.inode.descs.load(std::sync::atomic::Ordering::Acquire) == 0);
         if idle {
             let i = g.take((dev, ino));
             drop(g);
@@ -493,13 +578,13 @@ impl Engine {
     /// The inode for (dev, ino) if this process has it.
     pub fn lookup(&self, dev: u64, ino: u64) -> Option<Arc<Inode>> {
         let g = self.inodes.lock().unwrap_or_else(|p| p.into_inner());
-        g.map.get(&(dev, ino)).cloned()
+        g.map.get(&(dev, ino)).map(|c| c.inode.clone())
     }
 
     /// Every cached inode (for exit and exec).
     pub fn all_inodes(&self) -> Vec<Arc<Inode>> {
         let g = self.inodes.lock().unwrap_or_else(|p| p.into_inner());
-        g.map.values().cloned().collect()
+        g.map.values().map(|c| c.inode.clone()).collect()
     }
 
     /// The current directory, cached until chdir.
