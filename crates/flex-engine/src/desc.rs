@@ -9,7 +9,7 @@
 use crate::inode::Inode;
 use arc_swap::ArcSwapOption;
 use std::sync::atomic::{
-    AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering::*,
+    AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::*,
 };
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -118,6 +118,10 @@ const L1: usize = 1024;
 struct Page {
     slots: [ArcSwapOption<Desc>; L2],
     used: [AtomicU64; L2 / 64],
+    /// Lazy descriptors: opened under FLEX_PATHS, not looked at yet (no fstat, no
+    /// inode, no description), the kernel serving them. 0: not lazy; else 1 + the IO
+    /// calls the kernel served so far (saturating).
+    lazy: [AtomicU8; L2],
 }
 
 impl Page {
@@ -137,6 +141,9 @@ impl Page {
 pub struct Table {
     pages: [AtomicPtr<Page>; L1],
     count: AtomicUsize,
+    /// Lazy descriptors (a call on an unmanaged descriptor looks at its byte only
+    /// when some exist).
+    lazy: AtomicUsize,
 }
 
 impl Default for Table {
@@ -150,6 +157,7 @@ impl Table {
         Table {
             pages: [const { AtomicPtr::new(core::ptr::null_mut()) }; L1],
             count: AtomicUsize::new(0),
+            lazy: AtomicUsize::new(0),
         }
     }
 
@@ -165,6 +173,7 @@ impl Table {
             let fresh: Box<Page> = Box::new(Page {
                 slots: core::array::from_fn(|_| ArcSwapOption::empty()),
                 used: [const { AtomicU64::new(0) }; L2 / 64],
+                lazy: [const { AtomicU8::new(0) }; L2],
             });
             let raw = Box::into_raw(fresh);
             match cell.compare_exchange(core::ptr::null_mut(), raw, AcqRel, Acquire) {
@@ -221,6 +230,75 @@ impl Table {
         old
     }
 
+    /// `fd` was opened for flex, which looks at it only if the program's IO calls on it
+    /// come to more than a few (see [`Table::lazy_io`]).
+    pub fn make_lazy(&self, fd: i32) {
+        if let Some((page, b)) = self.slot(fd, true) {
+            if page.lazy[b].swap(1, AcqRel) == 0 {
+                self.lazy.fetch_add(1, AcqRel);
+            }
+        }
+    }
+
+    /// An IO call on `fd`: if it is lazy, the calls the kernel served on it before
+    /// this one (None: not lazy).
+    #[inline]
+    pub fn lazy_io(&self, fd: i32) -> Option<u32> {
+        if self.lazy.load(Relaxed) == 0 {
+            return None;
+        }
+        let (page, b) = self.slot(fd, false)?;
+        let c = &page.lazy[b];
+        match c.load(Acquire) {
+            0 => None,
+            n => {
+                if n < u8::MAX {
+                    // Only this descriptor's callers race here; a lost count is one more
+                    // kernel call, never a wrong answer.
+                    c.store(n + 1, Release);
+                }
+                Some(u32::from(n - 1))
+            }
+        }
+    }
+
+    /// `fd` is no longer lazy (closed, duplicated, shared by fork, or taken over):
+    /// true if it was.
+    pub fn unlazy(&self, fd: i32) -> bool {
+        if self.lazy.load(Relaxed) == 0 {
+            return false;
+        }
+        let Some((page, b)) = self.slot(fd, false) else {
+            return false;
+        };
+        let was = page.lazy[b].swap(0, AcqRel) != 0;
+        if was {
+            self.lazy.fetch_sub(1, AcqRel);
+        }
+        was
+    }
+
+    /// Every lazy descriptor in `[first, last]` is no longer lazy.
+    pub fn unlazy_range(&self, first: u32, last: u32) {
+        if self.lazy.load(Acquire) == 0 || first > last {
+            return;
+        }
+        for (a, cell) in self.pages.iter().enumerate() {
+            let p = cell.load(Acquire);
+            if p.is_null() {
+                continue;
+            }
+            // SAFETY: pages are never freed.
+            let page = unsafe { &*p };
+            for (b, c) in page.lazy.iter().enumerate() {
+                let fd = (a * L2 + b) as u32;
+                if fd >= first && fd <= last && c.swap(0, AcqRel) != 0 {
+                    self.lazy.fetch_sub(1, AcqRel);
+                }
+            }
+        }
+    }
+
     /// Every (fd, description) pair.
     pub fn entries(&self) -> Vec<(i32, Arc<Desc>)> {
         let mut out = Vec::new();
@@ -246,7 +324,8 @@ impl Table {
     pub fn len(&self) -> usize {
         self.count.load(Acquire)
     }
+    /// No managed and no lazy descriptor: a call on any descriptor is the kernel's.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len() == 0 && self.lazy.load(Acquire) == 0
     }
 }

@@ -160,6 +160,7 @@ fn open_stream(path: *const c_char, mode: *const c_char, real_fopen: Option<Fope
             return core::ptr::null_mut();
         }
     };
+    crate::hook(|| flex_engine::posix::take_over_for_stream(fd));
     if !flex_engine::posix::is_managed(fd) {
         // Not a regular file after all: a libc stream on the kernel descriptor.
         return match real!("fdopen": unsafe extern "C" fn(c_int, *const c_char) -> *mut FILE) {
@@ -195,6 +196,9 @@ pub unsafe extern "C" fn fopen64(path: *const c_char, mode: *const c_char) -> *m
 
 #[no_mangle]
 pub unsafe extern "C" fn fdopen(fd: c_int, mode: *const c_char) -> *mut FILE {
+    if !mode.is_null() {
+        crate::hook(|| flex_engine::posix::take_over_for_stream(fd));
+    }
     if !mode.is_null() && flex_engine::posix::is_managed(fd) {
         // An unreadable mode goes to libc as given (it faults there, as without flex).
         let mut mbuf = [MaybeUninit::uninit(); MODE_MAX];

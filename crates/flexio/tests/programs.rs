@@ -336,6 +336,89 @@ fn python_file_io() {
     r.stats.assert_served(&["read", "pread"], "data.bin");
 }
 
+/// A stdio program: md5sum reads its files through fopen + fread, whose glibc-internal
+/// reads flex never sees; the stream is flex's (a cookie stream over the engine) because
+/// fopen takes the lazily opened descriptor over at once.
+#[test]
+fn md5sum_reads_through_stdio_streams() {
+    require("md5sum", "coreutils");
+    let t = TestDir::new("md5sum");
+    let (p, f) = (t.sub("plain"), t.sub("flex"));
+    put(&[&p, &f], "big.bin", &noise((2 << 20) + 77, 9));
+    put(&[&p, &f], "small.txt", b"tiny\n");
+    let spec = Spec::new("md5sum", &["big.bin", "small.txt", "big.bin"], &p);
+    let (_, r) = both("md5sum", &spec, &p, &f);
+    r.stats.assert_served(&["read"], "big.bin");
+}
+
+/// Lazy descriptors (FLEX_ADOPT_AFTER calls served by the kernel before flex looks at the
+/// file): taken over at the third call, or when duplicated (dup, dup2 onto another
+/// number), with the kernel's offset; left to the kernel for good once fork shares their
+/// description with another process.
+const PY_LAZY: &str = r#"
+import os
+with open("f", "wb") as w:
+    w.write(bytes(range(256)) * 256)
+out = []
+def rd(fd, n):
+    out.append((len(out), os.read(fd, n).hex()[:16], os.lseek(fd, 0, os.SEEK_CUR)))
+fd = os.open("f", os.O_RDONLY)
+rd(fd, 3); rd(fd, 5)
+d = os.dup(fd)
+for _ in range(3):
+    rd(fd, 7); rd(d, 11)
+a = os.open("f", os.O_RDONLY)
+for n in (1, 2, 4096, 4096, 9, 70000):
+    rd(a, n)
+b = os.open("f", os.O_RDONLY)
+rd(b, 100); rd(b, 100)
+pid = os.fork()
+if pid == 0:
+    for _ in range(3):
+        os.read(b, 1000)
+    os._exit(0)
+os.waitpid(pid, 0)
+rd(b, 10); rd(b, 10); rd(b, 10)
+c = os.open("f", os.O_RDWR)
+rd(c, 10); rd(c, 10)
+os.write(c, b"XYZ")
+out.append(("after write", os.lseek(c, 0, os.SEEK_CUR)))
+rd(c, 5)
+g = os.open("g", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+for i in range(5):
+    os.write(g, b"line %d." % i)
+out.append(("g", os.fstat(g).st_size, os.lseek(g, 0, os.SEEK_CUR)))
+e = os.open("f", os.O_RDONLY)
+rd(e, 4); rd(e, 4)
+os.dup2(e, 50)
+rd(e, 4); rd(50, 4)
+for x in out:
+    print(x)
+print("final")
+"#;
+
+#[test]
+fn lazy_descriptors_keep_the_kernels_offsets() {
+    require("python3", "python3");
+    let t = TestDir::new("lazy");
+    let (p, f) = (t.sub("plain"), t.sub("flex"));
+    let spec = Spec::new("python3", &["-c", PY_LAZY], &p);
+    let (a, r) = both("lazy descriptors", &spec, &p, &f);
+    assert!(
+        String::from_utf8_lossy(a.stdout()).contains("final"),
+        "script did not finish"
+    );
+    assert_same_file(&p.join("f"), &f.join("f"));
+    assert_same_file(&p.join("g"), &f.join("g"));
+    // The six reads of `a` (and `c`'s) were taken over and served from the mapping.
+    r.stats.assert_served(&["read"], "f");
+    assert!(
+        r.stats.dump().contains("lazy:"),
+        "no lazy open counted: {}",
+        r.stats.dump()
+    );
+}
+
 fn sqlite_script(journal: &str) -> String {
     format!(
         "PRAGMA journal_mode={journal};

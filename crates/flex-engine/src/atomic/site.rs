@@ -23,7 +23,7 @@
 use super::log::hash;
 use crate::sys::{self, Errno, Res};
 use rustix::fd::RawFd;
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::sync::Mutex;
 
 /// A flex directory's absolute path and the mode it is created with.
@@ -60,27 +60,6 @@ fn stat_dev(path: &[u8]) -> Option<libc::stat> {
     sys::fstatat(libc::AT_FDCWD, &c, 0).ok()
 }
 
-/// Read a small proc file with raw system calls.
-fn read_proc(path: &CStr) -> Option<Vec<u8>> {
-    let fd = sys::openat(libc::AT_FDCWD, path, libc::O_RDONLY | libc::O_CLOEXEC, 0).ok()?;
-    let mut v = Vec::with_capacity(8192);
-    let mut buf = [0u8; 8192];
-    loop {
-        // SAFETY: our own buffer; the offset is the bytes read so far.
-        match unsafe { sys::pread(fd, buf.as_mut_ptr(), buf.len(), v.len() as u64) } {
-            Ok(0) => break,
-            Ok(n) => v.extend_from_slice(&buf[..n]),
-            Err(Errno::INTR) => continue,
-            Err(_) => {
-                let _ = sys::close(fd);
-                return None;
-            }
-        }
-    }
-    let _ = sys::close(fd);
-    Some(v)
-}
-
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
 fn unescape(s: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(s.len());
@@ -106,7 +85,7 @@ fn unescape(s: &[u8]) -> Vec<u8> {
 /// The mount point of the file system `dev` that mounts its root (`/proc/self/mountinfo`),
 /// checked to be reachable with that device.
 fn mountinfo_root(dev: u64) -> Option<Vec<u8>> {
-    let text = read_proc(c"/proc/self/mountinfo")?;
+    let text = crate::sys::read_file(c"/proc/self/mountinfo")?;
     let want = format!(
         "{}:{}",
         libc::major(dev as libc::dev_t),

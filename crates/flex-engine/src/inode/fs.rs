@@ -104,3 +104,83 @@ impl FsFacts {
         })
     }
 }
+
+/// Could a file on this machine be DAX (and so have been left over-allocated by a crashed
+/// flex process)? Only ext2/ext4/xfs on a block device whose queue says DAX can; the
+/// answer is kept for a second (a file system mounted later is seen within it). Unknown
+/// (no /proc, no /sys): yes.
+pub(crate) fn dax_anywhere() -> bool {
+    use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::*};
+    use std::time::{Duration, Instant};
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    /// Milliseconds since EPOCH of the last look, plus one (0: never looked).
+    static LOOKED: AtomicU64 = AtomicU64::new(0);
+    /// 1: no DAX anywhere, 2: DAX possible.
+    static ANSWER: AtomicU8 = AtomicU8::new(2);
+    let now = EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1;
+    let last = LOOKED.load(Acquire);
+    if last != 0 && now.saturating_sub(last) < Duration::from_secs(1).as_millis() as u64 {
+        return ANSWER.load(Acquire) != 1;
+    }
+    if LOOKED.compare_exchange(last, now, AcqRel, Acquire).is_err() {
+        // Another thread looks now; until it answers, the last answer stands.
+        return ANSWER.load(Acquire) != 1;
+    }
+    let dax = crate::sys::read_file(c"/proc/self/mountinfo")
+        .is_none_or(|m| mounts_may_be_dax(&m, block_dax));
+    ANSWER.store(if dax { 2 } else { 1 }, Release);
+    dax
+}
+
+/// Does a mount in `mountinfo` put an ext2/ext4/xfs file system on a DAX-capable device
+/// (`dax_capable("maj:min")`)?
+fn mounts_may_be_dax(mountinfo: &[u8], dax_capable: impl Fn(&str) -> bool) -> bool {
+    mountinfo.split(|&b| b == b'\n').any(|line| {
+        let line = String::from_utf8_lossy(line);
+        let mut f = line.split(' ');
+        let dev = f.nth(2).unwrap_or("");
+        // The fields after the optional ones: " - fstype source superoptions".
+        let Some((_, tail)) = line.split_once(" - ") else {
+            return false;
+        };
+        let fstype = tail.split(' ').next().unwrap_or("");
+        matches!(fstype, "ext2" | "ext4" | "xfs") && dax_capable(dev)
+    })
+}
+
+/// Is block device `dev` ("maj:min") DAX-capable? Its queue says so; a partition's is its
+/// disk's. Unreadable: assume it is.
+fn block_dax(dev: &str) -> bool {
+    let dir = format!("/sys/dev/block/{dev}");
+    for q in [format!("{dir}/queue/dax"), format!("{dir}/../queue/dax")] {
+        let Ok(c) = std::ffi::CString::new(q) else {
+            return true;
+        };
+        if let Some(v) = crate::sys::read_file(&c) {
+            return v.trim_ascii() != b"0";
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dax_needs_an_ext4_or_xfs_mount_on_a_dax_device() {
+        let m = b"22 1 259:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw\n\
+                  23 22 0:21 / /dev/shm rw - tmpfs tmpfs rw\n\
+                  24 22 259:5 / /mnt/pmem rw - xfs /dev/pmem0 rw,dax=always\n";
+        assert!(!mounts_may_be_dax(m, |_| false));
+        assert!(mounts_may_be_dax(m, |d| d == "259:5"));
+        // A DAX-capable device under a file system that cannot map DAX does not count.
+        assert!(!mounts_may_be_dax(m, |d| d == "0:21"));
+        assert!(!mounts_may_be_dax(b"", |_| true));
+    }
+
+    #[test]
+    fn this_machine_answers_the_same_twice() {
+        assert_eq!(dax_anywhere(), dax_anywhere());
+    }
+}

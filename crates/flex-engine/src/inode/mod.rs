@@ -24,7 +24,7 @@ mod write;
 
 use crate::persist::{Granularity, Strategy};
 use crate::trailer;
-pub(crate) use fs::FsFacts;
+pub(crate) use fs::{dax_anywhere, FsFacts};
 use mapping::MapWrite;
 pub use mapping::Mapping;
 use rustix::fd::RawFd;
@@ -185,6 +185,11 @@ impl Inode {
     /// before this one.
     pub fn count_io(&self) -> u32 {
         self.io.fetch_add(1, Relaxed)
+    }
+    /// Count `n` IO calls the kernel served before flex knew the file (a lazy descriptor
+    /// taken over): they count towards FLEX_ADOPT_AFTER as calls flex saw would.
+    pub fn counted(&self, n: u32) {
+        self.io.fetch_add(n, Relaxed);
     }
     pub fn nomap(&self) -> bool {
         self.nomap.load(Relaxed)

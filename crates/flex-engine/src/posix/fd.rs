@@ -15,6 +15,7 @@ use std::sync::atomic::Ordering::*;
 /// dup, F_DUPFD, F_DUPFD_CLOEXEC: the new descriptor shares the description.
 pub fn dup_result(old: Fd, new: Fd) {
     let Some(e) = engine_if_started() else { return };
+    take_over_shared(old);
     let Some(d) = e.table.get(old) else { return };
     e.stats.served(Call::dup);
     if new <= 2 {
@@ -22,6 +23,17 @@ pub fn dup_result(old: Fd, new: Fd) {
     }
     if let Some(prev) = e.table.set(new, d) {
         prev.fds.fetch_sub(1, AcqRel);
+    }
+}
+
+/// A lazy descriptor about to be duplicated is taken over first: its description gets
+/// flex's state, which the duplicate shares (a program that opens a file and moves it to
+/// descriptor 0, as dd and shells do, is served as if it had opened it there; flex's
+/// offset is the kernel's until then).
+fn take_over_shared(fd: Fd) {
+    let Some(e) = engine_if_started() else { return };
+    if e.table.lazy_io(fd).is_some() {
+        let _ = super::open::take_over(e, fd);
     }
 }
 
@@ -42,6 +54,11 @@ pub fn dup2_before(old: Fd, new: Fd) {
     let Some(e) = engine_if_started() else { return };
     if old != new && e.is_private(new) {
         crate::atomic::move_private(new);
+    }
+    if old != new {
+        // `new` is closed (if `old` is valid; a failed dup2 only loses its laziness).
+        e.table.unlazy(new);
+        take_over_shared(old);
     }
     if old == new || e.table.get(old).is_none() && e.table.get(new).is_none() {
         return;
@@ -101,6 +118,9 @@ pub fn offset_to_kernel(fd: Fd) {
 /// `arg` is the application's: for the lock commands a pointer to its `struct flock`,
 /// valid or faulting (it is only read fault-safely).
 pub unsafe fn fcntl(fd: Fd, cmd: i32, arg: libc::c_long) -> Route<i32> {
+    if matches!(cmd, libc::F_DUPFD | libc::F_DUPFD_CLOEXEC) {
+        take_over_shared(fd);
+    }
     let d = desc_or_pass!(fd);
     match cmd {
         libc::F_SETLK

@@ -37,6 +37,17 @@ macro_rules! desc_or_pass {
     };
 }
 
+/// As `desc_or_pass!`, for the read and write calls: a lazy descriptor is taken over
+/// once the kernel has served enough of its IO calls (see [`io_desc`]).
+macro_rules! io_desc_or_pass {
+    ($fd:expr) => {
+        match $crate::posix::io_desc($fd) {
+            Ok(d) => d,
+            Err(p) => return $crate::posix::Route::Pass(p),
+        }
+    };
+}
+
 mod check;
 mod fd;
 mod handoff;
@@ -76,6 +87,23 @@ fn desc(fd: Fd) -> Result<Arc<Desc>, Pass> {
         .ok_or(Pass::NotManaged)
 }
 
+/// The managed description of `fd` for a read or write call. A lazy descriptor (opened
+/// under FLEX_PATHS, not looked at yet) is the kernel's for its first FLEX_ADOPT_AFTER IO
+/// calls, then flex takes it over as an open would have: a file opened, read once and
+/// closed (DaxVM's short-lived file) never pays for an fstat, an inode or a mapping.
+#[inline]
+fn io_desc(fd: Fd) -> Result<Arc<Desc>, Pass> {
+    let e = engine_if_started().ok_or(Pass::NotManaged)?;
+    if let Some(d) = e.table.get(fd) {
+        return Ok(d);
+    }
+    match e.table.lazy_io(fd) {
+        None => Err(Pass::NotManaged),
+        Some(n) if n < e.config.adopt_after => Err(Pass::Lazy),
+        Some(_) => open::take_over(e, fd),
+    }
+}
+
 /// Count a call passed to the kernel (for the statistics of managed descriptors).
 pub fn count_passthrough(call: Call) {
     if let Some(e) = engine_if_started() {
@@ -86,6 +114,17 @@ pub fn count_passthrough(call: Call) {
 /// Does the table know `fd` (managed, or handed back to the kernel)?
 pub fn desc_exists(fd: Fd) -> bool {
     desc(fd).is_ok()
+}
+
+/// A stream is about to be built on `fd` (fopen, fdopen): a lazy descriptor is taken over
+/// now, so that the stream is flex's (glibc's own streams read through its internal calls,
+/// which flex never sees) exactly when the file is one flex manages.
+pub fn take_over_for_stream(fd: Fd) {
+    if let Some(e) = engine_if_started() {
+        if e.table.lazy_io(fd).is_some() {
+            let _ = open::take_over(e, fd);
+        }
+    }
 }
 
 /// Is `fd` managed (for the shim's stdio and for tests)?

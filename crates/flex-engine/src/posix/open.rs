@@ -68,7 +68,51 @@ pub fn open(dirfd: Fd, path: &CStr, flags: i32, mode: u32) -> Route<Fd> {
             return Route::Served(open_truncated(e, dirfd, path, kflags, mode, explicit, ro));
         }
     }
+    if !atomic && !explicit && lazy_opens(e) {
+        // Nothing is looked at yet: the kernel serves the file until its IO calls show
+        // that flex should (io_desc takes it over then).
+        let r = sys::openat(dirfd, path, kflags, mode);
+        if let Ok(fd) = r {
+            if fd > 2 {
+                e.table.make_lazy(fd);
+            }
+        }
+        // Flex's open (it keeps track of the descriptor); its IO is the kernel's for now.
+        e.stats.served(Call::open);
+        e.stats.fell_back(Pass::Lazy);
+        return Route::Served(r);
+    }
     Route::Served(open_managed(e, dirfd, path, kflags, mode, explicit, atomic))
+}
+
+/// May opens be lazy? Only where the kernel's view of a file is always what flex would
+/// serve until flex takes it over: no failure-atomic mode, and no file on this machine
+/// that a crashed flex process may have left over-allocated (DAX only, or the test knob).
+fn lazy_opens(e: &Engine) -> bool {
+    e.config.adopt_after > 0
+        && !crate::lease::overallocate_everywhere()
+        && !crate::inode::dax_anywhere()
+}
+
+/// A lazy descriptor's IO calls came to FLEX_ADOPT_AFTER: look at it now as an open would
+/// have (fstat, inode, crash-left trailer), with the kernel's status flags and offset.
+pub(super) fn take_over(e: &Engine, fd: Fd) -> Result<Arc<Desc>, Pass> {
+    if !e.table.unlazy(fd) {
+        // Another thread took it over (or closed it) first.
+        return e.table.get(fd).ok_or(Pass::NotManaged);
+    }
+    let Ok(kflags) = sys::fcntl_int(fd, libc::F_GETFL, 0) else {
+        return Err(Pass::NotManaged);
+    };
+    let path = rustix::fs::readlink(format!("/proc/self/fd/{fd}").as_str(), Vec::new())
+        .map(|p| p.into_bytes())
+        .unwrap_or_default();
+    let path = std::ffi::CString::new(path).unwrap_or_default();
+    let _ = manage(e, fd, libc::AT_FDCWD, &path, kflags, false, false, true);
+    let d = e.table.get(fd).ok_or(Pass::NotManaged)?;
+    d.inode.counted(e.config.adopt_after);
+    flex_log!(LogLevel::Debug, "take over lazy fd={fd}");
+    Ok(d)
 }
 
 /// Is the file at `path` in atomic mode in this process?
@@ -135,11 +179,29 @@ fn open_managed(
     explicit: bool,
     atomic: bool,
 ) -> Res<Fd> {
-    let acc = kflags & libc::O_ACCMODE;
     // The kernel descriptor is exactly what the application asked for (access mode,
     // O_APPEND): every call flex hands to the kernel sees it, and appends are the kernel's,
     // atomic between processes. Flex maps through a private read-write description.
     let fd = sys::openat(dirfd, path, kflags, mode)?;
+    manage(e, fd, dirfd, path, kflags, explicit, atomic, false)
+}
+
+/// Set up flex's state for `fd`, just opened with `kflags` (or a lazy descriptor taken
+/// over, whose offset the kernel holds: `pos_in_kernel`). A file flex leaves to the
+/// kernel stays out of the table; `fd` is returned either way, unless atomic mode refuses
+/// the file (then it is closed).
+#[allow(clippy::too_many_arguments)]
+fn manage(
+    e: &Engine,
+    fd: Fd,
+    dirfd: Fd,
+    path: &CStr,
+    kflags: i32,
+    explicit: bool,
+    atomic: bool,
+    pos_in_kernel: bool,
+) -> Res<Fd> {
+    let acc = kflags & libc::O_ACCMODE;
     let unmanaged = |reason: Pass| -> Res<Fd> {
         e.stats.fell_back(reason);
         e.stats.passed(Call::open);
@@ -184,6 +246,7 @@ fn open_managed(
         kflags & !libc::O_ACCMODE & !libc::O_CLOEXEC,
         explicit,
     ));
+    d.set_pos_in_kernel(pos_in_kernel);
     if atomic {
         if let Err(err) = crate::atomic::attach(&d.inode, fd, d.writable(), dirfd, path) {
             e.stats.fell_back(Pass::AtomicOpenRefused);
@@ -277,6 +340,7 @@ pub fn close(fd: Fd) -> Route<()> {
         return Route::err(Errno::BADF);
     }
     let Some(d) = e.table.take(fd) else {
+        e.table.unlazy(fd);
         return Route::Pass(Pass::NotManaged);
     };
     drop_fd(e, fd, d);
@@ -294,6 +358,7 @@ pub fn close_range(first: u32, last: u32, flags: i32) -> Route<()> {
     if flags & libc::CLOSE_RANGE_CLOEXEC as i32 != 0 {
         return Route::Pass(Pass::CloexecOnly);
     }
+    e.table.unlazy_range(first, last);
     for (fd, _) in e.table.entries() {
         if (fd as u32) >= first && (fd as u32) <= last {
             if let Some(d) = e.table.take(fd) {

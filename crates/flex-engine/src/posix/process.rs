@@ -37,6 +37,8 @@ pub fn demote(fd: Fd, d: &Desc) {
 pub fn before_fork() {
     let Some(e) = engine_if_started() else { return };
     e.stats.served(Call::fork);
+    // Lazy descriptors' descriptions are shared with the child now: the kernel's for good.
+    e.table.unlazy_range(0, u32::MAX);
     for (fd, d) in e.table.entries() {
         demote(fd, &d);
     }

@@ -102,6 +102,8 @@ reasons! {
     Reentered => "re-entered from the engine",
 
     // Fallbacks: files the kernel keeps at open.
+    /// Opened lazily: the kernel serves it until its IO calls show a mapping could pay.
+    Lazy => "lazy: the kernel serves it until its IO calls come to FLEX_ADOPT_AFTER",
     Fd012 => "descriptor 0-2",
     FstatFailed => "fstat failed",
     NotRegular => "not a regular file",

@@ -8,10 +8,12 @@ use super::check::{
 use super::io::{do_read, do_write, kernel_rw2, SERVED_RWF};
 use super::sync::sync_desc;
 use super::{Fd, Pass, Route};
+use crate::desc::Desc;
 use crate::inode::{AppendAt, MAX_RW};
 use crate::runtime::engine;
 use crate::stats::Call;
 use crate::sys::{self, Errno, Res};
+use std::sync::Arc;
 
 /// A description reachable through descriptor 0-2 (its offset is the kernel's) of a file
 /// no mapping serves yet: the kernel does the whole call, one system call as without flex
@@ -28,8 +30,12 @@ fn kernel_owns(d: &crate::desc::Desc) -> bool {
 /// read, readv, preadv(-1): at the description's offset, under its position lock.
 /// # Safety
 /// As the public entry points.
-unsafe fn read_pos(fd: Fd, bufs: Res<&[(*mut u8, usize)]>, call: Call) -> Route<usize> {
-    let d = desc_or_pass!(fd);
+unsafe fn read_pos(
+    d: Arc<Desc>,
+    fd: Fd,
+    bufs: Res<&[(*mut u8, usize)]>,
+    call: Call,
+) -> Route<usize> {
     if let Err(e) = check_read(&d) {
         if let Err(ie) = &bufs {
             if call != Call::read && iov_before_access(false) {
@@ -76,12 +82,12 @@ unsafe fn read_pos(fd: Fd, bufs: Res<&[(*mut u8, usize)]>, call: Call) -> Route<
 /// # Safety
 /// As the public entry points.
 unsafe fn write_pos(
+    d: Arc<Desc>,
     fd: Fd,
     bufs: Res<&[(*const u8, usize)]>,
     call: Call,
     append: Option<bool>,
 ) -> Route<usize> {
-    let d = desc_or_pass!(fd);
     if let Err(e) = check_write(&d) {
         if let Err(ie) = &bufs {
             if call != Call::write && iov_before_access(true) {
@@ -174,10 +180,18 @@ unsafe fn write_pos(
 /// invalid so that the access faults (answered with EFAULT, never a crash). They must not
 /// point into memory the application does not own.
 pub unsafe fn read(fd: Fd, buf: *mut u8, len: usize) -> Route<usize> {
+    let d = io_desc_or_pass!(fd);
     // SAFETY: forwarded contract.
     let b = user_buf(buf, len, buf);
     // SAFETY: forwarded contract.
-    unsafe { read_pos(fd, b.as_ref().map(|b| &b[..]).map_err(|e| *e), Call::read) }
+    unsafe {
+        read_pos(
+            d,
+            fd,
+            b.as_ref().map(|b| &b[..]).map_err(|e| *e),
+            Call::read,
+        )
+    }
 }
 
 /// # Safety
@@ -185,11 +199,13 @@ pub unsafe fn read(fd: Fd, buf: *mut u8, len: usize) -> Route<usize> {
 /// invalid so that the access faults (answered with EFAULT, never a crash). They must not
 /// point into memory the application does not own.
 pub unsafe fn write(fd: Fd, buf: *const u8, len: usize) -> Route<usize> {
+    let d = io_desc_or_pass!(fd);
     // SAFETY: forwarded contract.
     let b = user_buf(buf, len, buf);
     // SAFETY: forwarded contract.
     unsafe {
         write_pos(
+            d,
             fd,
             b.as_ref().map(|b| &b[..]).map_err(|e| *e),
             Call::write,
@@ -203,7 +219,7 @@ pub unsafe fn write(fd: Fd, buf: *const u8, len: usize) -> Route<usize> {
 /// invalid so that the access faults (answered with EFAULT, never a crash). They must not
 /// point into memory the application does not own.
 pub unsafe fn pread(fd: Fd, buf: *mut u8, len: usize, off: i64) -> Route<usize> {
-    let d = desc_or_pass!(fd);
+    let d = io_desc_or_pass!(fd);
     if off < 0 {
         return Route::err(Errno::INVAL);
     }
@@ -234,7 +250,7 @@ pub unsafe fn pread(fd: Fd, buf: *mut u8, len: usize, off: i64) -> Route<usize> 
 /// invalid so that the access faults (answered with EFAULT, never a crash). They must not
 /// point into memory the application does not own.
 pub unsafe fn pwrite(fd: Fd, buf: *const u8, len: usize, off: i64) -> Route<usize> {
-    let d = desc_or_pass!(fd);
+    let d = io_desc_or_pass!(fd);
     if off < 0 {
         return Route::err(Errno::INVAL);
     }
@@ -274,11 +290,11 @@ pub unsafe fn pwrite(fd: Fd, buf: *const u8, len: usize, off: i64) -> Route<usiz
 /// invalid so that the access faults (answered with EFAULT, never a crash). They must not
 /// point into memory the application does not own.
 pub unsafe fn readv(fd: Fd, iov: *const libc::iovec, cnt: i32) -> Route<usize> {
-    desc_or_pass!(fd);
+    let d = io_desc_or_pass!(fd);
     // SAFETY: forwarded contract.
     let b = iovecs(iov, cnt);
     // SAFETY: forwarded contract.
-    unsafe { read_pos(fd, b.as_deref().map_err(|e| *e), Call::readv) }
+    unsafe { read_pos(d, fd, b.as_deref().map_err(|e| *e), Call::readv) }
 }
 
 /// # Safety
@@ -286,14 +302,14 @@ pub unsafe fn readv(fd: Fd, iov: *const libc::iovec, cnt: i32) -> Route<usize> {
 /// invalid so that the access faults (answered with EFAULT, never a crash). They must not
 /// point into memory the application does not own.
 pub unsafe fn writev(fd: Fd, iov: *const libc::iovec, cnt: i32) -> Route<usize> {
-    desc_or_pass!(fd);
+    let d = io_desc_or_pass!(fd);
     let b = iovecs(iov, cnt).map(|v| {
         v.into_iter()
             .map(|(p, l)| (p as *const u8, l))
             .collect::<Vec<_>>()
     });
     // SAFETY: forwarded contract.
-    unsafe { write_pos(fd, b.as_deref().map_err(|e| *e), Call::writev, None) }
+    unsafe { write_pos(d, fd, b.as_deref().map_err(|e| *e), Call::writev, None) }
 }
 
 /// preadv: a negative offset is EINVAL (preadv2's -1, the file position, is not preadv's).
@@ -336,7 +352,7 @@ pub unsafe fn preadv2(
     off: i64,
     flags: i32,
 ) -> Route<usize> {
-    let d = desc_or_pass!(fd);
+    let d = io_desc_or_pass!(fd);
     // The kernel's order: offset, descriptor, iovecs, zero total, flags.
     if off < -1 {
         return Route::err(Errno::INVAL);
@@ -369,7 +385,7 @@ pub unsafe fn preadv2(
     }
     if off == -1 {
         // SAFETY: forwarded contract.
-        return unsafe { read_pos(fd, Ok(&b), Call::preadv) };
+        return unsafe { read_pos(d, fd, Ok(&b), Call::preadv) };
     }
     // SAFETY: forwarded contract.
     Route::Served(unsafe { do_read(engine(), &d, fd, &b, off as u64, Call::preadv) })
@@ -388,7 +404,7 @@ pub unsafe fn pwritev2(
     off: i64,
     flags: i32,
 ) -> Route<usize> {
-    let d = desc_or_pass!(fd);
+    let d = io_desc_or_pass!(fd);
     // The kernel's order: offset, descriptor, iovecs, zero total, flags.
     if off < -1 {
         return Route::err(Errno::INVAL);
@@ -423,7 +439,7 @@ pub unsafe fn pwritev2(
     let append = (flags & libc::RWF_APPEND != 0).then_some(true);
     let r = if off == -1 {
         // SAFETY: forwarded contract.
-        match unsafe { write_pos(fd, Ok(&b), Call::pwritev, append) } {
+        match unsafe { write_pos(d.clone(), fd, Ok(&b), Call::pwritev, append) } {
             Route::Served(r) => r,
             pass => return pass,
         }

@@ -134,3 +134,24 @@ pub fn sync_file_range(fd: RawFd, off: i64, n: i64, flags: u32) -> Res<()> {
     // SAFETY: a raw system call with scalar arguments.
     ret(unsafe { libc::syscall(libc::SYS_sync_file_range, fd, off, n, flags) }).map(|_| ())
 }
+
+/// A whole small file (/proc, /sys), through raw calls (None: it cannot be read).
+pub fn read_file(path: &core::ffi::CStr) -> Option<Vec<u8>> {
+    let fd = super::openat(libc::AT_FDCWD, path, libc::O_RDONLY | libc::O_CLOEXEC, 0).ok()?;
+    let mut v = Vec::with_capacity(8192);
+    let mut buf = [0u8; 8192];
+    loop {
+        // SAFETY: our own buffer; the offset is the bytes read so far.
+        match unsafe { super::pread(fd, buf.as_mut_ptr(), buf.len(), v.len() as u64) } {
+            Ok(0) => break,
+            Ok(n) => v.extend_from_slice(&buf[..n]),
+            Err(super::Errno::INTR) => continue,
+            Err(_) => {
+                let _ = super::close(fd);
+                return None;
+            }
+        }
+    }
+    let _ = super::close(fd);
+    Some(v)
+}
