@@ -351,6 +351,39 @@ fn md5sum_reads_through_stdio_streams() {
     r.stats.assert_served(&["read"], "big.bin");
 }
 
+/// A rollback journal's life (written front to back, its header rewritten once, synced,
+/// deleted) through a lazy descriptor never maps the file: the appends the kernel served
+/// before flex took the descriptor over do not count towards FLEX_ADOPT_AFTER (they did
+/// once, and every SQLite transaction paid an mmap and an munmap).
+#[test]
+fn a_journal_written_once_through_a_lazy_descriptor_is_never_mapped() {
+    require("python3", "python3");
+    let t = TestDir::new("journal");
+    let f = t.sub("flex");
+    let script = r#"
+import os
+for i in range(20):
+    fd = os.open("db-journal", os.O_RDWR | os.O_CREAT, 0o644)
+    for k in range(6):
+        os.pwrite(fd, b"p" * 1024, 512 + k * 1024)
+    os.pwrite(fd, b"header", 0)
+    os.fsync(fd)
+    os.close(fd)
+    os.unlink("db-journal")
+print("done")
+"#;
+    let r = flex(&Spec::new("python3", &["-c", script], &f), &[&f]);
+    r.assert_ok("journal");
+    let maps: u64 = r
+        .stats
+        .procs
+        .iter()
+        .map(|p| p["maps"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(maps, 0, "a journal was mapped: {}", r.stats.dump());
+    assert!(r.stats.served("open") >= 20, "{}", r.stats.dump());
+}
+
 /// Lazy descriptors (FLEX_ADOPT_AFTER calls served by the kernel before flex looks at the
 /// file): taken over at the third call, or when duplicated (dup, dup2 onto another
 /// number), with the kernel's offset; left to the kernel for good once fork shares their

@@ -186,11 +186,6 @@ impl Inode {
     pub fn count_io(&self) -> u32 {
         self.io.fetch_add(1, Relaxed)
     }
-    /// Count `n` IO calls the kernel served before flex knew the file (a lazy descriptor
-    /// taken over): they count towards FLEX_ADOPT_AFTER as calls flex saw would.
-    pub fn counted(&self, n: u32) {
-        self.io.fetch_add(n, Relaxed);
-    }
     pub fn nomap(&self) -> bool {
         self.nomap.load(Relaxed)
     }

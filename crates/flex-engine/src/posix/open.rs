@@ -109,8 +109,9 @@ pub(super) fn take_over(e: &Engine, fd: Fd) -> Result<Arc<Desc>, Pass> {
         .unwrap_or_default();
     let path = std::ffi::CString::new(path).unwrap_or_default();
     let _ = manage(e, fd, libc::AT_FDCWD, &path, kflags, false, false, true);
+    // The calls the kernel served before do not count towards FLEX_ADOPT_AFTER: they may
+    // have been appends or writes past the end (a journal's), which never map a file.
     let d = e.table.get(fd).ok_or(Pass::NotManaged)?;
-    d.inode.counted(e.config.adopt_after);
     flex_log!(LogLevel::Debug, "take over lazy fd={fd}");
     Ok(d)
 }
