@@ -107,19 +107,18 @@ impl FsFacts {
 
 /// Could a file on this machine be DAX (and so have been left over-allocated by a crashed
 /// flex process)? Only ext2/ext4/xfs on a block device whose queue says DAX can; the
-/// answer is kept for a second (a file system mounted later is seen within it). Unknown
+/// answer is kept within a second (a file system mounted later is seen in the next). Unknown
 /// (no /proc, no /sys): yes.
 pub(crate) fn dax_anywhere() -> bool {
-    use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::*};
-    use std::time::{Duration, Instant};
-    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    /// Milliseconds since EPOCH of the last look, plus one (0: never looked).
-    static LOOKED: AtomicU64 = AtomicU64::new(0);
+    use std::sync::atomic::{AtomicI64, AtomicU8, Ordering::*};
+    /// The coarse monotonic second of the last look, plus one (0: never looked). The
+    /// coarse clock is a vDSO read of a tick-updated value: every open asks.
+    static LOOKED: AtomicI64 = AtomicI64::new(0);
     /// 1: no DAX anywhere, 2: DAX possible.
     static ANSWER: AtomicU8 = AtomicU8::new(2);
-    let now = EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1;
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse).tv_sec + 1;
     let last = LOOKED.load(Acquire);
-    if last != 0 && now.saturating_sub(last) < Duration::from_secs(1).as_millis() as u64 {
+    if last == now {
         return ANSWER.load(Acquire) != 1;
     }
     if LOOKED.compare_exchange(last, now, AcqRel, Acquire).is_err() {
