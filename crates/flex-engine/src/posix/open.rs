@@ -203,9 +203,13 @@ fn manage(
     pos_in_kernel: bool,
 ) -> Res<Fd> {
     let acc = kflags & libc::O_ACCMODE;
+    // A lazy descriptor's open was counted (served) when the program made it.
+    let count_open = !pos_in_kernel;
     let unmanaged = |reason: Pass| -> Res<Fd> {
         e.stats.fell_back(reason);
-        e.stats.passed(Call::open);
+        if count_open {
+            e.stats.passed(Call::open);
+        }
         Ok(fd)
     };
     if fd <= 2 {
@@ -257,7 +261,9 @@ fn manage(
         }
     }
     e.table.set(fd, d.clone());
-    e.stats.served(Call::open);
+    if count_open {
+        e.stats.served(Call::open);
+    }
     flex_log!(
         LogLevel::Debug,
         "open {} fd={} size={}",
