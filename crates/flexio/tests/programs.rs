@@ -353,6 +353,25 @@ fn md5sum_reads_through_stdio_streams() {
     r.stats.assert_served(&["read"], "big.bin");
 }
 
+/// A program under valgrind, which hides the vDSO from its guest: libflex.so reads its
+/// clock through glibc (rustix's own vDSO lookup faulted there and killed every program
+/// at its first open) and serves the program's reads as anywhere else.
+#[test]
+fn a_program_under_valgrind_runs_with_flex() {
+    require("valgrind", "valgrind");
+    require("md5sum", "coreutils");
+    let t = TestDir::new("valgrind");
+    let (p, f) = (t.sub("plain"), t.sub("flex"));
+    put(&[&p, &f], "big.bin", &noise((1 << 20) + 5, 3));
+    let spec = Spec::new(
+        "valgrind",
+        &["-q", "--error-exitcode=97", "md5sum", "big.bin", "big.bin"],
+        &p,
+    );
+    let (_, r) = both("md5sum under valgrind", &spec, &p, &f);
+    r.stats.assert_served(&["read"], "big.bin");
+}
+
 /// A rollback journal's life (written front to back, its header rewritten once, synced,
 /// deleted) through a lazy descriptor never maps the file: the appends the kernel served
 /// before flex took the descriptor over do not count towards FLEX_ADOPT_AFTER (they did

@@ -116,7 +116,7 @@ pub(crate) fn dax_anywhere() -> bool {
     static LOOKED: AtomicI64 = AtomicI64::new(0);
     /// 1: no DAX anywhere, 2: DAX possible.
     static ANSWER: AtomicU8 = AtomicU8::new(2);
-    let now = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse).tv_sec + 1;
+    let now = crate::sys::time::coarse_seconds() + 1;
     let last = LOOKED.load(Acquire);
     if last == now {
         return ANSWER.load(Acquire) != 1;

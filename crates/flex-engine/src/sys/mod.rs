@@ -1,6 +1,6 @@
 //! The engine's one way out to the kernel, a module per kernel concept: [`io`] (data
 //! transfer), [`fs`] (files and metadata), [`fd`] (descriptors and locks), [`signal`]
-//! (masks and directed signals), [`thread`] (futexes, thread ids), [`raw`] (the
+//! (masks and directed signals), [`thread`] (futexes, thread ids), [`time`] (clocks), [`raw`] (the
 //! `syscall` instruction, for libflex.so's passthrough). The engine never calls
 //! the libc wrappers that libflex.so intercepts (that would call itself): these use
 //! rustix, or `libc::syscall` where the buffer is a raw pointer owned by the application
@@ -12,6 +12,7 @@ pub mod io;
 pub mod raw;
 pub mod signal;
 pub mod thread;
+pub mod time;
 
 pub use fd::*;
 pub use fs::*;
