@@ -122,6 +122,20 @@ struct Page {
     /// inode, no description), the kernel serving them. 0: not lazy; else 1 + the IO
     /// calls the kernel served so far (saturating).
     lazy: [AtomicU8; L2],
+    /// A lazy descriptor's file end as far as this process knows it ([`END_UNKNOWN`]
+    /// until an fstat, or an O_TRUNC open, said; then raised by its positioned writes).
+    lazy_end: [AtomicU64; L2],
+}
+
+/// No end known for a lazy descriptor: every IO call counts towards taking it over.
+const END_UNKNOWN: u64 = u64::MAX;
+
+/// A positioned IO call on a lazy descriptor (see [`Table::lazy_io`]).
+#[derive(Clone, Copy)]
+pub struct LazyAt {
+    pub off: u64,
+    pub len: u64,
+    pub write: bool,
 }
 
 impl Page {
@@ -174,6 +188,7 @@ impl Table {
                 slots: core::array::from_fn(|_| ArcSwapOption::empty()),
                 used: [const { AtomicU64::new(0) }; L2 / 64],
                 lazy: [const { AtomicU8::new(0) }; L2],
+                lazy_end: [const { AtomicU64::new(END_UNKNOWN) }; L2],
             });
             let raw = Box::into_raw(fresh);
             match cell.compare_exchange(core::ptr::null_mut(), raw, AcqRel, Acquire) {
@@ -231,19 +246,26 @@ impl Table {
     }
 
     /// `fd` was opened for flex, which looks at it only if the program's IO calls on it
-    /// come to more than a few (see [`Table::lazy_io`]).
-    pub fn make_lazy(&self, fd: i32) {
+    /// come to more than a few (see [`Table::lazy_io`]). `end`: the file's size if the
+    /// open said it (O_TRUNC: 0).
+    pub fn make_lazy(&self, fd: i32, end: Option<u64>) {
         if let Some((page, b)) = self.slot(fd, true) {
+            page.lazy_end[b].store(end.unwrap_or(END_UNKNOWN), Relaxed);
             if page.lazy[b].swap(1, AcqRel) == 0 {
                 self.lazy.fetch_add(1, AcqRel);
             }
         }
     }
 
-    /// An IO call on `fd`: if it is lazy, the calls the kernel served on it before
-    /// this one (None: not lazy).
+    /// An IO call on `fd` (`at`: its range, if positioned): if it is lazy, the calls the
+    /// kernel served on it before this one that count (None: not lazy). A positioned
+    /// call at or past the end this process knows does not count: flex would pass it to
+    /// the kernel too (a write there extends the file, a read there finds its end), so a
+    /// file written front to back and read only past its end (a rollback journal) stays
+    /// the kernel's and never pays for a take-over. A stale end (another process grew or
+    /// cut the file) only moves the take-over: the kernel serves a lazy file exactly.
     #[inline]
-    pub fn lazy_io(&self, fd: i32) -> Option<u32> {
+    pub fn lazy_io(&self, fd: i32, at: Option<LazyAt>) -> Option<u32> {
         if self.lazy.load(Relaxed) == 0 {
             return None;
         }
@@ -252,12 +274,37 @@ impl Table {
         match c.load(Acquire) {
             0 => None,
             n => {
+                if let Some(at) = at {
+                    let end = &page.lazy_end[b];
+                    let e = end.load(Relaxed);
+                    if e != END_UNKNOWN {
+                        if at.write {
+                            // A short write leaves this end too high: more calls count.
+                            end.store(e.max(at.off.saturating_add(at.len)), Relaxed);
+                        }
+                        if at.off >= e {
+                            return Some(u32::from(n - 1));
+                        }
+                    }
+                }
                 if n < u8::MAX {
                     // Only this descriptor's callers race here; a lost count is one more
                     // kernel call, never a wrong answer.
                     c.store(n + 1, Release);
                 }
                 Some(u32::from(n - 1))
+            }
+        }
+    }
+
+    /// The program's fstat of `fd` found `size`: if `fd` is lazy, its known end.
+    pub fn lazy_saw_size(&self, fd: i32, size: u64) {
+        if self.lazy.load(Relaxed) == 0 {
+            return;
+        }
+        if let Some((page, b)) = self.slot(fd, false) {
+            if page.lazy[b].load(Acquire) != 0 {
+                page.lazy_end[b].store(size, Relaxed);
             }
         }
     }
@@ -283,13 +330,7 @@ impl Table {
         if self.lazy.load(Acquire) == 0 || first > last {
             return;
         }
-        for (a, cell) in self.pages.iter().enumerate() {
-            let p = cell.load(Acquire);
-            if p.is_null() {
-                continue;
-            }
-            // SAFETY: pages are never freed.
-            let page = unsafe { &*p };
+        for (a, page) in self.allocated_pages() {
             for (b, c) in page.lazy.iter().enumerate() {
                 let fd = (a * L2 + b) as u32;
                 if fd >= first && fd <= last && c.swap(0, AcqRel) != 0 {
@@ -305,13 +346,7 @@ impl Table {
         if self.count.load(Acquire) == 0 {
             return out;
         }
-        for (a, cell) in self.pages.iter().enumerate() {
-            let p = cell.load(Acquire);
-            if p.is_null() {
-                continue;
-            }
-            // SAFETY: pages are never freed.
-            let page = unsafe { &*p };
+        for (a, page) in self.allocated_pages() {
             for (b, s) in page.slots.iter().enumerate() {
                 if let Some(d) = s.load_full() {
                     out.push(((a * L2 + b) as i32, d));
@@ -319,6 +354,15 @@ impl Table {
             }
         }
         out
+    }
+
+    /// The pages allocated so far, with their index.
+    fn allocated_pages(&self) -> impl Iterator<Item = (usize, &Page)> {
+        self.pages.iter().enumerate().filter_map(|(a, cell)| {
+            let p = cell.load(Acquire);
+            // SAFETY: a non-null page was allocated once and is never freed.
+            (!p.is_null()).then(|| (a, unsafe { &*p }))
+        })
     }
 
     pub fn len(&self) -> usize {

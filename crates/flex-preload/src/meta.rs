@@ -94,7 +94,9 @@ pub unsafe extern "C" fn statx(
         let s = unsafe { &mut *stx };
         let dev = libc::makedev(s.stx_dev_major, s.stx_dev_minor);
         let mut size = s.stx_size as i64;
-        if empty_path(p, flags) {
+        if s.stx_mask & libc::STATX_SIZE == 0 {
+            // No size asked for nor given: nothing to fix or learn.
+        } else if empty_path(p, flags) {
             hook(|| posix::fstat_fix(dirfd, dev, s.stx_ino, &mut size));
         } else {
             hook(|| posix::fix_stat(dev, s.stx_ino, &mut size));

@@ -405,6 +405,57 @@ print("done")
     assert!(r.stats.served("open") >= 20, "{}", r.stats.dump());
 }
 
+/// SQLite's journal as it really goes: fstat after the open, written front to back, read
+/// past its end, its header rewritten, synced, deleted. Every call but the one rewrite is
+/// at or past the end the process knows, which flex would pass to the kernel anyway, so the
+/// descriptor stays lazy: no take-over (no F_GETFL, readlink, fstat, fstatfs, inode per
+/// transaction). A file whose known contents are rewritten in place twice is taken over.
+#[test]
+fn writes_past_the_known_end_leave_a_descriptor_to_the_kernel() {
+    require("python3", "python3");
+    let t = TestDir::new("past-end");
+    let (p, f) = (t.sub("plain"), t.sub("flex"));
+    let script = r#"
+import os
+for i in range(20):
+    fd = os.open("db-journal", os.O_RDWR | os.O_CREAT, 0o644)
+    assert os.fstat(fd).st_size == 0
+    off = 0
+    for n in (512, 4, 4096, 4, 4, 4096, 4):
+        os.pwrite(fd, bytes([65 + i]) * n, off)
+        off += n
+    assert os.pread(fd, 8, off + 500) == b""
+    os.pwrite(fd, b"header%02d" % i, 0)
+    os.fsync(fd)
+    os.close(fd)
+    if i < 19:
+        os.unlink("db-journal")
+fd = os.open("data", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+os.pwrite(fd, b"x" * 8192, 0)
+os.pwrite(fd, b"y" * 100, 50)
+os.pwrite(fd, b"z" * 100, 4000)
+os.pwrite(fd, b"w" * 100, 6000)
+print(os.pread(fd, 20, 40), os.pread(fd, 20, 3990))
+os.close(fd)
+print("done")
+"#;
+    let spec = Spec::new("python3", &["-c", script], &p);
+    let (a, r) = both("writes past the end", &spec, &p, &f);
+    assert!(String::from_utf8_lossy(a.stdout()).contains("done"));
+    assert_same_file(&p.join("db-journal"), &f.join("db-journal"));
+    assert_same_file(&p.join("data"), &f.join("data"));
+    let adoptions: u64 = r
+        .stats
+        .procs
+        .iter()
+        .map(|p| p["adoptions"].as_u64().unwrap_or(0))
+        .sum();
+    // `data` only: its O_TRUNC open said its end, and two writes fell inside it.
+    assert_eq!(adoptions, 1, "{}", r.stats.dump());
+    assert!(!r.stats.has_file("db-journal"), "{}", r.stats.dump());
+    r.stats.assert_served(&["pread"], "data");
+}
+
 /// Lazy descriptors (FLEX_ADOPT_AFTER calls served by the kernel before flex looks at the
 /// file): taken over at the third call, or when duplicated (dup, dup2 onto another
 /// number), with the kernel's offset; left to the kernel for good once fork shares their

@@ -32,7 +32,7 @@ pub fn dup_result(old: Fd, new: Fd) {
 /// offset is the kernel's until then).
 fn take_over_shared(fd: Fd) {
     let Some(e) = engine_if_started() else { return };
-    if e.table.lazy_io(fd).is_some() {
+    if e.table.lazy_io(fd, None).is_some() {
         let _ = super::open::take_over(e, fd);
     }
 }

@@ -41,7 +41,10 @@ macro_rules! desc_or_pass {
 /// once the kernel has served enough of its IO calls (see [`io_desc`]).
 macro_rules! io_desc_or_pass {
     ($fd:expr) => {
-        match $crate::posix::io_desc($fd) {
+        io_desc_or_pass!($fd, None)
+    };
+    ($fd:expr, $at:expr) => {
+        match $crate::posix::io_desc($fd, $at) {
             Ok(d) => d,
             Err(p) => return $crate::posix::Route::Pass(p),
         }
@@ -91,13 +94,14 @@ fn desc(fd: Fd) -> Result<Arc<Desc>, Pass> {
 /// under FLEX_PATHS, not looked at yet) is the kernel's for its first FLEX_ADOPT_AFTER IO
 /// calls, then flex takes it over as an open would have: a file opened, read once and
 /// closed (DaxVM's short-lived file) never pays for an fstat, an inode or a mapping.
+/// `at`: the range of a positioned call (those past the file's end do not count).
 #[inline]
-fn io_desc(fd: Fd) -> Result<Arc<Desc>, Pass> {
+fn io_desc(fd: Fd, at: Option<crate::desc::LazyAt>) -> Result<Arc<Desc>, Pass> {
     let e = engine_if_started().ok_or(Pass::NotManaged)?;
     if let Some(d) = e.table.get(fd) {
         return Ok(d);
     }
-    match e.table.lazy_io(fd) {
+    match e.table.lazy_io(fd, at) {
         None => Err(Pass::NotManaged),
         Some(n) if n < e.config.adopt_after => Err(Pass::Lazy),
         Some(_) => open::take_over(e, fd),
@@ -121,7 +125,7 @@ pub fn desc_exists(fd: Fd) -> bool {
 /// which flex never sees) exactly when the file is one flex manages.
 pub fn take_over_for_stream(fd: Fd) {
     if let Some(e) = engine_if_started() {
-        if e.table.lazy_io(fd).is_some() {
+        if e.table.lazy_io(fd, None).is_some() {
             let _ = open::take_over(e, fd);
         }
     }

@@ -74,7 +74,8 @@ pub fn open(dirfd: Fd, path: &CStr, flags: i32, mode: u32) -> Route<Fd> {
         let r = sys::openat(dirfd, path, kflags, mode);
         if let Ok(fd) = r {
             if fd > 2 {
-                e.table.make_lazy(fd);
+                let truncated = kflags & libc::O_TRUNC != 0;
+                e.table.make_lazy(fd, truncated.then_some(0));
             }
         }
         // Flex's open (it keeps track of the descriptor); its IO is the kernel's for now.
@@ -112,6 +113,7 @@ pub(super) fn take_over(e: &Engine, fd: Fd) -> Result<Arc<Desc>, Pass> {
     // The calls the kernel served before do not count towards FLEX_ADOPT_AFTER: they may
     // have been appends or writes past the end (a journal's), which never map a file.
     let d = e.table.get(fd).ok_or(Pass::NotManaged)?;
+    e.stats.adoptions.fetch_add(1, Relaxed);
     flex_log!(LogLevel::Debug, "take over lazy fd={fd}");
     Ok(d)
 }

@@ -175,6 +175,16 @@ unsafe fn write_pos(
     }))
 }
 
+/// The range of a positioned call, for a lazy descriptor's count (a negative offset is
+/// the kernel's EINVAL: no range).
+fn positioned(off: i64, len: usize, write: bool) -> Option<crate::desc::LazyAt> {
+    Some(crate::desc::LazyAt {
+        off: u64::try_from(off).ok()?,
+        len: len as u64,
+        write,
+    })
+}
+
 /// # Safety
 /// Buffer pointers come from the application: each must be valid for its length, or
 /// invalid so that the access faults (answered with EFAULT, never a crash). They must not
@@ -219,7 +229,7 @@ pub unsafe fn write(fd: Fd, buf: *const u8, len: usize) -> Route<usize> {
 /// invalid so that the access faults (answered with EFAULT, never a crash). They must not
 /// point into memory the application does not own.
 pub unsafe fn pread(fd: Fd, buf: *mut u8, len: usize, off: i64) -> Route<usize> {
-    let d = io_desc_or_pass!(fd);
+    let d = io_desc_or_pass!(fd, positioned(off, len, false));
     if off < 0 {
         return Route::err(Errno::INVAL);
     }
@@ -250,7 +260,7 @@ pub unsafe fn pread(fd: Fd, buf: *mut u8, len: usize, off: i64) -> Route<usize> 
 /// invalid so that the access faults (answered with EFAULT, never a crash). They must not
 /// point into memory the application does not own.
 pub unsafe fn pwrite(fd: Fd, buf: *const u8, len: usize, off: i64) -> Route<usize> {
-    let d = io_desc_or_pass!(fd);
+    let d = io_desc_or_pass!(fd, positioned(off, len, true));
     if off < 0 {
         return Route::err(Errno::INVAL);
     }

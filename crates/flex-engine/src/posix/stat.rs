@@ -29,7 +29,13 @@ pub fn fix_stat(dev: u64, ino: u64, size: &mut i64) {
 /// fstat on a managed descriptor: the kernel's answer with the logical size. Also keeps
 /// the cached size of exact files in step with the kernel.
 pub fn fstat_fix(fd: Fd, dev: u64, ino: u64, size: &mut i64) {
-    let Ok(d) = desc(fd) else { return };
+    let Ok(d) = desc(fd) else {
+        // A lazy descriptor: the kernel's answer is exact, and tells its end.
+        if let Some(e) = crate::runtime::engine_if_started() {
+            e.table.lazy_saw_size(fd, *size as u64);
+        }
+        return;
+    };
     if d.is_demoted() || d.inode.dev != dev || d.inode.ino != ino {
         return;
     }
