@@ -117,6 +117,13 @@ impl Stats {
     pub fn passed(&self, call: &str) -> u64 {
         self.sum("passthrough", call)
     }
+    /// A top-level counter (`maps`, `adoptions`, ...), over all processes.
+    pub fn counter(&self, key: &str) -> u64 {
+        self.procs
+            .iter()
+            .map(|p| p[key].as_u64().unwrap_or(0))
+            .sum()
+    }
     pub fn bytes_read(&self) -> u64 {
         self.procs
             .iter()
