@@ -1309,3 +1309,35 @@ print("ok")
         std::panic::resume_unwind(e);
     }
 }
+
+/// exec closes close-on-exec descriptors: a commit point, as a close is. What the program
+/// wrote through one before exec is in the file for the program it became (and for
+/// everyone after), with or without close-on-exec; the kernel would keep it too.
+#[test]
+fn exec_commits_what_the_program_wrote() {
+    let t = run::TestDir::new("atomic-exec");
+    for (name, flags) in [("cloexec", "os.O_CLOEXEC"), ("inherited", "0")] {
+        let out = py_atomic(
+            &t.path,
+            &format!(
+                r#"
+p = os.path.join(d, "{name}")
+fd = os.open(p, os.O_RDWR | os.O_CREAT | {flags}, 0o644)
+atomic("{name}")
+assert os.write(fd, b"written before exec") == 19
+os.execv("/bin/cat", ["cat", p])
+"#
+            ),
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "written before exec",
+            "{name}: what cat read"
+        );
+        assert_eq!(
+            std::fs::read(t.path.join(name)).unwrap(),
+            b"written before exec",
+            "{name}: the file afterwards"
+        );
+    }
+}

@@ -77,6 +77,12 @@ pub fn before_exec(all: bool) {
         if all || !cloexec {
             demote(fd, &d);
         } else {
+            // Exec closes it: a commit point. Committed and checkpointed, the data file
+            // holds every write (the log left behind is clean; the next open of the file
+            // reuses or removes it), and a failed exec goes on in atomic mode.
+            if d.inode.atomic.get().is_some() {
+                crate::atomic::commit_for_kernel(&d.inode);
+            }
             let _ = d.inode.trim(fd);
         }
     }
