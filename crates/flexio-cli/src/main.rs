@@ -3,7 +3,7 @@
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use std::collections::BTreeMap;
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -120,6 +120,12 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
     }
     if a.debug {
         c.env("FLEX_LOG", "debug");
+    }
+    if !a.stats {
+        // Nothing to do after the program: become it. No second process waits beside it,
+        // and its exit status (a signal included) is exactly the program's.
+        let e = c.exec();
+        return Err(e).with_context(|| format!("cannot run {}", a.cmd[0]));
     }
     let status = c
         .status()
