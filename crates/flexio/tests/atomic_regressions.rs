@@ -1310,6 +1310,141 @@ print("ok")
     }
 }
 
+/// The names of spare logs of process `pid` in the flex directory of `dir`'s file system.
+fn spares_of(dir: &Path, pid: u32) -> Vec<String> {
+    let fd = mount_root(dir).join(".flex-atomic");
+    let prefix = format!("spare.{pid}.");
+    std::fs::read_dir(&fd)
+        .map(|r| {
+            r.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Python: one journal's life as SQLite lives it (create, write, fsync, close, unlink),
+/// returning the inode number its log had while it was open.
+const JOURNAL: &str = r#"
+def journal(tag):
+    p = os.path.join(d, "j")
+    fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    atomic("j")
+    ino = os.stat(log("j")).st_ino
+    body = (b"%s-" % tag.encode()) * 500
+    assert os.write(fd, body) == len(body)
+    os.fsync(fd)
+    assert os.pread(fd, len(body) + 1, 0) == body
+    os.close(fd)
+    os.unlink(p)
+    assert not os.path.exists(log("j")), "log of an unlinked journal left"
+    return ino
+def flex_fds():
+    out = {}
+    for n in os.listdir("/proc/self/fd"):
+        try:
+            out[int(n)] = os.readlink("/proc/self/fd/" + n)
+        except OSError:
+            pass
+    return out
+"#;
+
+/// A journal's log is kept as a spare and taken over by the next journal (the same log
+/// file, no create and remove per transaction), through a `dup2` onto the spare's
+/// descriptor and a fork; exit and exec leave no spare behind, and a spare left by a
+/// process killed with SIGKILL is removed by the next process that puts a file in atomic
+/// mode there. The data written in atomic mode stays exact throughout.
+#[test]
+fn a_journals_log_is_reused_and_never_left_behind() {
+    let t = run::TestDir::new("atomic-spare");
+    let body = format!(
+        r#"{JOURNAL}
+import signal
+db = os.open(os.path.join(d, "db"), os.O_RDWR | os.O_CREAT, 0o644)
+atomic("db")
+first = journal("t0")
+for i in range(1, 20):
+    assert os.pwrite(db, b"%04d" % i, 4 * i) == 4
+    assert journal("t%d" % i) == first, "the journal's log was not reused"
+    os.fsync(db)
+# The program dup2s onto the spare's descriptor: flex lets it go, nothing is lost.
+spare = [n for n, t in flex_fds().items() if "/.flex-atomic/spare." in t]
+assert len(spare) == 1, flex_fds()
+other = os.open(os.path.join(d, "other"), os.O_RDWR | os.O_CREAT, 0o644)
+os.dup2(other, spare[0])
+second = journal("after-dup2")
+assert os.write(spare[0], b"mine") == 4
+assert journal("again") == second
+# A forked child makes its own log; the parent's spares stay the parent's (fork hands
+# db and other to the kernel: their logs become spares too).
+pid = os.fork()
+if pid == 0:
+    journal("child")
+    os._exit(0)
+_, st = os.waitpid(pid, 0)
+assert st == 0, st
+kept = set(os.stat(t).st_ino for t in flex_fds().values() if "/.flex-atomic/spare." in t)
+assert second in kept, (second, kept)
+assert journal("parent") in kept, "the parent's spares went with the child"
+os.close(db)
+assert content("other") == b"mine", content("other")
+assert content("db") == b"\0" * 4 + b"".join(b"%04d" % i for i in range(1, 20))
+print("pid=%d" % os.getpid())
+if os.environ.get("SPARE_END") == "kill":
+    os.kill(os.getpid(), signal.SIGKILL)
+if os.environ.get("SPARE_END") == "exec":
+    os.execv(sys.executable, [sys.executable, "-c", "pass"])
+"#
+    );
+    let run_it = |end: &str| -> (std::process::Output, u32) {
+        let out = Command::new(run::flexio())
+            .args(["run", "--paths"])
+            .arg(&t.path)
+            .args(["--", "python3", "-c", &format!("{PY}{body}")])
+            .arg(&t.path)
+            .env("FLEX_MODE", "atomic")
+            .env("SPARE_END", end)
+            .output()
+            .expect("spawn flexio run");
+        let s = String::from_utf8_lossy(&out.stdout);
+        let pid = s
+            .lines()
+            .find_map(|l| l.strip_prefix("pid="))
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "script failed ({}): {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            });
+        let _ = std::fs::remove_file(t.path.join("db"));
+        let _ = std::fs::remove_file(t.path.join("other"));
+        (out, pid)
+    };
+    run::require("python3", "python3");
+    for end in ["exit", "exec"] {
+        let (out, pid) = run_it(end);
+        assert!(out.status.success(), "{end}: {}", out.status);
+        assert_eq!(spares_of(&t.path, pid), Vec::<String>::new(), "{end}");
+    }
+    let (out, dead) = run_it("kill");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(libc::SIGKILL));
+    assert!(
+        !spares_of(&t.path, dead).is_empty(),
+        "the killed process left no spare"
+    );
+    let (_, pid) = run_it("exit");
+    assert_eq!(spares_of(&t.path, pid), Vec::<String>::new());
+    assert_eq!(
+        spares_of(&t.path, dead),
+        Vec::<String>::new(),
+        "a dead process's spare was not removed"
+    );
+}
+
 /// exec closes close-on-exec descriptors: a commit point, as a close is. What the program
 /// wrote through one before exec is in the file for the program it became (and for
 /// everyone after), with or without close-on-exec; the kernel would keep it too.

@@ -5,10 +5,12 @@
 use super::applier::worker;
 use super::data::InodeData;
 use super::file::AtomicFile;
+use super::log::Log;
 use super::logfile::{find_log, find_sibling_log, unlink_log};
 use super::media::MapLog;
-use super::protocol::{self, Core};
+use super::protocol::{self, Core, DataDev, Replayed};
 use super::recover::{fresh_gen, recover_legacy, recover_read_only, recover_siblings};
+use super::spare;
 use crate::inode::Inode;
 use crate::posix::Pass;
 use crate::runtime::engine;
@@ -140,12 +142,19 @@ pub(crate) fn attach(
         }
         Err(err) => return Err(err),
     };
-    let (lfd, lino, abs, ident) = (e.keep_private(l.fd), l.ino, l.path, l.ident);
-    let mut m = match MapLog::new(lfd) {
-        Ok(m) => m,
-        Err(err) => {
-            e.close_private(lfd);
-            return Err(err);
+    let (lino, abs, ident) = (l.ino, l.path, l.ident);
+    let reused = l.spare.is_some();
+    let mut m = match l.spare {
+        Some(m) => m,
+        None => {
+            let lfd = e.keep_private(l.fd);
+            match MapLog::new(lfd) {
+                Ok(m) => m,
+                Err(err) => {
+                    e.close_private(lfd);
+                    return Err(err);
+                }
+            }
         }
     };
     m.fits = m.fits.max(inode.lsize());
@@ -155,12 +164,10 @@ pub(crate) fn attach(
     // own. A duplicate of a read-write, non-appending descriptor shares its file
     // description, so a write lease can be had (one description of the file); any other
     // is a reopened description, never O_APPEND.
+    // (On an error from here on, dropping `m` unmaps and closes the log.)
     let (dfd, same) = match data_descriptor(fd) {
         Ok((d, same)) => (e.keep_private_in_place(d), same),
-        Err(err) => {
-            e.close_private(lfd);
-            return Err(err);
-        }
+        Err(err) => return Err(err),
     };
     // Exclusive (redo allowed) only with a write lease on the data file: no other process
     // has it open, and the kernel tells us before one does. Taken before the mapping
@@ -176,7 +183,23 @@ pub(crate) fn attach(
         inode.set_nomap();
     }
     let mut data = InodeData { inode, fd: dfd };
-    let (log, r) = match protocol::recover(m, ident, &mut data, fresh_gen()) {
+    // A spare holds nothing to replay (it was checkpointed before it was kept): a fresh
+    // header is all it needs.
+    let started = if reused {
+        Log::create(m, ident, fresh_gen()).and_then(|l| {
+            let size = data.size()?;
+            Ok((
+                l,
+                Replayed {
+                    size,
+                    ..Replayed::default()
+                },
+            ))
+        })
+    } else {
+        protocol::recover(m, ident, &mut data, fresh_gen())
+    };
+    let (log, r) = match started {
         Ok(v) => v,
         Err(err) => {
             if leased {
@@ -248,8 +271,24 @@ pub(crate) fn detach(inode: &Inode) -> Res<()> {
     r?;
     c.checkpoint(&mut data)?;
     let st = c.stats;
+    // A clean log is kept for this process's next atomic file, else removed.
+    let kept = c.is_clean() && {
+        let m = c.log.m.take_out();
+        match spare::keep(m, &a.log_path, a.log_ino) {
+            Ok(()) => {
+                c.retire();
+                true
+            }
+            Err(m) => {
+                c.log.m = m;
+                false
+            }
+        }
+    };
     drop(c);
-    unlink_log(&a.log_path, a.log_ino);
+    if !kept {
+        unlink_log(&a.log_path, a.log_ino);
+    }
     let e = engine();
     if st.early_commits > 0 {
         e.stats.fell_back(Pass::AtomicEarlyCommit);

@@ -2,7 +2,8 @@
 //! creating it, opening and locking it with the trust checks, the sibling logs of a
 //! shared file, and removing a log.
 
-use super::site;
+use super::media::MapLog;
+use super::{site, spare};
 use crate::sys::{self, Errno, Res};
 use rustix::fd::RawFd;
 use std::ffi::{CStr, CString};
@@ -84,6 +85,9 @@ pub(super) struct LogFile {
     pub(super) path: CString,
     /// The data file's identity in the header ([`site::ident`]).
     pub(super) ident: u64,
+    /// A spare log taken over ([`spare`]): already a private descriptor, mapped, and
+    /// holding nothing to replay.
+    pub(super) spare: Option<MapLog>,
 }
 
 /// Find the log of the data file `fd` (status `st`) in its flex directory, or with
@@ -99,6 +103,7 @@ pub(super) fn find_log(fd: RawFd, st: &rustix::fs::Stat, create: bool) -> Res<Op
         ino,
         path,
         ident,
+        spare: None,
     };
     // An existing log first, in whichever directory it is.
     for (d, _) in &dirs {
@@ -128,6 +133,12 @@ pub(super) fn find_log(fd: RawFd, st: &rustix::fs::Stat, create: bool) -> Res<Op
         let Some(p) = site::log_in(d, st.st_ino) else {
             continue;
         };
+        if let Some((m, ino)) = spare::take(d, &p, st.st_mode & 0o666) {
+            return Ok(Some(LogFile {
+                spare: Some(m),
+                ..found(-1, ino, p)
+            }));
+        }
         match open_log(libc::AT_FDCWD, &p, st.st_mode, Some(st.st_uid), true) {
             Ok(Some((lfd, ino))) => return Ok(Some(found(lfd, ino, p))),
             Err(e @ (Errno::BUSY | Errno::PERM)) => return Err(e),
@@ -155,6 +166,16 @@ pub(super) fn find_sibling_log(
             continue;
         }
         let own = sibling_path(&main)?;
+        if let Some((m, ino)) = spare::take(d, &own, st.st_mode & 0o666) {
+            let l = LogFile {
+                fd: -1,
+                ino,
+                path: own,
+                ident,
+                spare: Some(m),
+            };
+            return Ok(Some((l, main)));
+        }
         if let Some((lfd, ino)) = open_log(libc::AT_FDCWD, &own, st.st_mode, Some(st.st_uid), true)?
         {
             let l = LogFile {
@@ -162,6 +183,7 @@ pub(super) fn find_sibling_log(
                 ino,
                 path: own,
                 ident,
+                spare: None,
             };
             return Ok(Some((l, main)));
         }

@@ -71,8 +71,40 @@ impl MapLog {
     }
 }
 
+impl MapLog {
+    /// Move the log out (to keep it as a spare), leaving an inert medium in its place: no
+    /// bytes, no mapping, no descriptor; every store is out of bounds and ignored, every
+    /// barrier fails. Its core must be retired ([`Core::retire`]) with it.
+    ///
+    /// [`Core::retire`]: super::protocol::Core::retire
+    pub(super) fn take_out(&mut self) -> MapLog {
+        let empty = MapLog {
+            fd: -1,
+            base: std::ptr::null_mut(),
+            len: 0,
+            persist: self.persist,
+            fits: 0,
+        };
+        std::mem::replace(self, empty)
+    }
+
+    /// The bytes the log file holds.
+    pub(super) fn bytes(&self) -> u64 {
+        self.len
+    }
+
+    /// Is `[off, off + len)` inside the log (an inert medium has nothing)?
+    fn inside(&self, off: u64, len: usize) -> bool {
+        off.checked_add(len as u64)
+            .is_some_and(|end| end <= self.len)
+    }
+}
+
 impl Drop for MapLog {
     fn drop(&mut self) {
+        if self.base.is_null() {
+            return;
+        }
         // SAFETY: our own mapping; nobody uses it any more.
         let _ = unsafe { rustix::mm::munmap(self.base.cast(), LOG_VIRT) };
         match crate::runtime::engine_if_started() {
@@ -174,23 +206,37 @@ impl Media for MapLog {
     }
     fn read(&self, off: u64, buf: &mut [u8]) {
         let n = (self.len.saturating_sub(off) as usize).min(buf.len());
+        if n == 0 {
+            return;
+        }
         // SAFETY: [off, off+n) lies inside the log file and its mapping.
         unsafe { fault::copy(buf.as_mut_ptr(), self.base.add(off as usize), n) };
     }
     fn store(&mut self, off: u64, data: &[u8]) {
-        // SAFETY: callers store inside the log (Log::room ensured it).
+        if !self.inside(off, data.len()) {
+            return;
+        }
+        // SAFETY: inside the log and its mapping (checked above).
         unsafe { fault::copy(self.base.add(off as usize), data.as_ptr(), data.len()) };
     }
     unsafe fn store_raw(&mut self, off: u64, src: *const u8, len: usize) -> usize {
-        // SAFETY: destination inside the log; the source is the application's buffer, and
-        // a fault on it is reported as a remainder by the guarded copy.
+        if !self.inside(off, len) {
+            return len;
+        }
+        // SAFETY: destination inside the log (checked above); the source is the
+        // application's buffer, and a fault on it is reported as a remainder by the
+        // guarded copy.
         unsafe {
             self.persist
                 .copy(self.base.add(off as usize), src, len, false)
         }
     }
     unsafe fn load_raw(&self, off: u64, dst: *mut u8, len: usize) -> usize {
-        // SAFETY: source inside the log; the destination is the application's buffer.
+        if !self.inside(off, len) {
+            return len;
+        }
+        // SAFETY: source inside the log (checked above); the destination is the
+        // application's buffer.
         unsafe { fault::copy(dst, self.base.add(off as usize), len) }
     }
     fn ptr(&self, off: u64, len: u64) -> Option<*const u8> {
@@ -199,7 +245,10 @@ impl Media for MapLog {
             .then(|| unsafe { self.base.add(off as usize) as *const u8 })
     }
     fn flush(&mut self, off: u64, len: u64) {
-        // SAFETY: inside the log mapping.
+        if !self.inside(off, len as usize) {
+            return;
+        }
+        // SAFETY: inside the log mapping (checked above).
         unsafe {
             self.persist
                 .flush(self.base.add(off as usize), len as usize)

@@ -16,6 +16,7 @@
 //! - `applier`: the per-process background applier (`Worker`) that applies committed
 //!   batches off the application's threads.
 //! - `private`: flex's own descriptors of atomic files (`move_private`).
+//! - `spare`: clean logs kept for the next atomic file instead of removed and remade.
 
 mod applier;
 mod attach;
@@ -28,6 +29,7 @@ mod private;
 pub mod protocol;
 mod recover;
 pub mod site;
+mod spare;
 
 #[cfg(test)]
 mod tests;
@@ -38,3 +40,4 @@ pub(crate) use file::commit_for_kernel;
 pub use file::{before_set_times, AtomicFile};
 pub(crate) use private::move_private;
 pub use recover::recover_fd;
+pub(crate) use spare::{forget_in_child as forget_spares_in_child, release_all as release_spares};

@@ -11,6 +11,9 @@ use std::sync::atomic::Ordering::*;
 /// through whatever the application put there). Best effort: without a free descriptor it
 /// stays.
 pub(crate) fn move_private(fd: RawFd) {
+    if super::spare::before_dup_onto(fd) {
+        return;
+    }
     let e = engine();
     let moved = |old: RawFd| -> Option<RawFd> {
         let d = sys::fcntl_int(old, libc::F_DUPFD_CLOEXEC, 0).ok()?;

@@ -92,6 +92,7 @@ pub(super) fn recover_siblings(
     let Ok(names) = sys::list_dir(&dirc) else {
         return;
     };
+    super::spare::sweep(&dirc, &names);
     let mut prefix = name.to_vec();
     prefix.push(b'.');
     for n in names.into_iter().filter(|n| n.starts_with(&prefix)) {

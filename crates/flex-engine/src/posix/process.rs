@@ -53,6 +53,7 @@ pub fn after_fork_child() {
             Relaxed,
         );
         e.after_fork_child();
+        crate::atomic::forget_spares_in_child();
     }
 }
 
@@ -87,6 +88,11 @@ pub fn before_exec(all: bool) {
         }
     }
     if !all {
+        // This image ends here (unless exec fails: then the next atomic file makes a new
+        // log). Not in a vfork child: the spares are its parent's, which goes on.
+        if e.pid.load(Relaxed) == rustix::process::getpid().as_raw_nonzero().get() as u32 {
+            crate::atomic::release_spares();
+        }
         write_stats(e);
     }
 }
@@ -102,6 +108,7 @@ pub fn at_exit() {
             let _ = d.inode.trim(fd);
         }
     }
+    crate::atomic::release_spares();
     write_stats(e);
 }
 

@@ -155,3 +155,20 @@ pub fn read_file(path: &core::ffi::CStr) -> Option<Vec<u8>> {
     let _ = super::close(fd);
     Some(v)
 }
+
+/// renameat2(2) of `from` to `to` (both absolute or relative to the current directory)
+/// with RENAME_NOREPLACE: EEXIST if `to` exists, never replacing it.
+pub fn rename_noreplace(from: &core::ffi::CStr, to: &core::ffi::CStr) -> Res<()> {
+    // SAFETY: a raw system call with two valid path strings.
+    ret(unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    })
+    .map(|_| ())
+}

@@ -163,6 +163,22 @@ impl<M: Media> Core<M> {
         self.inflight > 0
     }
 
+    /// The log was taken away (kept as a spare, see `atomic::spare`): refuse further IO,
+    /// as a broken core does.
+    pub fn retire(&mut self) {
+        self.broken = true;
+    }
+
+    /// Is the log clean: everything committed is applied and checkpointed, nothing in
+    /// flight or pending (the log holds no record a scan would replay)?
+    pub fn is_clean(&self) -> bool {
+        !self.broken
+            && !self.dirty()
+            && self.inflight == 0
+            && self.committed.is_empty()
+            && self.log.tail == super::log::HEADER
+    }
+
     fn check(&self) -> Res<()> {
         if self.broken {
             Err(Errno::IO)
