@@ -1476,3 +1476,67 @@ os.execv("/bin/cat", ["cat", p])
         );
     }
 }
+
+/// Six processes open, write, fsync and close one file in atomic mode 200 times each, at
+/// once: every open succeeds (the kernel's would) and every one is in atomic mode. Each
+/// new opener races the others' logs being created, locked, swept and removed: a fresh
+/// sibling log was once swept as dead before its owner locked it (EPERM at open, SQLite's
+/// "attempt to write a readonly database"), a lock lost that way gave EBUSY, and a main
+/// log removed under a new opener left the file outside atomic mode.
+#[test]
+fn concurrent_atomic_opens_all_succeed_and_all_are_atomic() {
+    run::require("python3", "python3");
+    let t = run::TestDir::new("atomic-open-race");
+    let stats = t.path.join("stats.json");
+    let data = t.sub("data");
+    let script = r#"
+import os, sys
+p = os.path.join(sys.argv[1], "shared")
+me = int(sys.argv[2])
+for i in range(200):
+    fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
+    assert os.pwrite(fd, b"%02d" % me, 2 * me) == 2
+    os.fsync(fd)
+    os.close(fd)
+"#;
+    let procs: Vec<_> = (0..6)
+        .map(|i| {
+            Command::new(run::flexio())
+                .args(["run", "--paths"])
+                .arg(&data)
+                .args(["--", "python3", "-c", script])
+                .arg(&data)
+                .arg(i.to_string())
+                .env("FLEX_MODE", "atomic")
+                .env("FLEX_STATS", &stats)
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn flexio run")
+        })
+        .collect();
+    for (i, c) in procs.into_iter().enumerate() {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "process {i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let want: Vec<u8> = (0..6)
+        .flat_map(|i| format!("{i:02}").into_bytes())
+        .collect();
+    assert_eq!(std::fs::read(data.join("shared")).unwrap(), want);
+    let s = run::Stats::load(&stats);
+    for why in [
+        "atomic: no place for the log",
+        "atomic: open refused (log error)",
+        "atomic: untrusted log (not flex's, or another user's)",
+    ] {
+        assert_eq!(s.fallbacks(why), 0, "{why}");
+    }
+    let atomic = s.fallbacks("atomic: shared with another opener (undo, in place)");
+    assert!(
+        atomic > 1000,
+        "only {atomic} of 1200 opens shared in atomic mode"
+    );
+}

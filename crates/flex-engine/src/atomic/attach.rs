@@ -119,28 +119,34 @@ pub(crate) fn attach(
     let st = sys::fstat(fd)?;
     // The file's main log, or (another live process holds it: the file is shared) a log
     // of this process's own beside it.
-    let (l, main, owner) = match find_log(fd, &st, true) {
-        Ok(Some(l)) => {
-            let main = l.path.clone();
-            (l, main, true)
-        }
-        Ok(None) => {
-            // Never a log in the program's directories: the file is served plainly.
-            e.stats.fell_back(Pass::AtomicNoLogPlace);
-            return Ok(());
-        }
-        Err(Errno::BUSY) => match find_sibling_log(fd, &st)? {
-            Some((l, main)) => (l, main, false),
-            None => {
+    let mut tries = 0;
+    let (l, main, owner) = loop {
+        match find_log(fd, &st, true) {
+            Ok(Some(l)) => {
+                let main = l.path.clone();
+                break (l, main, true);
+            }
+            Ok(None) => {
+                // Never a log in the program's directories: the file is served plainly.
                 e.stats.fell_back(Pass::AtomicNoLogPlace);
                 return Ok(());
             }
-        },
-        Err(Errno::PERM) => {
-            e.stats.fell_back(Pass::AtomicUntrustedLog);
-            return Ok(());
+            Err(Errno::BUSY) => match find_sibling_log(fd, &st)? {
+                Some((l, main)) => break (l, main, false),
+                // The main log's holder closed the file and removed it since: look again
+                // (the main log may be ours to take now).
+                None if tries < 8 => tries += 1,
+                None => {
+                    e.stats.fell_back(Pass::AtomicNoLogPlace);
+                    return Ok(());
+                }
+            },
+            Err(Errno::PERM) => {
+                e.stats.fell_back(Pass::AtomicUntrustedLog);
+                return Ok(());
+            }
+            Err(err) => return Err(err),
         }
-        Err(err) => return Err(err),
     };
     let (lino, abs, ident) = (l.ino, l.path, l.ident);
     let reused = l.spare.is_some();

@@ -21,13 +21,13 @@ pub(super) fn open_log(
     shared: Option<u32>,
     create: bool,
 ) -> Res<Option<(RawFd, u64)>> {
-    for _ in 0..4 {
+    for _ in 0..8 {
         let flags = libc::O_RDWR | libc::O_NOFOLLOW | libc::O_CLOEXEC;
-        let fd = match sys::openat(dirfd, lpath, flags, 0) {
-            Ok(fd) => fd,
+        let (fd, created) = match sys::openat(dirfd, lpath, flags, 0) {
+            Ok(fd) => (fd, false),
             Err(Errno::NOENT) if create => {
                 match sys::openat(dirfd, lpath, flags | libc::O_CREAT | libc::O_EXCL, 0o600) {
-                    Ok(fd) => fd,
+                    Ok(fd) => (fd, true),
                     Err(Errno::EXIST) => continue,
                     Err(e) => return Err(e),
                 }
@@ -42,6 +42,13 @@ pub(super) fn open_log(
                 return Err(e);
             }
         };
+        if st.st_nlink == 0 {
+            // Removed since we opened it: its owner's last close, or (a log we just
+            // created, not locked yet) another process's sweep of unheld sibling logs.
+            // Look again.
+            let _ = sys::close(fd);
+            continue;
+        }
         let planted = shared.is_some_and(|u| st.st_nlink != 1 || !site::trusted(st.st_uid, u));
         if st.st_mode & libc::S_IFMT != libc::S_IFREG || planted {
             let _ = sys::close(fd);
@@ -54,6 +61,11 @@ pub(super) fn open_log(
         }
         if sys::ofd_lock(fd, 0, true, true).is_err() {
             let _ = sys::close(fd);
+            if created {
+                // Ours, but another process's sweep took it first (it was not locked
+                // yet) and will remove it: make another.
+                continue;
+            }
             return Err(Errno::BUSY);
         }
         // The previous owner may have unlinked it between our open and our lock.
@@ -176,16 +188,26 @@ pub(super) fn find_sibling_log(
             };
             return Ok(Some((l, main)));
         }
-        if let Some((lfd, ino)) = open_log(libc::AT_FDCWD, &own, st.st_mode, Some(st.st_uid), true)?
-        {
-            let l = LogFile {
-                fd: lfd,
-                ino,
-                path: own,
-                ident,
-                spare: None,
-            };
-            return Ok(Some((l, main)));
+        // The name is this process's alone; only another process's sweep of unheld
+        // sibling logs can hold it (it came between our create and our lock): take the
+        // next name then.
+        let mut own = own;
+        for _ in 0..8 {
+            match open_log(libc::AT_FDCWD, &own, st.st_mode, Some(st.st_uid), true) {
+                Ok(Some((lfd, ino))) => {
+                    let l = LogFile {
+                        fd: lfd,
+                        ino,
+                        path: own,
+                        ident,
+                        spare: None,
+                    };
+                    return Ok(Some((l, main)));
+                }
+                Err(Errno::BUSY) => own = sibling_path(&main)?,
+                Ok(None) => break,
+                Err(e) => return Err(e),
+            }
         }
     }
     Ok(None)

@@ -257,6 +257,11 @@ fn manage(
     if atomic {
         if let Err(err) = crate::atomic::attach(&d.inode, fd, d.writable(), dirfd, path) {
             e.stats.fell_back(Pass::AtomicOpenRefused);
+            flex_log!(
+                LogLevel::Info,
+                "atomic open of {} refused: {err}",
+                String::from_utf8_lossy(pathb)
+            );
             e.release(&d.inode);
             let _ = sys::close(fd);
             return Err(err);

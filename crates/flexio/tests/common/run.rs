@@ -117,6 +117,10 @@ impl Stats {
     pub fn passed(&self, call: &str) -> u64 {
         self.sum("passthrough", call)
     }
+    /// Fallbacks with this reason (its text), over all processes.
+    pub fn fallbacks(&self, why: &str) -> u64 {
+        self.sum("fallbacks", why)
+    }
     /// A top-level counter (`maps`, `adoptions`, ...), over all processes.
     pub fn counter(&self, key: &str) -> u64 {
         self.procs
