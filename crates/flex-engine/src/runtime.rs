@@ -575,6 +575,11 @@ impl Engine {
         }
     }
 
+    /// Does the cache hold an idle inode (one [`Engine::forget`] could act on)?
+    pub fn has_idle(&self) -> bool {
+        self.inodes.lock().unwrap_or_else(|p| p.into_inner()).idle_n > 0
+    }
+
     /// The inode for (dev, ino) if this process has it.
     pub fn lookup(&self, dev: u64, ino: u64) -> Option<Arc<Inode>> {
         let g = self.inodes.lock().unwrap_or_else(|p| p.into_inner());

@@ -7,10 +7,13 @@ use crate::stats::Call;
 use crate::sys;
 use std::ffi::CStr;
 
-/// unlink/rename: the identity of `path` is about to go; returns (dev, ino) to forget after.
+/// unlink/rename: the identity of `path` is about to go; returns (dev, ino) to forget after
+/// (None: nothing flex holds could be forgotten).
 pub fn path_identity(dirfd: Fd, path: &CStr) -> Option<(u64, u64)> {
     let e = engine_if_started()?;
-    if e.config.paths.is_empty() && e.table.is_empty() {
+    // Only an idle inode is forgotten: with none in the cache there is nothing to look
+    // up (SQLite unlinks its journal once per transaction; the stat was one path walk).
+    if (e.config.paths.is_empty() && e.table.is_empty()) || !e.has_idle() {
         return None;
     }
     let st = sys::fstatat(dirfd, path, libc::AT_SYMLINK_NOFOLLOW).ok()?;
