@@ -218,6 +218,13 @@ impl Table {
         page.slots[b].load_full()
     }
 
+    /// Does the table know `fd`? As `get(fd).is_some()`, without taking a reference to
+    /// the description (the lock commands of fcntl ask this, many times a transaction).
+    #[inline]
+    pub fn knows(&self, fd: i32) -> bool {
+        self.count.load(Relaxed) != 0 && self.slot(fd, false).is_some_and(|(p, b)| p.is_used(b))
+    }
+
     /// Point `fd` at `d` (replacing what was there; returns the old description).
     pub fn set(&self, fd: i32, d: Arc<Desc>) -> Option<Arc<Desc>> {
         let (page, b) = self.slot(fd, true)?;

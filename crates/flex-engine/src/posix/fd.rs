@@ -118,21 +118,29 @@ pub fn offset_to_kernel(fd: Fd) {
 /// `arg` is the application's: for the lock commands a pointer to its `struct flock`,
 /// valid or faulting (it is only read fault-safely).
 pub unsafe fn fcntl(fd: Fd, cmd: i32, arg: libc::c_long) -> Route<i32> {
+    if matches!(
+        cmd,
+        libc::F_SETLK
+            | libc::F_SETLKW
+            | libc::F_GETLK
+            | libc::F_OFD_SETLK
+            | libc::F_OFD_SETLKW
+            | libc::F_OFD_GETLK
+    ) {
+        // A database takes and drops several locks per transaction: no reference to the
+        // description unless the lock is relative to the offset (SEEK_CUR).
+        if !engine_if_started().is_some_and(|e| e.table.knows(fd)) {
+            return Route::Pass(Pass::NotManaged);
+        }
+        // SAFETY: forwarded contract (the lock's pointer is read fault-safely).
+        unsafe { offset_to_kernel_for_lock(fd, arg as *const libc::flock) };
+        return Route::Pass(Pass::KernelCommand);
+    }
     if matches!(cmd, libc::F_DUPFD | libc::F_DUPFD_CLOEXEC) {
         take_over_shared(fd);
     }
     let d = desc_or_pass!(fd);
     match cmd {
-        libc::F_SETLK
-        | libc::F_SETLKW
-        | libc::F_GETLK
-        | libc::F_OFD_SETLK
-        | libc::F_OFD_SETLKW
-        | libc::F_OFD_GETLK => {
-            // SAFETY: forwarded contract (the lock's pointer is read fault-safely).
-            unsafe { offset_to_kernel_for_lock(fd, arg as *const libc::flock) };
-            Route::Pass(Pass::KernelCommand)
-        }
         libc::F_GETFL => Route::Served(fcntl_getfl(fd, &d)),
         libc::F_SETFL => Route::Served(fcntl_setfl(fd, &d, arg as i32)),
         libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => {
