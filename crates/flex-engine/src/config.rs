@@ -143,6 +143,9 @@ impl std::error::Error for ConfigError {}
 /// Write one warning line per error to stderr, with a raw write each (engine start: the
 /// defaults are in use).
 pub fn warn(errors: &[ConfigError]) {
+    if errors.is_empty() {
+        return;
+    }
     let pid = rustix::process::getpid().as_raw_nonzero().get();
     for e in errors {
         let line = format!(

@@ -15,7 +15,7 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Instant;
 
 pub struct Engine {
-    pub config: Config,
+    pub config: &'static Config,
     pub stats: Stats,
     pub table: Table,
     inodes: Mutex<Inodes>,
@@ -220,12 +220,21 @@ pub enum Found {
 static ENGINE: OnceLock<Engine> = OnceLock::new();
 
 /// The engine, created from the environment on first use.
-pub fn engine() -> &'static Engine {
-    ENGINE.get_or_init(|| {
+static CONFIG: OnceLock<Config> = OnceLock::new();
+
+/// The FLEX_* configuration, read once (its warnings printed once). An open asks it before
+/// the engine exists: a program that opens no file flex would manage never starts the
+/// engine (fault handlers, its pid, tables).
+pub fn config() -> &'static Config {
+    CONFIG.get_or_init(|| {
         let (config, errors) = Config::from_env();
         crate::config::warn(&errors);
-        Engine::new(config)
+        config
     })
+}
+
+pub fn engine() -> &'static Engine {
+    ENGINE.get_or_init(|| Engine::new(config()))
 }
 
 /// The engine if it was already created (exit hooks must not create it).
@@ -238,7 +247,7 @@ pub fn log_enabled(lvl: LogLevel) -> bool {
 }
 
 impl Engine {
-    fn new(config: Config) -> Engine {
+    fn new(config: &'static Config) -> Engine {
         crate::fault::install();
         Engine {
             config,
@@ -433,7 +442,7 @@ impl Engine {
         if bytes > 0 && g.map.get(&k).is_some_and(|c| c.idle != 0) {
             let pid = self.pid.load(Relaxed);
             if g.no_unmapper {
-                evicted.extend(g.due(Instant::now(), &self.config));
+                evicted.extend(g.due(Instant::now(), self.config));
             } else if g.unmapper != pid {
                 // First idle mapping of this process (or of this forked child).
                 if !self.exiting.load(Relaxed) {
@@ -485,7 +494,7 @@ impl Engine {
             );
             let mut g = self.inodes.lock().unwrap_or_else(|p| p.into_inner());
             g.no_unmapper = true;
-            let due = g.due(Instant::now(), &self.config);
+            let due = g.due(Instant::now(), self.config);
             drop(g);
             for i in due {
                 i.unmap();
@@ -501,7 +510,7 @@ impl Engine {
         let mut g = self.inodes.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             let now = Instant::now();
-            let batch = g.due(now, &self.config);
+            let batch = g.due(now, self.config);
             if !batch.is_empty() {
                 drop(g);
                 let (n, t0) = (batch.len(), Instant::now());

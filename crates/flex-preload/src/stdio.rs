@@ -5,7 +5,7 @@
 use crate::{guarded, real};
 use flex_engine::posix::{Pass, Route};
 use libc::{c_char, c_int, c_void, size_t, ssize_t, FILE};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::ffi::CStr;
 use std::mem::MaybeUninit;
 use std::sync::Mutex;
@@ -22,12 +22,13 @@ extern "C" {
     fn fopencookie(cookie: *mut c_void, mode: *const c_char, io: CookieIo) -> *mut FILE;
 }
 
-/// Streams we created, FILE address -> descriptor (for fileno).
-static STREAMS: Mutex<Option<HashMap<usize, c_int>>> = Mutex::new(None);
+/// Streams we created, FILE address -> descriptor (for fileno). Fx: no random hash keys
+/// (a getrandom in every program that closes a stream).
+static STREAMS: Mutex<Option<FxHashMap<usize, c_int>>> = Mutex::new(None);
 
-fn streams<R>(f: impl FnOnce(&mut HashMap<usize, c_int>) -> R) -> R {
+fn streams<R>(f: impl FnOnce(&mut FxHashMap<usize, c_int>) -> R) -> R {
     let mut g = STREAMS.lock().unwrap_or_else(|p| p.into_inner());
-    f(g.get_or_insert_with(HashMap::new))
+    f(g.get_or_insert_with(FxHashMap::default))
 }
 
 fn stream_fd(f: *mut FILE) -> Option<c_int> {

@@ -3,13 +3,14 @@
 //! a full tmpfs; a file truncated by another process while flex reads it.
 //!
 //! Programs: python3 scripts and a C helper (tests/common/helper.c) compiled with `cc`.
-//! Needs the Debian packages python3, gcc, coreutils. The ENOSPC test mounts a tmpfs
+//! Needs the Debian packages python3, gcc, coreutils, strace. The ENOSPC test mounts a tmpfs
 //! (root). Build the workspace first (libflex.so).
 
 #[path = "common/run.rs"]
 mod run;
 
 use run::*;
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -965,4 +966,86 @@ os.close(fd)
         );
         let _ = std::fs::remove_file(&stats);
     }
+}
+
+/// The system calls of `cat FILE` under strace, by name, with libflex.so preloaded or not.
+/// FLEX_PATHS names a directory the program never opens.
+fn syscalls_of_cat(t: &TestDir, file: &Path, preload: bool) -> BTreeMap<String, i64> {
+    let out = t.join(if preload {
+        "flex.strace"
+    } else {
+        "kernel.strace"
+    });
+    let mut c = Command::new("strace");
+    c.args(["-f", "-qq", "-o"])
+        .arg(&out)
+        .arg("cat")
+        .arg(file)
+        .env("FLEX_PATHS", t.join("elsewhere"))
+        // cargo's library path would make the loader look for libgcc_s there first.
+        .env_remove("LD_LIBRARY_PATH")
+        .env_remove("LD_PRELOAD");
+    if preload {
+        let lib = std::env::var_os("FLEX_LIB")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| flexio().with_file_name("libflex.so"));
+        c.env("LD_PRELOAD", lib);
+    }
+    let o = c.output().unwrap();
+    assert!(o.status.success(), "strace cat: {o:?}");
+    assert_eq!(o.stdout, b"some bytes\n");
+    let mut n = BTreeMap::new();
+    for line in std::fs::read_to_string(&out).unwrap().lines() {
+        // "[pid ]name(args) = ret"; exit lines ("+++ ...") are no calls.
+        let line = line.trim_start_matches(|c: char| c.is_ascii_digit() || c == ' ');
+        if let Some((name, _)) = line.split_once('(') {
+            if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                // flex passes the program's fstat as fstat, glibc makes it a newfstatat.
+                let name = if name == "fstat" { "newfstatat" } else { name };
+                *n.entry(name.to_string()).or_insert(0) += 1;
+            }
+        }
+    }
+    n
+}
+
+/// A program that opens no file flex manages pays for loading libflex.so and nothing
+/// more: the loader's calls for libflex.so and libgcc_s, and the fault handlers the
+/// fault-safe copy of each opened path needs. No getpid, no getrandom (hash keys), no
+/// getcwd, no /proc or /sys, no thread.
+#[test]
+fn a_program_that_opens_no_managed_file_pays_only_for_loading() {
+    require("strace", "strace");
+    let t = TestDir::new("footprint");
+    let file = t.join("data");
+    std::fs::write(&file, b"some bytes\n").unwrap();
+    let kernel = syscalls_of_cat(&t, &file, false);
+    let flex = syscalls_of_cat(&t, &file, true);
+    // What loading two more libraries costs at most (open, read the header, stat, map
+    // four segments, close, protect the relocated ones), and the SIGSEGV/SIGBUS handlers.
+    let allowed: BTreeMap<&str, i64> = [
+        ("openat", 2),
+        ("read", 2),
+        ("newfstatat", 2),
+        ("pread64", 4),
+        ("mmap", 10),
+        ("mprotect", 3),
+        ("close", 2),
+        ("rt_sigaction", 2),
+        ("rt_sigprocmask", 2),
+    ]
+    .into_iter()
+    .collect();
+    let mut extra = Vec::new();
+    for (name, &f) in &flex {
+        let more = f - kernel.get(name).copied().unwrap_or(0);
+        if more > allowed.get(name.as_str()).copied().unwrap_or(0) {
+            extra.push(format!("{name} +{more}"));
+        }
+    }
+    assert!(
+        extra.is_empty(),
+        "libflex.so added system calls to a program that opens no managed file: {extra:?}\n\
+         kernel: {kernel:?}\nflex: {flex:?}"
+    );
 }

@@ -4,10 +4,10 @@
 use super::size::ftruncate;
 use super::{desc, Fd, Pass, Route};
 use crate::config::LogLevel;
-use crate::config::{normalize, O_FLEX, O_FLEX_ATOMIC};
+use crate::config::{normalize, Config, O_FLEX, O_FLEX_ATOMIC};
 use crate::desc::Desc;
 use crate::log::flex_log;
-use crate::runtime::{engine, engine_if_started, Engine};
+use crate::runtime::{config, engine, engine_if_started, Engine};
 use crate::stats::Call;
 use crate::sys::{self, Errno, Res};
 use crate::trailer::{self, Recovery};
@@ -16,19 +16,20 @@ use std::sync::atomic::Ordering::*;
 use std::sync::Arc;
 
 /// Is this open for flex? Absolute or relative path under FLEX_PATHS, or O_FLEX.
-fn wants(e: &Engine, dirfd: Fd, path: &CStr, flags: i32) -> bool {
+fn wants(c: &Config, dirfd: Fd, path: &CStr, flags: i32) -> bool {
     if flags & (O_FLEX | O_FLEX_ATOMIC) != 0 {
         return true;
     }
-    if e.config.paths.is_empty() || e.config.disabled {
+    if c.paths.is_empty() || c.disabled {
         return false;
     }
     let p = path.to_bytes();
     if p.first() == Some(&b'/') {
-        return e.config.path_managed(&normalize(p));
+        return c.path_managed(&normalize(p));
     }
     let base = if dirfd == libc::AT_FDCWD {
-        e.cwd()
+        // The working directory is cached by the engine (and dropped at chdir).
+        engine().cwd()
     } else {
         let link = format!("/proc/self/fd/{dirfd}");
         std::fs::read_link(link)
@@ -38,15 +39,16 @@ fn wants(e: &Engine, dirfd: Fd, path: &CStr, flags: i32) -> bool {
     let Some(mut abs) = base else { return false };
     abs.push(b'/');
     abs.extend_from_slice(p);
-    e.config.path_managed(&normalize(&abs))
+    c.path_managed(&normalize(&abs))
 }
 
-/// open, open64, openat, creat. `flags` may carry O_FLEX.
+/// open, open64, openat, creat. `flags` may carry O_FLEX. The engine starts at the first
+/// open it wants, not before.
 pub fn open(dirfd: Fd, path: &CStr, flags: i32, mode: u32) -> Route<Fd> {
-    let e = engine();
-    if !wants(e, dirfd, path, flags) {
+    if !wants(config(), dirfd, path, flags) {
         return Route::Pass(Pass::NotManaged);
     }
+    let e = engine();
     let atomic = flags & O_FLEX_ATOMIC != 0 || e.config.atomic;
     let explicit = flags & (O_FLEX | O_FLEX_ATOMIC) != 0;
     let kflags = flags & !O_FLEX & !O_FLEX_ATOMIC;
