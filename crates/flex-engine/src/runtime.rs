@@ -219,7 +219,6 @@ pub enum Found {
 
 static ENGINE: OnceLock<Engine> = OnceLock::new();
 
-/// The engine, created from the environment on first use.
 static CONFIG: OnceLock<Config> = OnceLock::new();
 
 /// The FLEX_* configuration, read once (its warnings printed once). An open asks it before
@@ -233,6 +232,7 @@ pub fn config() -> &'static Config {
     })
 }
 
+/// The engine, created from the configuration at the first open flex wants.
 pub fn engine() -> &'static Engine {
     ENGINE.get_or_init(|| Engine::new(config()))
 }

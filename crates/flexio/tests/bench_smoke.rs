@@ -5,7 +5,7 @@
 #[path = "common/run.rs"]
 mod run;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
@@ -43,17 +43,10 @@ fn sqlite3_installed() -> bool {
 }
 const REPS: u64 = 2;
 
-/// `FLEX_LIB`, or the libflex.so that `run::flexio` found beside the binary.
-fn libflex(exe: &Path) -> PathBuf {
-    std::env::var_os("FLEX_LIB")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| exe.with_file_name("libflex.so"))
-}
-
 #[test]
 fn bench_runs_both_sides_and_flex_serves_the_io() {
     let exe = run::flexio();
-    let lib = libflex(&exe);
+    let lib = run::libflex();
     let base = if Path::new("/dev/shm").is_dir() {
         tempfile::tempdir_in("/dev/shm")
     } else {

@@ -986,10 +986,7 @@ fn syscalls_of_cat(t: &TestDir, file: &Path, preload: bool) -> BTreeMap<String, 
         .env_remove("LD_LIBRARY_PATH")
         .env_remove("LD_PRELOAD");
     if preload {
-        let lib = std::env::var_os("FLEX_LIB")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| flexio().with_file_name("libflex.so"));
-        c.env("LD_PRELOAD", lib);
+        c.env("LD_PRELOAD", libflex());
     }
     let o = c.output().unwrap();
     assert!(o.status.success(), "strace cat: {o:?}");

@@ -2,7 +2,7 @@
 //! the kernel resolves record locks against.
 
 use super::open::drop_fd;
-use super::{desc, Fd, Pass, Route};
+use super::{desc, desc_exists, Fd, Pass, Route};
 use crate::config::LogLevel;
 use crate::desc::Desc;
 use crate::fault;
@@ -129,7 +129,7 @@ pub unsafe fn fcntl(fd: Fd, cmd: i32, arg: libc::c_long) -> Route<i32> {
     ) {
         // A database takes and drops several locks per transaction: no reference to the
         // description unless the lock is relative to the offset (SEEK_CUR).
-        if !engine_if_started().is_some_and(|e| e.table.knows(fd)) {
+        if !desc_exists(fd) {
             return Route::Pass(Pass::NotManaged);
         }
         // SAFETY: forwarded contract (the lock's pointer is read fault-safely).

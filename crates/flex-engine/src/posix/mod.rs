@@ -117,7 +117,7 @@ pub fn count_passthrough(call: Call) {
 
 /// Does the table know `fd` (managed, or handed back to the kernel)?
 pub fn desc_exists(fd: Fd) -> bool {
-    desc(fd).is_ok()
+    engine_if_started().is_some_and(|e| e.table.knows(fd))
 }
 
 /// A stream is about to be built on `fd` (fopen, fdopen): a lazy descriptor is taken over

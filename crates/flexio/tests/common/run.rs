@@ -37,6 +37,13 @@ pub fn flexio() -> PathBuf {
     exe
 }
 
+/// The libflex.so to preload: `FLEX_LIB`, or the one [`flexio`] found beside the binary.
+pub fn libflex() -> PathBuf {
+    std::env::var_os("FLEX_LIB")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| flexio().with_file_name("libflex.so"))
+}
+
 /// Fail (never skip) when a program the test needs is missing.
 pub fn require(prog: &str, package: &str) {
     let found = std::env::var_os("PATH")
