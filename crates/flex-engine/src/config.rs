@@ -45,6 +45,9 @@ pub struct Config {
     pub grow_min: u64,
     /// Disable the engine entirely (`FLEX_DISABLE=1`): everything passes through.
     pub disabled: bool,
+    /// `FLEX_SNAPSHOTS=0`: this process never takes part in a live snapshot (its writes
+    /// skip the snapshot gate; a snapshot of a file it writes is refused).
+    pub no_snapshots: bool,
     /// `FLEX_MODE=atomic`: every managed file is failure-atomic (see `atomic`).
     pub atomic: bool,
     /// `FLEX_ATOMIC=write`: each write is its own transaction, durable when it returns.
@@ -73,6 +76,7 @@ impl Default for Config {
             idle_bytes: 1 << 30,
             grow_min: 1 << 20,
             disabled: false,
+            no_snapshots: false,
             atomic: false,
             atomic_write: false,
             atomic_log: 16 << 20,
@@ -86,7 +90,7 @@ impl Default for Config {
 /// (spelled as a value the variable accepts, where there is one: `FLEX_MODE=off`). The
 /// warnings name it. `FLEX_CPU` and `FLEX_FLUSH` are read by `persist` (which falls back to
 /// the detected instruction); their values are checked here all the same.
-pub const VARS: [(&str, &str); 17] = [
+pub const VARS: [(&str, &str); 18] = [
     ("FLEX_PATHS", "none"),
     ("FLEX_STATS", "off"),
     ("FLEX_LOG", "off"),
@@ -102,6 +106,7 @@ pub const VARS: [(&str, &str); 17] = [
     ("FLEX_ATOMIC_APPLY", "inline"),
     ("FLEX_ATOMIC_POLICY", "auto"),
     ("FLEX_DISABLE", "0"),
+    ("FLEX_SNAPSHOTS", "1"),
     ("FLEX_CPU", "detected"),
     ("FLEX_FLUSH", "detected"),
 ];
@@ -410,6 +415,9 @@ impl Config {
         let switch = [("1", true), ("0", false)];
         if let Some(d) = r.take("FLEX_DISABLE", |v| parse_word(v, "a switch", &switch)) {
             c.disabled = d;
+        }
+        if let Some(on) = r.take("FLEX_SNAPSHOTS", |v| parse_word(v, "a switch", &switch)) {
+            c.no_snapshots = !on;
         }
         // Read by `persist` itself; checked here so that a typo is reported.
         let kinds = NtKind::ALL.map(NtKind::as_str);

@@ -125,6 +125,9 @@ struct Page {
     /// A lazy descriptor's file end as far as this process knows it ([`END_UNKNOWN`]
     /// until an fstat, or an O_TRUNC open, said; then raised by its positioned writes).
     lazy_end: [AtomicU64; L2],
+    /// Lazy descriptors that became the kernel's for good at a fork: flex serves nothing
+    /// on them but still sees their calls (the snapshot gate counts them).
+    forked: [AtomicU64; L2 / 64],
 }
 
 /// No end known for a lazy descriptor: every IO call counts towards taking it over.
@@ -158,6 +161,8 @@ pub struct Table {
     /// Lazy descriptors (a call on an unmanaged descriptor looks at its byte only
     /// when some exist).
     lazy: AtomicUsize,
+    /// Descriptors with a `forked` bit.
+    forked: AtomicUsize,
 }
 
 impl Default for Table {
@@ -172,6 +177,7 @@ impl Table {
             pages: [const { AtomicPtr::new(core::ptr::null_mut()) }; L1],
             count: AtomicUsize::new(0),
             lazy: AtomicUsize::new(0),
+            forked: AtomicUsize::new(0),
         }
     }
 
@@ -189,6 +195,7 @@ impl Table {
                 used: [const { AtomicU64::new(0) }; L2 / 64],
                 lazy: [const { AtomicU8::new(0) }; L2],
                 lazy_end: [const { AtomicU64::new(END_UNKNOWN) }; L2],
+                forked: [const { AtomicU64::new(0) }; L2 / 64],
             });
             let raw = Box::into_raw(fresh);
             match cell.compare_exchange(core::ptr::null_mut(), raw, AcqRel, Acquire) {
@@ -223,6 +230,22 @@ impl Table {
     #[inline]
     pub fn knows(&self, fd: i32) -> bool {
         self.count.load(Relaxed) != 0 && self.slot(fd, false).is_some_and(|(p, b)| p.is_used(b))
+    }
+
+    /// Does flex see `fd`'s calls (a description, or a lazy descriptor)? Loads only: the
+    /// snapshot request's signal handler asks it.
+    pub fn sees(&self, fd: i32) -> bool {
+        if self.count.load(Relaxed) == 0
+            && self.lazy.load(Relaxed) == 0
+            && self.forked.load(Relaxed) == 0
+        {
+            return false;
+        }
+        self.slot(fd, false).is_some_and(|(p, b)| {
+            p.is_used(b)
+                || p.lazy[b].load(Relaxed) != 0
+                || p.forked[b / 64].load(Relaxed) & (1 << (b % 64)) != 0
+        })
     }
 
     /// Point `fd` at `d` (replacing what was there; returns the old description).
@@ -319,6 +342,14 @@ impl Table {
     /// `fd` is no longer lazy (closed, duplicated, shared by fork, or taken over):
     /// true if it was.
     pub fn unlazy(&self, fd: i32) -> bool {
+        if self.forked.load(Relaxed) != 0 {
+            if let Some((page, b)) = self.slot(fd, false) {
+                let bit = 1u64 << (b % 64);
+                if page.forked[b / 64].fetch_and(!bit, AcqRel) & bit != 0 {
+                    self.forked.fetch_sub(1, AcqRel);
+                }
+            }
+        }
         if self.lazy.load(Relaxed) == 0 {
             return false;
         }
@@ -332,16 +363,26 @@ impl Table {
         was
     }
 
-    /// Every lazy descriptor in `[first, last]` is no longer lazy.
-    pub fn unlazy_range(&self, first: u32, last: u32) {
-        if self.lazy.load(Acquire) == 0 || first > last {
+    /// Every lazy descriptor in `[first, last]` is no longer lazy (`forked`: a fork made
+    /// them the kernel's for good; else they are closed, and forget that too).
+    pub fn unlazy_range(&self, first: u32, last: u32, forked: bool) {
+        if (self.lazy.load(Acquire) == 0 && self.forked.load(Acquire) == 0) || first > last {
             return;
         }
         for (a, page) in self.allocated_pages() {
             for (b, c) in page.lazy.iter().enumerate() {
                 let fd = (a * L2 + b) as u32;
-                if fd >= first && fd <= last && c.swap(0, AcqRel) != 0 {
+                if fd < first || fd > last {
+                    continue;
+                }
+                let bit = 1u64 << (b % 64);
+                if c.swap(0, AcqRel) != 0 {
                     self.lazy.fetch_sub(1, AcqRel);
+                    if forked && page.forked[b / 64].fetch_or(bit, AcqRel) & bit == 0 {
+                        self.forked.fetch_add(1, AcqRel);
+                    }
+                } else if !forked && page.forked[b / 64].fetch_and(!bit, AcqRel) & bit != 0 {
+                    self.forked.fetch_sub(1, AcqRel);
                 }
             }
         }
@@ -377,6 +418,6 @@ impl Table {
     }
     /// No managed and no lazy descriptor: a call on any descriptor is the kernel's.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0 && self.lazy.load(Acquire) == 0
+        self.len() == 0 && self.lazy.load(Acquire) == 0 && self.forked.load(Acquire) == 0
     }
 }

@@ -32,7 +32,20 @@ static BREAKS: AtomicU32 = AtomicU32::new(0);
 /// The process whose thread serves breaks (a forked child starts its own).
 static SERVER: AtomicI32 = AtomicI32::new(0);
 
-extern "C" fn on_signal(_sig: c_int, _info: *mut libc::siginfo_t, _ctx: *mut c_void) {
+extern "C" fn on_signal(_sig: c_int, info: *mut libc::siginfo_t, _ctx: *mut c_void) {
+    // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
+    if let Some(info) = unsafe { info.as_ref() } {
+        if info.si_code == libc::SI_QUEUE {
+            // A snapshotter's request (lease breaks come from the kernel, POLL_MSG).
+            // SAFETY: this thread's errno slot, always valid; restored for the code the
+            // signal interrupted.
+            let saved = unsafe { *libc::__errno_location() };
+            crate::snapshot::on_request(info);
+            // SAFETY: as above.
+            unsafe { *libc::__errno_location() = saved };
+            return;
+        }
+    }
     BREAKS.fetch_add(1, Release);
     // Async-signal-safe: a plain system call.
     sys::thread::futex_wake_all(&BREAKS);
@@ -101,8 +114,7 @@ fn ready() -> bool {
     if STATE.load(Acquire) == 1 && SERVER.load(Acquire) == me {
         return true;
     }
-    if STATE.load(Acquire) == 0 && !crate::fault::install_info_handler(SIGNAL, on_signal) {
-        STATE.store(2, Release);
+    if !install_handler() {
         return false;
     }
     let spawned = std::thread::Builder::new()
@@ -115,6 +127,24 @@ fn ready() -> bool {
     }
     SERVER.store(me, Release);
     STATE.store(1, Release);
+    true
+}
+
+/// Install the handler for [`SIGNAL`] (lease breaks and snapshot requests), once per
+/// image; false if the program owns the signal.
+pub(crate) fn install_handler() -> bool {
+    static INSTALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if STATE.load(Acquire) == 2 {
+        return false;
+    }
+    if INSTALLED.load(Acquire) {
+        return true;
+    }
+    if !crate::fault::install_info_handler(SIGNAL, on_signal) {
+        STATE.store(2, Release);
+        return false;
+    }
+    INSTALLED.store(true, Release);
     true
 }
 
@@ -139,6 +169,7 @@ pub fn release(fd: i32) {
 /// given up (their files trimmed) so that no open waits for a break nobody sees.
 pub fn app_claims_signal() {
     STATE.store(2, Release);
+    crate::snapshot::disarm();
     let Some(e) = engine_if_started() else { return };
     for (_, d) in e.table.entries() {
         if d.inode.lease_fd() >= 0 {

@@ -24,6 +24,7 @@ pub(crate) mod log;
 pub mod persist;
 pub mod posix;
 pub mod runtime;
+pub mod snapshot;
 pub mod stats;
 pub mod sys;
 pub mod trailer;

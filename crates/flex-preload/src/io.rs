@@ -13,11 +13,14 @@ fn any() -> bool {
 /// One exported descriptor call: ask the engine when anything is managed, else (or when
 /// the engine passes the call) make the raw system call.
 macro_rules! fd_call {
-    ($( $(#[$m:meta])* fn $name:ident($fd:ident: c_int $(, $a:ident: $t:ty)*) -> $r:ty { engine: $eng:expr, kernel: $kern:expr } )*) => {$(
+    ($( $(#[$m:meta])* fn $name:ident($fd:ident: c_int $(, $a:ident: $t:ty)*) -> $r:ty { $(gate: $op:expr,)? engine: $eng:expr, kernel: $kern:expr } )*) => {$(
         $(#[$m])*
         #[no_mangle]
         pub unsafe extern "C" fn $name($fd: c_int $(, $a: $t)*) -> $r {
             if any() {
+                // A call that changes the file passes the snapshot gate, its kernel half
+                // included (held until the end of this block).
+                $( let _gate = flex_engine::snapshot::enter_fd($fd, || $op); )?
                 // SAFETY: the pointers are the application's, passed on unchanged under the
                 // contract of the libc function we stand in for; the engine guards every
                 // access to them (a bad pointer gives EFAULT, never a crash).
@@ -25,6 +28,7 @@ macro_rules! fd_call {
                 if let Route::Served(r) = guarded(|| unsafe { $eng }) {
                     return r.c() as $r;
                 }
+                return $kern as $r;
             }
             $kern as $r
         }
@@ -37,6 +41,7 @@ fd_call! {
         kernel: raw!(libc::SYS_read, fd, buf, n)
     }
     fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t {
+        gate: flex_engine::snapshot::Op::Write { fd, off: None, len: n as u64 },
         engine: posix::write(fd, buf.cast(), n),
         kernel: raw!(libc::SYS_write, fd, buf, n)
     }
@@ -49,10 +54,12 @@ fd_call! {
         kernel: raw!(libc::SYS_pread64, fd, buf, n, off)
     }
     fn pwrite(fd: c_int, buf: *const c_void, n: size_t, off: off_t) -> ssize_t {
+        gate: flex_engine::snapshot::Op::Write { fd, off: Some(off as u64), len: n as u64 },
         engine: posix::pwrite(fd, buf.cast(), n, off),
         kernel: raw!(libc::SYS_pwrite64, fd, buf, n, off)
     }
     fn pwrite64(fd: c_int, buf: *const c_void, n: size_t, off: off_t) -> ssize_t {
+        gate: flex_engine::snapshot::Op::Write { fd, off: Some(off as u64), len: n as u64 },
         engine: posix::pwrite(fd, buf.cast(), n, off),
         kernel: raw!(libc::SYS_pwrite64, fd, buf, n, off)
     }
@@ -61,6 +68,7 @@ fd_call! {
         kernel: raw!(libc::SYS_readv, fd, iov, cnt)
     }
     fn writev(fd: c_int, iov: *const iovec, cnt: c_int) -> ssize_t {
+        gate: flex_engine::snapshot::Op::Write { fd, off: None, len: posix::iov_len(iov, cnt) },
         engine: posix::writev(fd, iov, cnt),
         kernel: raw!(libc::SYS_writev, fd, iov, cnt)
     }
@@ -73,10 +81,12 @@ fd_call! {
         kernel: raw!(libc::SYS_preadv, fd, iov, cnt, off, 0)
     }
     fn pwritev(fd: c_int, iov: *const iovec, cnt: c_int, off: off_t) -> ssize_t {
+        gate: flex_engine::snapshot::Op::Write { fd, off: Some(off as u64), len: posix::iov_len(iov, cnt) },
         engine: posix::pwritev(fd, iov, cnt, off),
         kernel: raw!(libc::SYS_pwritev, fd, iov, cnt, off, 0)
     }
     fn pwritev64(fd: c_int, iov: *const iovec, cnt: c_int, off: off_t) -> ssize_t {
+        gate: flex_engine::snapshot::Op::Write { fd, off: Some(off as u64), len: posix::iov_len(iov, cnt) },
         engine: posix::pwritev(fd, iov, cnt, off),
         kernel: raw!(libc::SYS_pwritev, fd, iov, cnt, off, 0)
     }
@@ -89,10 +99,12 @@ fd_call! {
         kernel: raw!(libc::SYS_preadv2, fd, iov, cnt, off, 0, flags)
     }
     fn pwritev2(fd: c_int, iov: *const iovec, cnt: c_int, off: off_t, flags: c_int) -> ssize_t {
+        gate: flex_engine::snapshot::Op::Write { fd, off: (off != -1).then_some(off as u64), len: posix::iov_len(iov, cnt) },
         engine: posix::pwritev2(fd, iov, cnt, off, flags),
         kernel: raw!(libc::SYS_pwritev2, fd, iov, cnt, off, 0, flags)
     }
     fn pwritev64v2(fd: c_int, iov: *const iovec, cnt: c_int, off: off_t, flags: c_int) -> ssize_t {
+        gate: flex_engine::snapshot::Op::Write { fd, off: (off != -1).then_some(off as u64), len: posix::iov_len(iov, cnt) },
         engine: posix::pwritev2(fd, iov, cnt, off, flags),
         kernel: raw!(libc::SYS_pwritev2, fd, iov, cnt, off, 0, flags)
     }
@@ -117,18 +129,22 @@ fd_call! {
         kernel: raw!(libc::SYS_sync_file_range, fd, off, n, flags)
     }
     fn ftruncate(fd: c_int, len: off_t) -> c_int {
+        gate: flex_engine::snapshot::Op::Truncate { fd, len: len.max(0) as u64 },
         engine: posix::ftruncate(fd, len),
         kernel: raw!(libc::SYS_ftruncate, fd, len)
     }
     fn ftruncate64(fd: c_int, len: off_t) -> c_int {
+        gate: flex_engine::snapshot::Op::Truncate { fd, len: len.max(0) as u64 },
         engine: posix::ftruncate(fd, len),
         kernel: raw!(libc::SYS_ftruncate, fd, len)
     }
     fn fallocate(fd: c_int, mode: c_int, off: off_t, len: off_t) -> c_int {
+        gate: flex_engine::snapshot::Op::Fallocate { fd, mode, off: off.max(0) as u64, len: len.max(0) as u64 },
         engine: posix::fallocate(fd, mode, off, len),
         kernel: raw!(libc::SYS_fallocate, fd, mode, off, len)
     }
     fn fallocate64(fd: c_int, mode: c_int, off: off_t, len: off_t) -> c_int {
+        gate: flex_engine::snapshot::Op::Fallocate { fd, mode, off: off.max(0) as u64, len: len.max(0) as u64 },
         engine: posix::fallocate(fd, mode, off, len),
         kernel: raw!(libc::SYS_fallocate, fd, mode, off, len)
     }
@@ -223,6 +239,7 @@ fn open_engine(dirfd: c_int, path: *const c_char, flags: c_int, mode: mode_t) ->
     let needs_mode = flags & libc::O_CREAT != 0 || flags & libc::O_TMPFILE == libc::O_TMPFILE;
     let mode = if needs_mode { mode } else { 0 };
     if !path.is_null() {
+        flex_engine::snapshot::calls_are_gated();
         let open = |p: &std::ffi::CStr| posix::open(dirfd, p, flags, mode);
         if let Route::Served(r) = guarded(|| crate::on_path(path, open)) {
             return r.c();
@@ -342,6 +359,9 @@ pub unsafe extern "C" fn mmap(
     fd: c_int,
     off: off_t,
 ) -> *mut c_void {
+    if fd >= 0 {
+        hook(|| flex_engine::snapshot::before_mmap(fd, prot, flags));
+    }
     if fd >= 0 && any() {
         hook(|| {
             if let Some(after) = posix::kernel_handoff(fd, false, flex_engine::stats::Call::mmap) {
@@ -363,6 +383,20 @@ pub unsafe extern "C" fn mmap64(
 ) -> *mut c_void {
     // SAFETY: same contract.
     unsafe { mmap(addr, len, prot, flags, fd, off) }
+}
+
+/// The snapshot gate for a kernel call that writes `n` bytes into `out`: at its position,
+/// or (`at_offset`: an offset the program passes by pointer) anywhere from the start, as
+/// far as the snapshot is concerned (copying more pages first is only slower).
+fn gate_out(out: c_int, at_offset: bool, n: size_t) -> flex_engine::snapshot::Gate {
+    flex_engine::snapshot::enter_fd(out, || {
+        let (off, len) = if at_offset {
+            (Some(0), u64::MAX)
+        } else {
+            (None, n as u64)
+        };
+        flex_engine::snapshot::Op::Write { fd: out, off, len }
+    })
 }
 
 /// Run a kernel data-moving call with both descriptors handed over (exact size, offsets
@@ -391,6 +425,7 @@ fn handoff<R>(fds: &[(c_int, bool)], call: flex_engine::stats::Call, f: impl FnO
 
 #[no_mangle]
 pub unsafe extern "C" fn sendfile(out: c_int, inp: c_int, off: *mut off_t, n: size_t) -> ssize_t {
+    let _gate = gate_out(out, false, n);
     handoff(
         &[(out, true), (inp, off.is_null())],
         flex_engine::stats::Call::sendfile,
@@ -413,6 +448,7 @@ pub unsafe extern "C" fn copy_file_range(
     n: size_t,
     flags: c_uint,
 ) -> ssize_t {
+    let _gate = gate_out(out, !off_out.is_null(), n);
     handoff(
         &[(inp, off_in.is_null()), (out, off_out.is_null())],
         flex_engine::stats::Call::copy_file_range,
@@ -439,6 +475,7 @@ pub unsafe extern "C" fn splice(
     n: size_t,
     flags: c_uint,
 ) -> ssize_t {
+    let _gate = gate_out(out, !off_out.is_null(), n);
     handoff(
         &[(inp, off_in.is_null()), (out, off_out.is_null())],
         flex_engine::stats::Call::splice,

@@ -198,10 +198,16 @@ pub unsafe extern "C" fn renameat2(
 #[no_mangle]
 pub unsafe extern "C" fn truncate(p: *const c_char, len: libc::off_t) -> c_int {
     if !p.is_null() && flex_engine::runtime::engine_if_started().is_some() {
+        let path = p;
+        let _gate = flex_engine::snapshot::enter(|| flex_engine::snapshot::Op::TruncatePath {
+            path,
+            len: len.max(0) as u64,
+        });
         // An unreadable path goes to the kernel as given (EFAULT, ENAMETOOLONG).
         if let Route::Served(r) = guarded(|| crate::on_path(p, |p| posix::truncate(p, len))) {
             return crate::CRet::c(r);
         }
+        return raw!(libc::SYS_truncate, p, len) as c_int;
     }
     raw!(libc::SYS_truncate, p, len) as c_int
 }

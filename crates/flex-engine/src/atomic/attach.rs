@@ -78,6 +78,7 @@ pub(crate) fn attach(
     path: &CStr,
 ) -> Res<()> {
     let e = engine();
+    crate::snapshot::note_atomic();
     let _slot = inode.atomic.lock();
     if inode.atomic.f.load().is_some() {
         return Ok(());

@@ -146,3 +146,24 @@ pub fn map_now(fd: Fd) -> Res<()> {
     let d = desc(fd).map_err(|_| Errno::BADF)?;
     d.inode.map_for(fd, d.writable())
 }
+
+/// Where a write at `fd`'s position lands: `Some(offset)`, or `None` for an appending
+/// descriptor (the snapshot gate asks, before the call).
+pub fn write_position(fd: Fd) -> Res<Option<u64>> {
+    if let Some(d) = engine_if_started().and_then(|e| e.table.get(fd)) {
+        if d.append() {
+            return Ok(None);
+        }
+        return Ok(Some(*d.pos_at(fd)));
+    }
+    if crate::sys::fcntl_int(fd, libc::F_GETFL, 0)? & libc::O_APPEND != 0 {
+        return Ok(None);
+    }
+    crate::sys::lseek(fd, 0, libc::SEEK_CUR).map(Some)
+}
+
+/// The bytes a vectored call moves (0 if the kernel will refuse the array), read
+/// fault-safely from the application's iovecs.
+pub fn iov_len(iov: *const libc::iovec, cnt: i32) -> u64 {
+    check::iovecs(iov, cnt).map_or(0, |v| check::iov_total(&v) as u64)
+}

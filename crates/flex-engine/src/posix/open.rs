@@ -49,6 +49,11 @@ pub fn open(dirfd: Fd, path: &CStr, flags: i32, mode: u32) -> Route<Fd> {
         return Route::Pass(Pass::NotManaged);
     }
     let e = engine();
+    if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
+        // Before the descriptor exists: a snapshotter that sees it sees a process that
+        // can take part.
+        crate::snapshot::arm();
+    }
     let atomic = flags & O_FLEX_ATOMIC != 0 || e.config.atomic;
     let explicit = flags & (O_FLEX | O_FLEX_ATOMIC) != 0;
     let kflags = flags & !O_FLEX & !O_FLEX_ATOMIC;
@@ -374,7 +379,7 @@ pub fn close_range(first: u32, last: u32, flags: i32) -> Route<()> {
     if flags & libc::CLOSE_RANGE_CLOEXEC as i32 != 0 {
         return Route::Pass(Pass::CloexecOnly);
     }
-    e.table.unlazy_range(first, last);
+    e.table.unlazy_range(first, last, false);
     for (fd, _) in e.table.entries() {
         if (fd as u32) >= first && (fd as u32) <= last {
             if let Some(d) = e.table.take(fd) {

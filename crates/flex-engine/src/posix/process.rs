@@ -38,7 +38,7 @@ pub fn before_fork() {
     let Some(e) = engine_if_started() else { return };
     e.stats.served(Call::fork);
     // Lazy descriptors' descriptions are shared with the child now: the kernel's for good.
-    e.table.unlazy_range(0, u32::MAX);
+    e.table.unlazy_range(0, u32::MAX, true);
     for (fd, d) in e.table.entries() {
         demote(fd, &d);
     }
@@ -69,6 +69,8 @@ pub fn before_underscore_exit() {
 /// Before exec (and spawn): every descriptor that survives exec goes back to the kernel;
 /// statistics of this image are written.
 pub fn before_exec(all: bool) {
+    // The new program's writes would not pass this image's snapshot gate.
+    crate::snapshot::abandon(crate::snapshot::control::Reason::Exec);
     let Some(e) = engine_if_started() else { return };
     e.stats.served(if all { Call::spawn } else { Call::exec });
     for (fd, d) in e.table.entries() {

@@ -23,3 +23,21 @@ pub fn futex_wake_all(word: &AtomicU32) {
     let _ =
         rustix::thread::futex::wake(word, rustix::thread::futex::Flags::PRIVATE, i32::MAX as u32);
 }
+
+/// Sleep while `word` (in memory shared with other processes) holds `seen`, at most
+/// `timeout` (FUTEX_WAIT, shared). Async-signal-safe; spurious wake-ups happen.
+pub fn futex_wait_shared(word: &AtomicU32, seen: u32, timeout: core::time::Duration) {
+    let ts = rustix::thread::futex::Timespec {
+        tv_sec: timeout.as_secs() as i64,
+        tv_nsec: timeout.subsec_nanos() as i64,
+    };
+    let _ =
+        rustix::thread::futex::wait(word, rustix::thread::futex::Flags::empty(), seen, Some(&ts));
+}
+
+/// Wake every waiter on `word`, in memory shared with other processes (FUTEX_WAKE,
+/// shared). Async-signal-safe.
+pub fn futex_wake_shared(word: &AtomicU32) {
+    let _ =
+        rustix::thread::futex::wake(word, rustix::thread::futex::Flags::empty(), i32::MAX as u32);
+}
