@@ -21,6 +21,8 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+pub mod snapshot;
+
 pub use flex_engine;
 pub use flex_engine::persist::Granularity;
 pub use flex_engine::trailer::Recovery;
