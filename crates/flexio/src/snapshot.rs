@@ -268,6 +268,7 @@ impl Dest {
         match tmp {
             Ok(fd) => Ok(Dest { fd, temp: None }),
             Err(_) => {
+                sweep_temps(dest);
                 let path = temp_name(dest);
                 let fd = std::fs::OpenOptions::new()
                     .read(true)
@@ -321,6 +322,31 @@ impl Drop for Dest {
     fn drop(&mut self) {
         if let Some(t) = self.temp.take() {
             let _ = std::fs::remove_file(t);
+        }
+    }
+}
+
+/// Remove what a killed snapshotter left for `dest` where the file system has no
+/// O_TMPFILE: its hidden temporary, whose pid no longer runs.
+fn sweep_temps(dest: &Path) {
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let prefix = format!(".{name}.flexsnap-");
+    let dir = dest
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = n.strip_prefix(&prefix).and_then(|p| p.parse::<i32>().ok()) {
+            if !alive(pid) {
+                let _ = std::fs::remove_file(e.path());
+            }
         }
     }
 }
