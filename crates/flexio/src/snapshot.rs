@@ -98,6 +98,12 @@ impl From<io::Error> for Failure {
     }
 }
 
+impl From<flex_engine::sys::Errno> for Failure {
+    fn from(e: flex_engine::sys::Errno) -> Self {
+        Failure::Fatal(crate::err(e))
+    }
+}
+
 fn fatal(msg: String) -> Failure {
     Failure::Fatal(io::Error::other(msg))
 }
@@ -118,8 +124,8 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
 struct Holder {
     pid: i32,
     comm: String,
+    /// Empty: it only maps the file shared and writable.
     write_fds: Vec<i32>,
-    maps_writable: bool,
     flex: bool,
 }
 
@@ -150,8 +156,7 @@ fn holders(dev: u64, ino: u64) -> Vec<Holder> {
             }
         }
         let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
-        let maps_writable = maps_file_writable(&maps, dev, ino);
-        if write_fds.is_empty() && !maps_writable {
+        if write_fds.is_empty() && !maps_file_writable(&maps, dev, ino) {
             continue;
         }
         let marker = format!("/memfd:{MARKER}");
@@ -163,7 +168,6 @@ fn holders(dev: u64, ino: u64) -> Vec<Holder> {
             pid,
             comm,
             write_fds,
-            maps_writable,
             flex,
         });
     }
@@ -436,7 +440,6 @@ fn attempt_once(file: &Path, dest: &Path, opts: &Options) -> Result<Report, Fail
                 file.display()
             )));
         }
-        let _ = h.maps_writable; // a flex process says itself whether its program maps it
     }
     if found.len() > MAX_SLOTS {
         return Err(fatal(format!(
@@ -640,8 +643,7 @@ fn copy_all(
         while p < pages && p - a < 16 && s.claim(p) {
             p += 1;
         }
-        flex_engine::snapshot::move_pages(src, dst, a, p, size)
-            .map_err(|e| Failure::Fatal(io::Error::from_raw_os_error(e.raw_os_error())))?;
+        flex_engine::snapshot::move_pages(src, dst, a, p, size)?;
         for q in a..p {
             s.set_done(q);
         }
@@ -673,8 +675,7 @@ fn copy_all(
                         PAGE as libc::off_t,
                     )
                 };
-                flex_engine::snapshot::move_pages(src, dst, q, q + 1, size)
-                    .map_err(|e| Failure::Fatal(io::Error::from_raw_os_error(e.raw_os_error())))?;
+                flex_engine::snapshot::move_pages(src, dst, q, q + 1, size)?;
                 s.set_done(q);
             }
             continue;

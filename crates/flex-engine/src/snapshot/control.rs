@@ -162,9 +162,6 @@ impl Shared {
     pub unsafe fn new(base: *mut u8) -> Shared {
         Shared { base }
     }
-    pub fn base(self) -> *mut u8 {
-        self.base
-    }
     pub fn ctrl(&self) -> &Control {
         // SAFETY: `new`'s contract; Control is all atomics, valid for any bytes (a fresh
         // memfd is zeroes).
@@ -182,10 +179,6 @@ impl Shared {
     pub fn claim(&self, page: u64) -> bool {
         let (w, bit) = self.word(0, page);
         w.load(Acquire) & bit == 0 && w.fetch_or(bit, AcqRel) & bit == 0
-    }
-    pub fn is_claimed(&self, page: u64) -> bool {
-        let (w, bit) = self.word(0, page);
-        w.load(Acquire) & bit != 0
     }
     pub fn is_done(&self, page: u64) -> bool {
         let (w, bit) = self.word(1, page);

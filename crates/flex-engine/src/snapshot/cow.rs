@@ -4,7 +4,7 @@
 //! process copies it and every other waits for it.
 
 use super::control::{state, Reason, Shared, PAGE};
-use super::gate::{Op, COPIED, SLOT};
+use super::gate::{Op, SLOT};
 use super::join::ProcFd;
 use crate::sys;
 use core::sync::atomic::Ordering::*;
@@ -43,10 +43,9 @@ pub(super) fn before(s: Shared, op: &Op) {
                 Err(e) => Err(e),
             }
         }
-        Op::Write { fd, .. }
-        | Op::Truncate { fd, .. }
-        | Op::Fallocate { fd, .. }
-        | Op::MapShared { fd } => sys::fstat(*fd).map(|st| (st.st_dev, st.st_ino)),
+        Op::Write { fd, .. } | Op::Truncate { fd, .. } | Op::Fallocate { fd, .. } => {
+            sys::fstat(*fd).map(|st| (st.st_dev, st.st_ino))
+        }
     };
     if id != Ok((c.dev.load(Acquire), c.ino.load(Acquire))) {
         return;
@@ -68,10 +67,6 @@ pub(super) fn before(s: Shared, op: &Op) {
             } else {
                 (off, off.saturating_add(len))
             }
-        }
-        Op::MapShared { .. } => {
-            super::gate::abandon(Reason::Mapped);
-            return;
         }
     };
     copy_range(s, lo, hi.min(size));
@@ -157,7 +152,6 @@ fn copy_pages(s: Shared, a: u64, b: u64) {
     for p in a..b {
         s.set_done(p);
     }
-    COPIED.fetch_add(b - a, Relaxed);
     if let Some(sl) = s.slot(SLOT.load(Acquire) as usize) {
         sl.copied.fetch_add(b - a, Relaxed);
     }

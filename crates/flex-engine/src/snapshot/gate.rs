@@ -73,8 +73,6 @@ pub enum Op {
         off: u64,
         len: u64,
     },
-    /// The program maps the file shared: its stores will not pass the gate.
-    MapShared { fd: i32 },
 }
 
 /// Pass the gate before a call described by `op`.
@@ -219,6 +217,3 @@ pub fn abandon(why: Reason) {
         }
     }
 }
-
-/// Counter for tests and stats: pages this process copied before writing them.
-pub(super) static COPIED: AtomicU64 = AtomicU64::new(0);

@@ -23,8 +23,3 @@ pub use join::{before_mmap, calls_are_gated};
 
 /// The signal that carries a request (shared with lease breaks, told apart by si_code).
 pub const SIGNAL: i32 = crate::lease::SIGNAL;
-
-/// Pages this process copied into snapshots before changing them.
-pub fn pages_copied() -> u64 {
-    gate::COPIED.load(core::sync::atomic::Ordering::Relaxed)
-}
