@@ -125,6 +125,11 @@ struct Page {
     /// A lazy descriptor's file end as far as this process knows it ([`END_UNKNOWN`]
     /// until an fstat, or an O_TRUNC open, said; then raised by its positioned writes).
     lazy_end: [AtomicU64; L2],
+    /// A lazy descriptor's file position as far as this process knows it (0 at open,
+    /// moved by its read and write calls; [`POS_UNKNOWN`] after an lseek or a call that
+    /// moves it by an amount flex does not see), or [`POS_APPENDS`] (O_APPEND: every
+    /// write goes to the end).
+    lazy_pos: [AtomicU64; L2],
     /// Lazy descriptors that became the kernel's for good at a fork: flex serves nothing
     /// on them but still sees their calls (the snapshot gate counts them).
     forked: [AtomicU64; L2 / 64],
@@ -132,11 +137,16 @@ struct Page {
 
 /// No end known for a lazy descriptor: every IO call counts towards taking it over.
 const END_UNKNOWN: u64 = u64::MAX;
+/// No position known for a lazy descriptor: its unpositioned calls count.
+const POS_UNKNOWN: u64 = u64::MAX;
+/// A lazy O_APPEND descriptor: its writes extend the file wherever its position is.
+const POS_APPENDS: u64 = u64::MAX - 1;
 
-/// A positioned IO call on a lazy descriptor (see [`Table::lazy_io`]).
+/// An IO call on a lazy descriptor (see [`Table::lazy_io`]): its range, at `off` or
+/// (None) at the file position.
 #[derive(Clone, Copy)]
 pub struct LazyAt {
-    pub off: u64,
+    pub off: Option<u64>,
     pub len: u64,
     pub write: bool,
 }
@@ -195,6 +205,7 @@ impl Table {
                 used: [const { AtomicU64::new(0) }; L2 / 64],
                 lazy: [const { AtomicU8::new(0) }; L2],
                 lazy_end: [const { AtomicU64::new(END_UNKNOWN) }; L2],
+                lazy_pos: [const { AtomicU64::new(POS_UNKNOWN) }; L2],
                 forked: [const { AtomicU64::new(0) }; L2 / 64],
             });
             let raw = Box::into_raw(fresh);
@@ -277,23 +288,27 @@ impl Table {
 
     /// `fd` was opened for flex, which looks at it only if the program's IO calls on it
     /// come to more than a few (see [`Table::lazy_io`]). `end`: the file's size if the
-    /// open said it (O_TRUNC: 0).
-    pub fn make_lazy(&self, fd: i32, end: Option<u64>) {
+    /// open said it (O_TRUNC: 0); `appends`: opened with O_APPEND.
+    pub fn make_lazy(&self, fd: i32, end: Option<u64>, appends: bool) {
         if let Some((page, b)) = self.slot(fd, true) {
             page.lazy_end[b].store(end.unwrap_or(END_UNKNOWN), Relaxed);
+            // A new open description starts at 0.
+            page.lazy_pos[b].store(if appends { POS_APPENDS } else { 0 }, Relaxed);
             if page.lazy[b].swap(1, AcqRel) == 0 {
                 self.lazy.fetch_add(1, AcqRel);
             }
         }
     }
 
-    /// An IO call on `fd` (`at`: its range, if positioned): if it is lazy, the calls the
-    /// kernel served on it before this one that count (None: not lazy). A positioned
-    /// call at or past the end this process knows does not count: flex would pass it to
-    /// the kernel too (a write there extends the file, a read there finds its end), so a
-    /// file written front to back and read only past its end (a rollback journal) stays
-    /// the kernel's and never pays for a take-over. A stale end (another process grew or
-    /// cut the file) only moves the take-over: the kernel serves a lazy file exactly.
+    /// An IO call on `fd` (`at`: its range, if known): if it is lazy, the calls the kernel
+    /// served on it before this one that count (None: not lazy). A call at or past the
+    /// end this process knows does not count: flex would pass it to the kernel too (a
+    /// write there extends the file, a read there finds its end), nor does a write of an
+    /// O_APPEND descriptor. So a file written front to back (a log, dd's output, a
+    /// rollback journal) and read only past its end stays the kernel's and never pays
+    /// for a take-over. The position and the end are what this process saw; a stale one
+    /// (another process grew or cut the file, a call moved the position unseen) only
+    /// moves the take-over: the kernel serves a lazy file exactly.
     #[inline]
     pub fn lazy_io(&self, fd: i32, at: Option<LazyAt>) -> Option<u32> {
         if self.lazy.load(Relaxed) == 0 {
@@ -304,25 +319,69 @@ impl Table {
         match c.load(Acquire) {
             0 => None,
             n => {
+                // Only this descriptor's callers race on its slots (a lazy descriptor has
+                // no duplicate in this process: dup takes it over, fork ends laziness); a
+                // lost update is one more kernel call or one fewer, never a wrong answer.
+                let uncounted = Some(u32::from(n - 1));
                 if let Some(at) = at {
+                    let pos = &page.lazy_pos[b];
+                    let p = pos.load(Relaxed);
+                    if p == POS_APPENDS && at.write {
+                        // Linux: pwrite on an O_APPEND descriptor appends too.
+                        return uncounted;
+                    }
+                    let off = match at.off {
+                        Some(o) => Some(o),
+                        None if p < POS_APPENDS => {
+                            // A short call leaves the position too far on: past the end,
+                            // where nothing counts, or a stale end below it; either way
+                            // only the count is off.
+                            pos.store(p.saturating_add(at.len).min(POS_APPENDS - 1), Relaxed);
+                            Some(p)
+                        }
+                        None => None,
+                    };
                     let end = &page.lazy_end[b];
                     let e = end.load(Relaxed);
-                    if e != END_UNKNOWN {
+                    if let (Some(off), true) = (off, e != END_UNKNOWN) {
                         if at.write {
                             // A short write leaves this end too high: more calls count.
-                            end.store(e.max(at.off.saturating_add(at.len)), Relaxed);
+                            end.store(e.max(off.saturating_add(at.len)), Relaxed);
                         }
-                        if at.off >= e {
-                            return Some(u32::from(n - 1));
+                        if off >= e {
+                            return uncounted;
                         }
+                    }
+                } else {
+                    // A call of a length not known here (vectored): the position is lost.
+                    let pos = &page.lazy_pos[b];
+                    if pos.load(Relaxed) != POS_APPENDS {
+                        pos.store(POS_UNKNOWN, Relaxed);
                     }
                 }
                 if n < u8::MAX {
-                    // Only this descriptor's callers race here; a lost count is one more
-                    // kernel call, never a wrong answer.
                     c.store(n + 1, Release);
                 }
-                Some(u32::from(n - 1))
+                uncounted
+            }
+        }
+    }
+
+    /// `fd`'s position or size moved in a way flex did not follow (lseek, a kernel data
+    /// call at the position, ftruncate, fallocate): if it is lazy, forget them.
+    pub fn lazy_moved(&self, fd: i32, size_too: bool) {
+        if self.lazy.load(Relaxed) == 0 {
+            return;
+        }
+        if let Some((page, b)) = self.slot(fd, false) {
+            if page.lazy[b].load(Acquire) != 0 {
+                let pos = &page.lazy_pos[b];
+                if pos.load(Relaxed) != POS_APPENDS {
+                    pos.store(POS_UNKNOWN, Relaxed);
+                }
+                if size_too {
+                    page.lazy_end[b].store(END_UNKNOWN, Relaxed);
+                }
             }
         }
     }

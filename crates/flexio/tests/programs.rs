@@ -446,6 +446,56 @@ print("done")
     r.stats.assert_served(&["pread"], "data");
 }
 
+/// A log written front to back with write(2), after an O_TRUNC open, and one appended to
+/// through O_APPEND (a shell's `>>`), are written where flex would pass the calls to the
+/// kernel anyway (at or past the end the process knows): their descriptors stay lazy,
+/// one system call per write, no take-over. A file rewritten in place after an lseek is
+/// taken over (the lseek loses the position, and its writes count).
+#[test]
+fn sequential_writes_and_appends_leave_a_descriptor_to_the_kernel() {
+    require("python3", "python3");
+    let t = TestDir::new("sequential");
+    let (p, f) = (t.sub("plain"), t.sub("flex"));
+    let script = r#"
+import os
+fd = os.open("log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+for i in range(200):
+    assert os.write(fd, b"line %04d\n" % i) == 10
+os.close(fd)
+for r in range(3):
+    fd = os.open("log", os.O_WRONLY | os.O_APPEND)
+    for i in range(50):
+        os.write(fd, b"more %d %04d\n" % (r, i))
+    os.pwrite(fd, b"pwrite appends\n", 0)
+    os.close(fd)
+fd = os.open("out", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+for i in range(100):
+    os.write(fd, bytes([48 + i % 10]) * 100)
+assert os.read(fd, 10) == b""
+os.close(fd)
+fd = os.open("data", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+os.write(fd, b"x" * 8192)
+os.lseek(fd, 50, os.SEEK_SET)
+for c in b"abcd":
+    os.write(fd, bytes([c]) * 100)
+print(os.pread(fd, 20, 40), os.pread(fd, 20, 390))
+os.close(fd)
+print("done")
+"#;
+    let spec = Spec::new("python3", &["-c", script], &p);
+    let (a, r) = both("sequential writes", &spec, &p, &f);
+    assert!(String::from_utf8_lossy(a.stdout()).contains("done"));
+    for name in ["log", "out", "data"] {
+        assert_same_file(&p.join(name), &f.join(name));
+    }
+    // `data` only.
+    assert_eq!(r.stats.counter("adoptions"), 1, "{}", r.stats.dump());
+    for name in ["log", "out"] {
+        assert!(!r.stats.has_file(name), "{name}: {}", r.stats.dump());
+    }
+    r.stats.assert_served(&["pread"], "data");
+}
+
 /// Lazy descriptors (FLEX_ADOPT_AFTER calls served by the kernel before flex looks at the
 /// file): taken over at the third call, or when duplicated (dup, dup2 onto another
 /// number), with the kernel's offset; left to the kernel for good once fork shares their

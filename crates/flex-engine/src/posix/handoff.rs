@@ -12,7 +12,13 @@ use crate::sys;
 /// file offset, our offset. Returns a closure to run after the call.
 /// `None`: nothing to hand over (a descriptor flex does not manage, or one handed back).
 pub fn kernel_handoff(fd: Fd, uses_offset: bool, call: Call) -> Option<impl FnOnce()> {
-    let d = desc(fd).ok()?;
+    let Ok(d) = desc(fd) else {
+        // A lazy descriptor: the kernel's call may move its position and grow its file.
+        if call != Call::mmap {
+            super::lazy_moved(fd, true);
+        }
+        return None;
+    };
     if d.is_demoted() {
         return None;
     }

@@ -35,6 +35,17 @@ macro_rules! desc_or_pass {
             Err(p) => return $crate::posix::Route::Pass(p),
         }
     };
+    // A call the kernel serves on a lazy descriptor that moves its position (and its
+    // size, `size_too`) by an amount flex does not see.
+    ($fd:expr, moves_lazy: $size_too:expr) => {
+        match $crate::posix::desc($fd) {
+            Ok(d) => d,
+            Err(p) => {
+                $crate::posix::lazy_moved($fd, $size_too);
+                return $crate::posix::Route::Pass(p);
+            }
+        }
+    };
 }
 
 /// As `desc_or_pass!`, for the read and write calls: a lazy descriptor is taken over
@@ -109,6 +120,14 @@ fn io_desc(fd: Fd, at: Option<crate::desc::LazyAt>) -> Result<Arc<Desc>, Pass> {
 }
 
 /// Count a call passed to the kernel (for the statistics of managed descriptors).
+/// See [`crate::desc::Table::lazy_moved`].
+#[inline]
+fn lazy_moved(fd: Fd, size_too: bool) {
+    if let Some(e) = engine_if_started() {
+        e.table.lazy_moved(fd, size_too);
+    }
+}
+
 pub fn count_passthrough(call: Call) {
     if let Some(e) = engine_if_started() {
         e.stats.passed(call);

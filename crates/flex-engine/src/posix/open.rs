@@ -82,7 +82,8 @@ pub fn open(dirfd: Fd, path: &CStr, flags: i32, mode: u32) -> Route<Fd> {
         if let Ok(fd) = r {
             if fd > 2 {
                 let truncated = kflags & libc::O_TRUNC != 0;
-                e.table.make_lazy(fd, truncated.then_some(0));
+                e.table
+                    .make_lazy(fd, truncated.then_some(0), kflags & libc::O_APPEND != 0);
             }
         }
         // Flex's open (it keeps track of the descriptor); its IO is the kernel's for now.

@@ -179,7 +179,16 @@ unsafe fn write_pos(
 /// the kernel's EINVAL: no range).
 fn positioned(off: i64, len: usize, write: bool) -> Option<crate::desc::LazyAt> {
     Some(crate::desc::LazyAt {
-        off: u64::try_from(off).ok()?,
+        off: Some(u64::try_from(off).ok()?),
+        len: len as u64,
+        write,
+    })
+}
+
+/// The range of a call at the file position, for a lazy descriptor's count.
+fn at_position(len: usize, write: bool) -> Option<crate::desc::LazyAt> {
+    Some(crate::desc::LazyAt {
+        off: None,
         len: len as u64,
         write,
     })
@@ -190,7 +199,7 @@ fn positioned(off: i64, len: usize, write: bool) -> Option<crate::desc::LazyAt> 
 /// invalid so that the access faults (answered with EFAULT, never a crash). They must not
 /// point into memory the application does not own.
 pub unsafe fn read(fd: Fd, buf: *mut u8, len: usize) -> Route<usize> {
-    let d = io_desc_or_pass!(fd);
+    let d = io_desc_or_pass!(fd, at_position(len, false));
     // SAFETY: forwarded contract.
     let b = user_buf(buf, len, buf);
     // SAFETY: forwarded contract.
@@ -209,7 +218,7 @@ pub unsafe fn read(fd: Fd, buf: *mut u8, len: usize) -> Route<usize> {
 /// invalid so that the access faults (answered with EFAULT, never a crash). They must not
 /// point into memory the application does not own.
 pub unsafe fn write(fd: Fd, buf: *const u8, len: usize) -> Route<usize> {
-    let d = io_desc_or_pass!(fd);
+    let d = io_desc_or_pass!(fd, at_position(len, true));
     // SAFETY: forwarded contract.
     let b = user_buf(buf, len, buf);
     // SAFETY: forwarded contract.

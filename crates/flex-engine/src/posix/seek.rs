@@ -7,7 +7,7 @@ use crate::stats::Call;
 use crate::sys::{self, Errno};
 
 pub fn lseek(fd: Fd, off: i64, whence: i32) -> Route<i64> {
-    let d = desc_or_pass!(fd);
+    let d = desc_or_pass!(fd, moves_lazy: false);
     if d.is_demoted() {
         return Route::Pass(Pass::Demoted);
     }

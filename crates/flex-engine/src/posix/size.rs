@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering::*;
 use std::sync::Arc;
 
 pub fn ftruncate(fd: Fd, len: i64) -> Route<()> {
-    let d = desc_or_pass!(fd);
+    let d = desc_or_pass!(fd, moves_lazy: true);
     if d.is_demoted() {
         return Route::Pass(Pass::Demoted);
     }
@@ -71,7 +71,7 @@ pub fn truncate(path: &CStr, len: i64) -> Route<()> {
 
 /// fallocate and posix_fallocate: leave trailer mode, let the kernel allocate, re-read size.
 pub fn fallocate(fd: Fd, mode: i32, off: i64, len: i64) -> Route<()> {
-    let d = desc_or_pass!(fd);
+    let d = desc_or_pass!(fd, moves_lazy: true);
     if d.is_demoted() {
         return Route::Pass(Pass::Demoted);
     }
@@ -97,7 +97,7 @@ pub fn fallocate(fd: Fd, mode: i32, off: i64, len: i64) -> Route<()> {
 /// where the file system has no fallocate (FUSE, NFS...): the file is handed to the kernel
 /// around it.
 pub fn posix_fallocate(fd: Fd, off: i64, len: i64, emulate: impl FnOnce() -> i32) -> Route<i32> {
-    desc_or_pass!(fd);
+    desc_or_pass!(fd, moves_lazy: true);
     if off < 0 || len <= 0 {
         return Route::Served(Ok(libc::EINVAL));
     }
