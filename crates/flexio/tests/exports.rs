@@ -63,3 +63,50 @@ fn exports_match_the_documented_list() {
          INTERPOSED lists functions libflex.so does not export: {missing:?}"
     );
 }
+
+/// A panic inside the engine never reaches the program: the entry point answers -1/EIO
+/// and the program goes on (here: its writes after the failed fsync land). libflex.so
+/// carries its own unwinder (libgcc_eh, linked in), so this also checks that one.
+#[test]
+fn a_panic_in_the_engine_is_eio_and_the_program_goes_on() {
+    require("python3", "python3");
+    let t = TestDir::new("panic");
+    let script = r#"
+import os, errno
+fd = os.open("f", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+os.write(fd, b"before\n")
+for _ in range(3):
+    assert os.pread(fd, 6, 0) == b"before"  # flex takes the descriptor over
+try:
+    os.fsync(fd)
+    print("fsync returned")
+except OSError as e:
+    print("fsync", errno.errorcode[e.errno])
+os.write(fd, b"after\n")
+os.close(fd)
+print(open("f").read().split())
+"#;
+    let r = flex(
+        &Spec::new("python3", &["-c", script], &t.join("")).env("FLEX_TEST_PANIC", "fsync"),
+        &[&t.join("")],
+    );
+    r.assert_ok("panic");
+    let out = String::from_utf8_lossy(r.stdout()).to_string();
+    assert!(out.contains("fsync EIO"), "{out}");
+    assert!(out.contains("['before', 'after']"), "{out}");
+}
+
+/// libflex.so loads no library a program would not load anyway: libgcc_s (the shared
+/// unwinder) cost every exec its load and its constructor's cpuid probing.
+#[test]
+fn a_program_under_libflex_loads_no_libgcc_s() {
+    let t = TestDir::new("maps");
+    let r = flex(
+        &Spec::new("cat", &["/proc/self/maps"], &t.join("")),
+        &[&t.join("")],
+    );
+    r.assert_ok("cat maps");
+    let maps = String::from_utf8_lossy(r.stdout()).to_string();
+    assert!(maps.contains("libflex.so"), "not under libflex: {maps}");
+    assert!(!maps.contains("libgcc_s"), "{maps}");
+}

@@ -19,6 +19,10 @@ pub fn fsync(fd: Fd, data_only: bool) -> Route<()> {
     if d.is_demoted() {
         return Route::Pass(Pass::Demoted);
     }
+    if panic_in_fsync() {
+        // Before any lock or change: only the unwinding is tested.
+        panic!("FLEX_TEST_PANIC=fsync");
+    }
     engine().stats.served(if data_only {
         Call::fdatasync
     } else {
@@ -37,4 +41,11 @@ pub fn sync_file_range(fd: Fd, off: i64, n: i64, flags: u32) -> Route<()> {
         return Route::err(e);
     }
     Route::Served(sys::sync_file_range(fd, off, n, flags))
+}
+
+/// Test knob `FLEX_TEST_PANIC=fsync`: fsync of a managed descriptor panics in the engine,
+/// so tests see a panic caught at the C boundary of a real program (EIO, nothing else).
+fn panic_in_fsync() -> bool {
+    static V: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *V.get_or_init(|| std::env::var_os("FLEX_TEST_PANIC").is_some_and(|v| v == "fsync"))
 }
