@@ -1,6 +1,6 @@
 //! The built-in cells, each one `flexio bench-worker` process per sample: random IO
 //! (pread, pwrite, the memcpy bound), append, small files, pwrite with fsync (plain and
-//! failure-atomic), and calls flex passes through.
+//! failure-atomic), calls flex passes through, and process start.
 
 use std::path::Path;
 
@@ -230,7 +230,8 @@ fn fsync_jobs(m: &Matrix) -> Vec<Job> {
     jobs
 }
 
-/// One byte back and forth on a pipe and on a Unix socket: calls flex passes through.
+/// One byte back and forth on a pipe and on a Unix socket: calls flex passes through;
+/// and the start of a process (what loading libflex.so adds to an exec).
 fn passthrough_jobs(m: &Matrix) -> Vec<Job> {
     let mut jobs = Vec::new();
     for (wl, what) in [
@@ -255,5 +256,18 @@ fn passthrough_jobs(m: &Matrix) -> Vec<Job> {
             args,
         ));
     }
+    let args = vec!["spawn".into(), "--seconds".into(), format!("{}", m.seconds)];
+    jobs.push(worker_job(
+        "process-start".into(),
+        cell(
+            "process-start",
+            CellKind::Builtin,
+            Unit::NsPerOp,
+            Expect::Passthrough,
+            "posix_spawn + wait of /bin/true (flex side: libflex.so loaded into each child)",
+        ),
+        false,
+        args,
+    ));
     jobs
 }

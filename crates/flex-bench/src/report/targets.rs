@@ -61,6 +61,16 @@ pub(crate) fn targets(cells: &[CellSummary]) -> Vec<Target> {
             d.map(|d| d <= 20.0),
         );
     }
+    let c = get("process-start");
+    let d = c.and_then(|c| delta(c.flex.as_ref(), c.kernel.as_ref()));
+    push(
+        "process start (exec of /bin/true)".into(),
+        "flex <= kernel + 50 us per exec".into(),
+        d,
+        d.map(|d| format!("{:+.1} us per exec", d / 1000.0))
+            .unwrap_or_else(|| "-".into()),
+        d.map(|d| d <= 50_000.0),
+    );
     for (cell, goal) in [
         ("pread-512-t1", 2.8),
         ("pread-4k-t1", 2.0),

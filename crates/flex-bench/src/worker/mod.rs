@@ -17,6 +17,7 @@ mod mp_append;
 mod passthrough;
 mod random_io;
 mod smallfiles;
+mod spawn;
 mod sys;
 
 use std::path::PathBuf;
@@ -45,6 +46,9 @@ pub(crate) enum Workload {
     Pipe,
     /// `write` then `read` of 1 byte on a Unix socket pair.
     Socket,
+    /// posix_spawn of `/bin/true` and a wait for it (the child inherits the environment,
+    /// LD_PRELOAD included).
+    Spawn,
     /// `--procs` processes at once, each appending `--bs`-byte records with `write` on its
     /// own `O_WRONLY|O_APPEND` descriptor of the one shared file `--file`; at most `--size`
     /// bytes in all. The parent then checks that no record was lost or overwritten.
@@ -61,6 +65,7 @@ impl Workload {
             Workload::Smallfiles => "smallfiles",
             Workload::Pipe => "pipe",
             Workload::Socket => "socket",
+            Workload::Spawn => "spawn",
             Workload::MpAppend => "mp-append",
         }
     }
@@ -163,13 +168,14 @@ fn run_worker(args: &WorkerArgs) -> anyhow::Result<WorkerResult> {
         Workload::Smallfiles => smallfiles::ops(args, file()?)?,
         Workload::MpAppend => unreachable!("handled above"),
         Workload::Pipe | Workload::Socket => passthrough::ops(args)?,
+        Workload::Spawn => spawn::ops(args)?,
     };
     let calls_per_op = match args.workload {
         Workload::Pipe | Workload::Socket => 2,
         _ => 1,
     };
     let bytes_per_op = match args.workload {
-        Workload::Pipe | Workload::Socket => 1,
+        Workload::Pipe | Workload::Socket | Workload::Spawn => 1,
         _ => args.bs as u64,
     };
 
