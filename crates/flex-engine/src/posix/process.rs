@@ -46,6 +46,7 @@ pub fn before_fork() {
 
 /// In a forked child: its statistics start from zero (the parent reports its own).
 pub fn after_fork_child() {
+    crate::snapshot::after_fork_child();
     if let Some(e) = engine_if_started() {
         e.stats.reset();
         e.pid.store(

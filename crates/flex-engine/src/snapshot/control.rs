@@ -72,13 +72,15 @@ pub enum Reason {
     CopyFailed = 7,
     /// The request was malformed or not for this process.
     BadRequest = 8,
+    /// The kernel refused the barrier that makes its calls in flight countable.
+    NoBarrier = 9,
 }
 
 impl Reason {
     pub fn from_raw(v: u32) -> Reason {
         use Reason::*;
         [
-            None, Busy, Mapped, Atomic, Unmanaged, Exec, GaveUp, CopyFailed, BadRequest,
+            None, Busy, Mapped, Atomic, Unmanaged, Exec, GaveUp, CopyFailed, BadRequest, NoBarrier,
         ]
         .get(v as usize)
         .copied()
@@ -101,6 +103,7 @@ impl Reason {
             Reason::GaveUp => "it waited longer than its bound for the snapshot's instant",
             Reason::CopyFailed => "copying a page into the snapshot failed",
             Reason::BadRequest => "the request was not valid for it",
+            Reason::NoBarrier => "the kernel refused membarrier, which counts its calls in flight",
         }
     }
 }

@@ -4,7 +4,7 @@
 //! from the signal handler, with raw system calls and atomics only.
 
 use super::control::{self, answer, state, Reason, Shared, MAP_LEN, MARKER};
-use super::gate::{self, ACTIVE, ARMED, COUNT, GATE, PENDING, SESSION, SLOT, WAITERS};
+use super::gate::{self, ACTIVE, ARMED, GATE, PENDING, SESSION, SLOT, WAITERS};
 use crate::sys;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::*};
 
@@ -38,6 +38,7 @@ pub(crate) fn arm() {
         return;
     }
     // Counting first: once the marker is visible, a request can come.
+    gate::use_thread_counters();
     ARMED.store(true, SeqCst);
     let _ = map_marker();
 }
@@ -250,17 +251,20 @@ pub(crate) fn on_request(info: &libc::siginfo_t) {
     SLOT.store(slot_ix as u32, Release);
     let prev = SESSION.swap(base, SeqCst);
     let g = gate::generation(cur).wrapping_add(1);
-    let now = GATE
-        .fetch_update(SeqCst, SeqCst, |w| {
-            Some(((g as u64) << 32) | (w & COUNT) | PENDING | ACTIVE)
-        })
-        .map(|w| w & COUNT)
-        .unwrap_or(1);
-    if now == 0 {
-        gate::answer_joined(g);
+    let _ = GATE.fetch_update(SeqCst, SeqCst, |_| {
+        Some(((g as u64) << 32) | PENDING | ACTIVE)
+    });
+    if !gate::fence_threads() {
+        // The calls in flight cannot be counted: this request cannot be joined.
+        let _ = GATE.fetch_update(SeqCst, SeqCst, |w| {
+            (gate::generation(w) == g).then_some(w & !(PENDING | ACTIVE))
+        });
+        SESSION.store(prev, SeqCst);
+        return refuse(Reason::NoBarrier);
     }
+    gate::answer_joined(g);
     // The last request's block: unmapped only if no call can still be looking at it.
-    if !prev.is_null() && GATE.load(SeqCst) & COUNT == 0 && WAITERS.load(SeqCst) == 0 {
+    if !prev.is_null() && gate::in_flight() == 0 && WAITERS.load(SeqCst) == 0 {
         unmap(prev);
     }
 }

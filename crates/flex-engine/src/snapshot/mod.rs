@@ -17,7 +17,7 @@ pub mod gate;
 pub(crate) mod join;
 
 pub use cow::move_pages;
-pub use gate::{abandon, enter, enter_fd, Gate, Op};
+pub use gate::{abandon, after_fork_child, enter, enter_fd, Gate, Op};
 pub(crate) use join::{arm, disarm, note_atomic, on_request};
 pub use join::{before_mmap, calls_are_gated};
 
