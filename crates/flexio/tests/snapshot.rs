@@ -179,7 +179,42 @@ fn chunked_copy(file: &Path) -> Vec<u8> {
     }
 }
 
+/// The writers of [`run_consistent`]: writer processes and the writers each one is.
+enum Writers {
+    /// Four: pwrite, lseek + write, and a process and its forked child on one descriptor.
+    Processes,
+    /// Four: three threads of one process writing at once, and one more process; each
+    /// rewrites a run of pages with one call (`--span`).
+    Threads,
+}
+
+/// A `--span` image: each writer's run of pages is of one round (a call is never split by
+/// the instant).
+fn check_spans(img: &[u8], nw: usize, pages: usize) -> Result<(), String> {
+    let run = pages / nw;
+    for w in 0..nw {
+        let first = &img[w * run * PAGE..w * run * PAGE + 8];
+        if first != [0; 8] && first[..4] != (w as u32).to_le_bytes() {
+            return Err(format!("writer {w}'s pages hold another writer's data"));
+        }
+        for p in w * run..(w + 1) * run {
+            let pg = &img[p * PAGE..(p + 1) * PAGE];
+            if pg.chunks(8).any(|c| c != first) {
+                return Err(format!(
+                    "writer {w}: page {p} is of another round than page {}",
+                    w * run
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn run_consistent(base: Option<&Path>) {
+    run_consistent_with(base, Writers::Processes)
+}
+
+fn run_consistent_with(base: Option<&Path>, kind: Writers) {
     let td = match base {
         Some(b) => {
             let d = b.join(format!("flex-snap-{}", std::process::id()));
@@ -195,12 +230,26 @@ fn run_consistent(base: Option<&Path>) {
     let (nw, pages) = (4, 768);
     std::fs::write(&file, vec![0u8; pages * PAGE]).unwrap();
     let secs = 6.0;
-    let ws = vec![
-        writer(&file, 0, nw, pages, secs, &[], Some(&dir)),
-        writer(&file, 1, nw, pages, secs, &["--mode", "write"], Some(&dir)),
-        // Writers 2 and 3: a process and its forked child, one descriptor.
-        writer(&file, 2, nw, pages, secs, &["--fork"], Some(&dir)),
-    ];
+    let ws = match kind {
+        Writers::Processes => vec![
+            writer(&file, 0, nw, pages, secs, &[], Some(&dir)),
+            writer(&file, 1, nw, pages, secs, &["--mode", "write"], Some(&dir)),
+            // Writers 2 and 3: a process and its forked child, one descriptor.
+            writer(&file, 2, nw, pages, secs, &["--fork"], Some(&dir)),
+        ],
+        Writers::Threads => vec![
+            writer(
+                &file,
+                0,
+                nw,
+                pages,
+                secs,
+                &["--threads", "3", "--span"],
+                Some(&dir),
+            ),
+            writer(&file, 3, nw, pages, secs, &["--span"], Some(&dir)),
+        ],
+    };
     for w in &ws {
         wait_for(w.id(), &file, false);
     }
@@ -221,7 +270,11 @@ fn run_consistent(base: Option<&Path>) {
         );
         copied += copied_by_writers(&r);
         let img = std::fs::read(&to).unwrap();
-        check(&img, nw, pages).unwrap_or_else(|e| panic!("snapshot {n} is not one state: {e}"));
+        let checked = match kind {
+            Writers::Processes => check(&img, nw, pages),
+            Writers::Threads => check_spans(&img, nw, pages),
+        };
+        checked.unwrap_or_else(|e| panic!("snapshot {n} is not one state: {e}"));
         std::thread::sleep(Duration::from_millis(rng.u64(10..150)));
     }
     // The negative control: a plain copy under the same writers (read as `cp` of a large
@@ -229,7 +282,11 @@ fn run_consistent(base: Option<&Path>) {
     let mut torn = 0;
     for _ in 0..5 {
         let img = chunked_copy(&file);
-        torn += check(&img, nw, pages).is_err() as u32;
+        torn += match kind {
+            Writers::Processes => check(&img, nw, pages),
+            Writers::Threads => check_spans(&img, nw, pages),
+        }
+        .is_err() as u32;
     }
     for w in ws {
         finish(w);
@@ -251,6 +308,14 @@ fn run_consistent(base: Option<&Path>) {
 fn snapshots_of_a_file_four_flex_writers_rewrite_are_each_one_instant() {
     run::require("python3", "python3");
     run_consistent(None);
+}
+
+/// Threads of one process count their calls in flight each in its own counter: the
+/// request's barrier must still see every one of them.
+#[test]
+fn snapshots_while_threads_of_one_process_write_are_each_one_instant() {
+    run::require("python3", "python3");
+    run_consistent_with(None, Writers::Threads);
 }
 
 #[test]
