@@ -142,6 +142,13 @@ const POS_UNKNOWN: u64 = u64::MAX;
 /// A lazy O_APPEND descriptor: its writes extend the file wherever its position is.
 const POS_APPENDS: u64 = u64::MAX - 1;
 
+/// A lazy descriptor's position is no longer known (an O_APPEND one needs none).
+fn forget_pos(pos: &AtomicU64) {
+    if pos.load(Relaxed) != POS_APPENDS {
+        pos.store(POS_UNKNOWN, Relaxed);
+    }
+}
+
 /// An IO call on a lazy descriptor (see [`Table::lazy_io`]): its range, at `off` or
 /// (None) at the file position.
 #[derive(Clone, Copy)]
@@ -354,10 +361,7 @@ impl Table {
                     }
                 } else {
                     // A call of a length not known here (vectored): the position is lost.
-                    let pos = &page.lazy_pos[b];
-                    if pos.load(Relaxed) != POS_APPENDS {
-                        pos.store(POS_UNKNOWN, Relaxed);
-                    }
+                    forget_pos(&page.lazy_pos[b]);
                 }
                 if n < u8::MAX {
                     c.store(n + 1, Release);
@@ -375,10 +379,7 @@ impl Table {
         }
         if let Some((page, b)) = self.slot(fd, false) {
             if page.lazy[b].load(Acquire) != 0 {
-                let pos = &page.lazy_pos[b];
-                if pos.load(Relaxed) != POS_APPENDS {
-                    pos.store(POS_UNKNOWN, Relaxed);
-                }
+                forget_pos(&page.lazy_pos[b]);
                 if size_too {
                     page.lazy_end[b].store(END_UNKNOWN, Relaxed);
                 }

@@ -119,7 +119,6 @@ fn io_desc(fd: Fd, at: Option<crate::desc::LazyAt>) -> Result<Arc<Desc>, Pass> {
     }
 }
 
-/// Count a call passed to the kernel (for the statistics of managed descriptors).
 /// See [`crate::desc::Table::lazy_moved`].
 #[inline]
 fn lazy_moved(fd: Fd, size_too: bool) {
@@ -128,6 +127,7 @@ fn lazy_moved(fd: Fd, size_too: bool) {
     }
 }
 
+/// Count a call passed to the kernel (for the statistics of managed descriptors).
 pub fn count_passthrough(call: Call) {
     if let Some(e) = engine_if_started() {
         e.stats.passed(call);

@@ -38,7 +38,8 @@ pub(super) static GATE: AtomicU64 = AtomicU64::new(0);
 struct Counter(AtomicU32);
 const COUNTERS: usize = 128;
 static COUNTS: [Counter; COUNTERS] = [const { Counter(AtomicU32::new(0)) }; COUNTERS];
-/// Counters handed out (threads keep theirs for life: an exited thread's stays at 0).
+/// Counters handed out, at most COUNTERS (threads keep theirs for life: an exited
+/// thread's stays at 0).
 static HANDED: AtomicU32 = AtomicU32::new(0);
 /// The calls in flight of threads without a counter of their own.
 static SHARED: AtomicU32 = AtomicU32::new(0);
@@ -62,10 +63,9 @@ fn counter() -> &'static AtomicU32 {
         if i != u32::MAX {
             return i;
         }
-        let n = HANDED.fetch_add(1, Relaxed).min(COUNTERS as u32);
-        if n == COUNTERS as u32 {
-            HANDED.store(COUNTERS as u32, Relaxed);
-        }
+        let n = HANDED
+            .fetch_update(Relaxed, Relaxed, |h| (h < COUNTERS as u32).then_some(h + 1))
+            .unwrap_or(COUNTERS as u32);
         m.set(n);
         n
     });
@@ -94,7 +94,7 @@ fn count(c: &'static AtomicU32, up: bool) {
 /// The calls in flight in this process, as far as this thread can see: exact after
 /// [`fence_threads`] (or a full fence for the shared counter).
 pub(super) fn in_flight() -> u32 {
-    let n = (HANDED.load(Acquire) as usize).min(COUNTERS);
+    let n = HANDED.load(Acquire) as usize;
     COUNTS[..n].iter().fold(SHARED.load(SeqCst), |a, c| {
         a.saturating_add(c.0.load(Relaxed))
     })
@@ -143,6 +143,7 @@ pub fn after_fork_child() {
         use_thread_counters();
     }
 }
+
 /// This process can take part in snapshots (its marker is mapped): calls count.
 pub(super) static ARMED: AtomicBool = AtomicBool::new(false);
 /// The control block of the current (or last) request, and this process's slot in it.

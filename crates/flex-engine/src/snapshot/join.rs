@@ -211,11 +211,14 @@ pub(crate) fn on_request(info: &libc::siginfo_t) {
             return;
         }
     };
-    let refuse = |why: Reason| {
+    let answer_refused = |why: Reason| {
         slot.reason.store(why as u32, Release);
         slot.state.store(answer::REFUSED, Release);
         c.answers.fetch_add(1, Release);
         sys::thread::futex_wake_shared(&c.answers);
+    };
+    let refuse = |why: Reason| {
+        answer_refused(why);
         unmap(base);
     };
     if !ARMED.load(Acquire) {
@@ -255,12 +258,13 @@ pub(crate) fn on_request(info: &libc::siginfo_t) {
         Some(((g as u64) << 32) | PENDING | ACTIVE)
     });
     if !gate::fence_threads() {
-        // The calls in flight cannot be counted: this request cannot be joined.
+        // The calls in flight cannot be counted: this request cannot be joined. Its block
+        // stays the session (and the last one stays mapped): a call that saw the flags
+        // may be looking at it, and no count says when it stops.
         let _ = GATE.fetch_update(SeqCst, SeqCst, |w| {
             (gate::generation(w) == g).then_some(w & !(PENDING | ACTIVE))
         });
-        SESSION.store(prev, SeqCst);
-        return refuse(Reason::NoBarrier);
+        return answer_refused(Reason::NoBarrier);
     }
     gate::answer_joined(g);
     // The last request's block: unmapped only if no call can still be looking at it.
