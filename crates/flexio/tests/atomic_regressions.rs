@@ -665,12 +665,7 @@ sys.stdin.readline()
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+    let line = run::first_line(&mut child.stdout.take().unwrap());
     assert_eq!(line.trim(), "ready");
     let committed = vec![b'C'; 3000];
     let mut current = committed.clone();

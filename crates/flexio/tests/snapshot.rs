@@ -430,12 +430,7 @@ fn a_stranger_opening_the_file_during_the_copy_prevents_a_snapshot() {
         .unwrap();
     wait_for(w.id(), &file, false);
     // The stranger is running (it says so just before its first open).
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(stranger.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+    let line = run::first_line(stranger.stdout.as_mut().unwrap());
     assert_eq!(line.trim(), "go");
     // A slow copy (512 pages at 2 ms per 16) spans several of the stranger's opens.
     let r = snapshot(&file, &dir.join("s"), 2000);

@@ -321,6 +321,14 @@ fn finish(mut c: Command, stdin: Option<&[u8]>) -> Output {
     child.wait_with_output().expect("wait for child")
 }
 
+/// The first line a child writes to its piped stdout (a "ready" handshake).
+pub fn first_line(out: &mut impl std::io::Read) -> String {
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line)
+        .expect("read the child's first line");
+    line
+}
+
 /// Run without flex.
 pub fn plain(s: &Spec) -> Ran {
     let mut c = Command::new(&s.prog);
